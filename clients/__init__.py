@@ -1,0 +1,1 @@
+"""GLIDER clients: SDK, CLI and environment runners."""

@@ -1,0 +1,183 @@
+"""The ``glider`` command line.
+
+    glider backbone build --out DIR     build the embedded tiny backbone (tokenizer + Llama)
+    glider adapters init                write untrained LoRA adapters for every role into the registry
+    glider serve                        run the agent server (REST)
+    glider demo                         all of the above if missing, then play one ScienceWorld episode
+
+Every option of ``serve`` is also a ``GLIDER_*`` environment variable
+(``glider.server.settings.Settings``); a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="GLIDER: hierarchical LLM agents.")
+backbone_app = typer.Typer(no_args_is_help=True, help="The embedded tiny backbone.")
+adapters_app = typer.Typer(no_args_is_help=True, help="LoRA adapters in the registry.")
+app.add_typer(backbone_app, name="backbone")
+app.add_typer(adapters_app, name="adapters")
+console = Console()
+
+ALL_ADAPTERS = ["planner", "executor", "shared", "flat"]
+
+
+def _settings(**overrides):
+    from glider.server.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _logging(level: str = "info") -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@backbone_app.command("build")
+def backbone_build(
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: <home>/backbone).")] = None,
+    seed: int = 0,
+    vocab_size: int = 4096,
+    layers: int = 4,
+    hidden: int = 256,
+    variations_per_task: int = 1,
+    tasks: Annotated[str, typer.Option(help="Comma-separated task families (default: all).")] = "",
+    workers: int = 2,
+    force: bool = False,
+):
+    """Build the embedded backbone from ScienceWorld text, deterministically from SEED."""
+    from glider.trainer.backbone import BackboneConfig, build_backbone, is_backbone
+
+    _logging()
+    out = out or _settings().home / "backbone"
+    if is_backbone(out) and not force:
+        console.print(f"backbone already at {out} (use --force to rebuild)")
+        return
+    cfg = BackboneConfig(seed=seed, vocab_size=vocab_size, num_layers=layers, hidden_size=hidden,
+                         variations_per_task=variations_per_task, workers=workers,
+                         tasks=[t for t in tasks.split(",") if t])
+    build_backbone(out, cfg)
+    console.print(f"backbone written to {out}")
+
+
+@adapters_app.command("init")
+def adapters_init(
+    model: Annotated[Path | None, typer.Option(help="Backbone directory (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="Registry root (GLIDER_ADAPTERS).")] = None,
+    names: Annotated[str, typer.Option(help="Adapters to create.")] = ",".join(ALL_ADAPTERS),
+    rank: int = 8,
+    force: bool = False,
+):
+    """Publish an untrained LoRA adapter for each role, so a server always starts with real adapters."""
+    from glider.server.adapters.registry import AdapterRegistry, base_model_identity
+    from glider.trainer.lora import LoraSettings, create_adapter
+
+    _logging()
+    s = _settings(model=model, adapters=adapters)
+    registry = AdapterRegistry(s.adapters_dir())
+    import tempfile
+
+    for name in [n for n in names.split(",") if n]:
+        if registry.versions(name) and not force:
+            console.print(f"{name}: has {registry.current_version(name)} already")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            create_adapter(s.model_dir(), Path(tmp), LoraSettings(r=rank, alpha=2 * rank))
+            published = registry.publish(name, Path(tmp), metadata={
+                "base_model": base_model_identity(s.model_dir()), "stage": "init"})
+        console.print(f"{name}: published {published.version} at {published.path}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path | None, typer.Option(help="HF model directory (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="Adapter registry (GLIDER_ADAPTERS).")] = None,
+    backend: Annotated[str | None, typer.Option(help="vllm | hf (GLIDER_BACKEND).")] = None,
+    mode: Annotated[str | None, typer.Option(help="separate | shared | flat (GLIDER_MODE).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (GLIDER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (GLIDER_PORT).")] = None,
+):
+    """Serve the hierarchical agent over REST."""
+    from glider.server.app import serve as run
+
+    s = _settings(model=model, adapters=adapters, backend=backend, mode=mode, host=host, port=port)
+    _logging(s.log_level)
+    raise typer.Exit(run(s))
+
+
+@app.command()
+def demo(
+    task: str = "boil",
+    variation: int = 0,
+    max_steps: int = 20,
+    backend: str = "vllm",
+    port: int = 8765,
+):
+    """Build what is missing, start a server, play one real ScienceWorld episode through /act."""
+    from glider.clients.envs.scienceworld import ScienceWorld
+    from glider.clients.play import play_episode
+    from glider.clients.sdk import GliderClient
+    from glider.trainer.backbone import is_backbone
+
+    s = _settings()
+    if not is_backbone(s.model_dir()):
+        console.rule("building the embedded backbone (once)")
+        backbone_build(out=s.model_dir())
+    adapters_init(model=s.model_dir(), adapters=s.adapters_dir())
+    console.rule(f"starting the server ({backend})")
+    env = dict(os.environ, GLIDER_BACKEND=backend, GLIDER_PORT=str(port), GLIDER_HOST="127.0.0.1")
+    server = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env)
+    try:
+        client = GliderClient(f"http://127.0.0.1:{port}")
+        t0 = time.monotonic()
+        health = _wait(client, server)
+        console.print(f"ready in {time.monotonic() - t0:.1f}s: {health.backend}, mode {health.mode}, "
+                      f"adapters {health.adapters}")
+        world = ScienceWorld(task, variation)
+        console.rule(f"ScienceWorld {task} #{variation}")
+        table = Table("step", "subgoal", "action", "reward", "score")
+
+        def show(rec):
+            table.add_row(str(rec.step), ("* " if rec.new_subgoal else "  ") + (rec.subgoal or ""),
+                          rec.action, f"{rec.reward:+.2f}", f"{rec.score:.2f}")
+
+        try:
+            report = play_episode(client, world, max_steps=max_steps, on_step=show)
+        finally:
+            world.close()
+        console.print(f"task: {report.task}")
+        console.print(table)
+        console.print(f"episode {report.episode_id}: {len(report.steps)} steps, {report.subgoals} subgoals, "
+                      f"final score {report.score * 100:.0f}/100 (best {report.max_score * 100:.0f})")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _wait(client, server, timeout: float = 600.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise typer.Exit(f"server exited with {server.returncode}")
+        health = client.ready()
+        if health is not None:
+            return health
+        time.sleep(0.5)
+    raise typer.Exit("server did not become ready")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""ScienceWorld runner (the real JVM environment through the ``scienceworld`` package).
+
+Each environment owns a JVM (py4j).  Left alone the JVM sizes its heap from
+the machine's memory (~2 GB resident each); ``jvm_options`` bounds it so many
+environments can run side by side.  Splits follow the paper's baselines:
+*seen* = dev variations, *unseen* = test variations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+from glider.clients.envs.base import EnvStep
+
+# py4j logs every gateway shutdown with a traceback at INFO; keep it to real problems
+logging.getLogger("py4j").setLevel(logging.WARNING)
+
+#: heap bound per JVM; enough for the heaviest task families' gold paths
+DEFAULT_JVM_OPTIONS = "-Xmx384m -XX:+UseSerialGC"
+SPLITS = {"train": "get_variations_train", "dev": "get_variations_dev", "test": "get_variations_test",
+          "seen": "get_variations_dev", "unseen": "get_variations_test"}
+
+
+@contextmanager
+def jvm_options(options: str = DEFAULT_JVM_OPTIONS):
+    """JAVA_TOOL_OPTIONS for JVMs started inside the block (py4j inherits the environment)."""
+    old = os.environ.get("JAVA_TOOL_OPTIONS")
+    os.environ["JAVA_TOOL_OPTIONS"] = options
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("JAVA_TOOL_OPTIONS", None)
+        else:
+            os.environ["JAVA_TOOL_OPTIONS"] = old
+
+
+def open_env(step_limit: int = 100):
+    from scienceworld import ScienceWorldEnv
+
+    with jvm_options():
+        return ScienceWorldEnv("", envStepLimit=step_limit)
+
+
+class ScienceWorld:
+    """One ScienceWorld episode at a time: ``reset`` loads (task, variation), ``step`` plays."""
+
+    def __init__(self, task_name: str, variation: int = 0, *, step_limit: int = 100,
+                 simplification: str = "", env=None):
+        self.env = env if env is not None else open_env(step_limit)
+        self.task_name = task_name
+        self.variation = variation
+        self.simplification = simplification
+        self.task = ""
+        self.score = 0.0
+
+    @staticmethod
+    def observation_text(obs: str, info: dict) -> str:
+        """What the agent sees: the step's observation plus where it is and what it carries."""
+        parts = [obs.strip()]
+        look = (info.get("look") or "").strip()
+        if look and look not in obs:
+            parts.append(look)
+        inv = (info.get("inv") or "").strip()
+        if inv:
+            parts.append(inv)
+        return "\n".join(parts)
+
+    def reset(self) -> EnvStep:
+        self.env.load(self.task_name, self.variation, self.simplification, generateGoldPath=False)
+        obs, info = self.env.reset()
+        self.task = self.env.get_task_description()
+        self.score = float(info.get("score", 0))
+        return EnvStep(observation=self.observation_text(obs, info), score=self.score / 100, info=info)
+
+    def step(self, action: str) -> EnvStep:
+        obs, reward, done, info = self.env.step(action)
+        score = float(info.get("score", 0))
+        self.score = score
+        return EnvStep(
+            observation=self.observation_text(obs, info),
+            reward=float(reward) / 100,
+            done=bool(done) or score < 0,
+            score=score / 100,
+            info=info,
+        )
+
+    def variations(self, split: str) -> list[int]:
+        self.env.load(self.task_name, 0)
+        return list(getattr(self.env, SPLITS[split])())
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,112 @@
+"""Typed REST client for the GLIDER agent (sync and async, same method names).
+
+    with GliderClient("http://127.0.0.1:8000") as client:
+        step = client.act(observation=obs, task=task)          # starts an episode
+        step = client.act(observation=obs, episode_id=step.episode_id, reward=r)
+
+Errors come back as ``GliderAPIError`` with the server's status, code and message.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from glider.server.api.schemas import ActRequest, ActResponse, EpisodeCreate, EpisodeView, Health
+
+
+class GliderAPIError(RuntimeError):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+def _check(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        err = response.json()["error"]
+        code, message = err["code"], err["message"]
+    except Exception:
+        code, message = "http_error", response.text
+    raise GliderAPIError(response.status_code, code, message)
+
+
+def _act_body(**kwargs) -> dict:
+    return ActRequest(**kwargs).model_dump(exclude_none=True)
+
+
+class GliderClient:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0):
+        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+
+    def __enter__(self) -> GliderClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
+            reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
+        body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
+                         done=done, step=step)
+        return ActResponse.model_validate(_check(self._http.post("/act", json=body)).json())
+
+    def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
+        body = EpisodeCreate(task=task, episode_id=episode_id).model_dump(exclude_none=True)
+        return EpisodeView.model_validate(_check(self._http.post("/episodes", json=body)).json())
+
+    def get_episode(self, episode_id: str) -> EpisodeView:
+        return EpisodeView.model_validate(_check(self._http.get(f"/episodes/{episode_id}")).json())
+
+    def delete_episode(self, episode_id: str) -> None:
+        _check(self._http.delete(f"/episodes/{episode_id}"))
+
+    def ready(self) -> Health | None:
+        try:
+            r = self._http.get("/readyz")
+        except httpx.TransportError:
+            return None
+        return Health.model_validate(r.json()) if r.status_code == 200 else None
+
+    def wait_ready(self, timeout: float = 300.0, interval: float = 0.5) -> Health:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.ready()
+            if health is not None:
+                return health
+            time.sleep(interval)
+        raise TimeoutError(f"server not ready after {timeout:.0f}s")
+
+
+class AsyncGliderClient:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0):
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncGliderClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
+                  reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
+        body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
+                         done=done, step=step)
+        return ActResponse.model_validate(_check(await self._http.post("/act", json=body)).json())
+
+    async def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
+        body = EpisodeCreate(task=task, episode_id=episode_id).model_dump(exclude_none=True)
+        return EpisodeView.model_validate(_check(await self._http.post("/episodes", json=body)).json())
+
+    async def get_episode(self, episode_id: str) -> EpisodeView:
+        return EpisodeView.model_validate(_check(await self._http.get(f"/episodes/{episode_id}")).json())
+
+    async def delete_episode(self, episode_id: str) -> None:
+        _check(await self._http.delete(f"/episodes/{episode_id}"))

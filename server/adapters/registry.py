@@ -1,0 +1,189 @@
+"""The adapter registry: versioned peft adapters with an atomically moved ``current`` pointer.
+
+    <root>/<name>/<version>/adapter_config.json
+                           /adapter_model.safetensors
+                           /manifest.json          (base model, rank, targets, sha256 of files)
+    <root>/<name>/current -> <version>             (a symlink, replaced with rename(2))
+
+Publishing copies into a hidden temporary directory, fsyncs, checks the
+files, renames it into place and only then moves ``current``: a reader never
+sees a half-written version.  Clients name adapters and versions, never paths;
+names and versions are validated so nothing resolves outside the root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MANIFEST = "manifest.json"
+CURRENT = "current"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_VERSION_RE = re.compile(r"^v\d{4,}$")
+
+
+class AdapterNotFound(LookupError):
+    pass
+
+
+class InvalidAdapter(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    name: str
+    version: str
+    path: Path
+    manifest: dict
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def base_model_identity(model_dir: Path) -> dict:
+    """Name and a hash of the model's config: what an adapter must have been trained on."""
+    config = (Path(model_dir) / "config.json").read_bytes()
+    return {"name": Path(model_dir).resolve().name, "config_sha256": hashlib.sha256(config).hexdigest()}
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    # -- validation -------------------------------------------------------------
+    @staticmethod
+    def check_name(name: str) -> str:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise InvalidAdapter(f"invalid adapter name {name!r}")
+        return name
+
+    @staticmethod
+    def check_version(version: str) -> str:
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise InvalidAdapter(f"invalid adapter version {version!r} (expected v0001, v0002, ...)")
+        return version
+
+    def _dir(self, name: str, version: str | None = None) -> Path:
+        path = self.root / self.check_name(name)
+        if version is not None:
+            path = path / self.check_version(version)
+        return path
+
+    # -- reading ----------------------------------------------------------------
+    def versions(self, name: str) -> list[str]:
+        d = self._dir(name)
+        if not d.is_dir():
+            return []
+        return sorted(p.name for p in d.iterdir() if _VERSION_RE.match(p.name) and p.is_dir())
+
+    def current_version(self, name: str) -> str:
+        link = self._dir(name) / CURRENT
+        try:
+            target = os.readlink(link)
+        except FileNotFoundError:
+            raise AdapterNotFound(f"adapter {name!r} has no current version in {self.root}") from None
+        return self.check_version(Path(target).name)
+
+    def get(self, name: str, version: str | None = None) -> AdapterVersion:
+        version = version or self.current_version(name)
+        path = self._dir(name, version)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise AdapterNotFound(f"adapter {name}@{version} not found")
+        manifest = json.loads(manifest_path.read_text())
+        return AdapterVersion(name=name, version=version, path=path, manifest=manifest)
+
+    def verify(self, adapter: AdapterVersion) -> None:
+        """Every file the manifest lists is there with its checksum."""
+        for fname, digest in adapter.manifest.get("files", {}).items():
+            f = adapter.path / fname
+            if not f.is_file() or _sha256(f) != digest:
+                raise InvalidAdapter(f"adapter {adapter.name}@{adapter.version}: {fname} is missing or corrupt")
+
+    # -- writing ----------------------------------------------------------------
+    def next_version(self, name: str) -> str:
+        existing = self.versions(name)
+        n = int(existing[-1][1:]) + 1 if existing else 1
+        return f"v{n:04d}"
+
+    def publish(self, name: str, source: Path, *, metadata: dict | None = None,
+                make_current: bool = True) -> AdapterVersion:
+        """Copy a peft adapter directory in as the next version of ``name``."""
+        source = Path(source)
+        missing = [f for f in PEFT_FILES if not (source / f).is_file()]
+        if missing:
+            raise InvalidAdapter(f"{source} is not a peft adapter: missing {', '.join(missing)}")
+        config = json.loads((source / "adapter_config.json").read_text())
+        name_dir = self._dir(name)
+        name_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=name_dir))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; readers may be another user
+        try:
+            files = {}
+            for fname in PEFT_FILES:
+                shutil.copyfile(source / fname, tmp / fname)
+                files[fname] = _sha256(tmp / fname)
+            version = self.next_version(name)
+            manifest = {
+                "name": name,
+                "version": version,
+                "created": time.time(),
+                "rank": config.get("r"),
+                "lora_alpha": config.get("lora_alpha"),
+                "target_modules": sorted(config.get("target_modules") or []),
+                "base_model": (metadata or {}).pop("base_model", None),
+                "parent": self._current_or_none(name),
+                "files": files,
+                **(metadata or {}),
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            for f in tmp.iterdir():
+                with f.open("rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            final = self._dir(name, version)
+            os.rename(tmp, final)  # atomic; fails if a concurrent publisher took the version
+            _fsync_dir(name_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if make_current:
+            self.set_current(name, version)
+        return self.get(name, version)
+
+    def _current_or_none(self, name: str) -> str | None:
+        try:
+            return self.current_version(name)
+        except AdapterNotFound:
+            return None
+
+    def set_current(self, name: str, version: str) -> None:
+        if not self._dir(name, version).is_dir():
+            raise AdapterNotFound(f"adapter {name}@{version} not found")
+        name_dir = self._dir(name)
+        tmp_link = name_dir / f".{CURRENT}-{os.getpid()}-{time.monotonic_ns()}"
+        os.symlink(version, tmp_link)
+        os.replace(tmp_link, name_dir / CURRENT)
+        _fsync_dir(name_dir)

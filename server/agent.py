@@ -1,0 +1,176 @@
+"""The Agent service: episodes, the hierarchical policy and the engine, behind both transports.
+
+REST and gRPC handlers are thin: they validate their wire format and call
+these methods; every rule about episodes (creation, leases, finished
+episodes, limits) lives here, so both transports behave the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from glider.server.adapters.registry import AdapterRegistry
+from glider.server.backends.base import Backend, BackendError, GenerationSpec
+from glider.server.errors import EpisodeFinished, InvalidInput, StepMismatch
+from glider.server.metrics import Metrics
+from glider.server.policy import (
+    EpisodeState,
+    EpisodeStatus,
+    HierarchyConfig,
+    PolicyController,
+    PolicyRequest,
+)
+from glider.server.policy.controller import PolicyGeneration
+from glider.server.settings import Settings
+from glider.server.store.base import EpisodeStore, StoreFull
+
+log = logging.getLogger(__name__)
+
+EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+@dataclass
+class StepResult:
+    episode_id: str
+    step: int
+    action: str | None
+    subgoal: str | None
+    new_subgoal: bool
+    subgoal_done: bool
+    subgoal_index: int
+    done: bool
+    adapter_versions: dict[str, str] = field(default_factory=dict)
+    fallback: bool = False
+    latency_ms: float = 0.0
+
+
+class Agent:
+    def __init__(self, settings: Settings, backend: Backend, store: EpisodeStore,
+                 registry: AdapterRegistry, metrics: Metrics | None = None):
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.registry = registry
+        self.metrics = metrics or Metrics()
+        self.policy = PolicyController(HierarchyConfig.from_settings(settings))
+        self.mode = self.policy.config.mode
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        await self.backend.start()
+        for name in self.policy.adapter_names:
+            adapter = self.registry.get(name)
+            self.registry.verify(adapter)
+            await self.backend.load_adapter(name, adapter.version, adapter.path)
+
+    async def close(self) -> None:
+        await self.backend.close()
+        await self.store.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.backend.ready and all(n in self.backend.adapters for n in self.policy.adapter_names)
+
+    # -- episodes -----------------------------------------------------------------
+    def _check_task(self, task: str | None) -> str:
+        if task is None or not task.strip():
+            raise InvalidInput("task is required to start an episode")
+        if len(task) > self.settings.max_task_chars:
+            raise InvalidInput(f"task is longer than {self.settings.max_task_chars} characters")
+        return task
+
+    async def create_episode(self, task: str | None, episode_id: str | None = None) -> EpisodeState:
+        task = self._check_task(task)
+        if episode_id is None:
+            episode_id = uuid.uuid4().hex
+        elif not EPISODE_ID_RE.match(episode_id):
+            raise InvalidInput("episode_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+        state = self.policy.new_state(episode_id, task)
+        try:
+            await self.store.create(state)
+        except StoreFull:
+            self.metrics.errors.labels("too_many_episodes").inc()
+            raise
+        return state
+
+    async def get_episode(self, episode_id: str) -> EpisodeState:
+        return await self.store.get(episode_id)
+
+    async def delete_episode(self, episode_id: str) -> None:
+        await self.store.delete(episode_id)
+
+    # -- one environment step -------------------------------------------------------
+    async def act(self, *, observation: str, episode_id: str | None = None, task: str | None = None,
+                  reward: float = 0.0, done: bool = False, step: int | None = None) -> StepResult:
+        t0 = time.perf_counter()
+        if len(observation) > self.settings.max_observation_chars:
+            raise InvalidInput(
+                f"observation is longer than {self.settings.max_observation_chars} characters")
+        created = episode_id is None
+        if created:
+            episode_id = (await self.create_episode(task)).id
+        elif task is not None:
+            self._check_task(task)
+        state = await self.store.acquire(episode_id)
+        committed = False
+        try:
+            if state.status is EpisodeStatus.finished:
+                raise EpisodeFinished(f"episode {episode_id!r} is finished; start a new one")
+            if step is not None and step != state.step:
+                raise StepMismatch(f"episode {episode_id!r} is at step {state.step}, not {step}")
+            try:
+                decision = await self.policy.step(state, observation, reward, done, self._generate)
+            except BackendError:
+                raise
+            except Exception as exc:  # an engine failure of any kind: state is untouched
+                log.exception("step failed for episode %s", episode_id)
+                raise BackendError(f"generation failed: {exc}") from exc
+            await self.store.commit(decision.state, state.version)
+            committed = True
+        finally:
+            if not committed:
+                await self.store.release(episode_id)
+                if created:  # the client never learnt this id: leave nothing behind
+                    await self.store.delete(episode_id)
+        new = decision.state
+        m = self.metrics
+        if decision.action is not None:
+            m.steps.labels(self.mode).inc()
+        if decision.new_subgoal:
+            m.subgoals.inc()
+        if decision.fallback:
+            m.fallbacks.inc()
+        return StepResult(
+            episode_id=episode_id,
+            step=state.step,
+            action=decision.action,
+            subgoal=decision.subgoal,
+            new_subgoal=decision.new_subgoal,
+            subgoal_done=decision.subgoal_done,
+            subgoal_index=max(0, new.subgoal_count - 1),
+            done=new.status is EpisodeStatus.finished,
+            adapter_versions=decision.adapter_versions,
+            fallback=decision.fallback,
+            latency_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    async def _generate(self, requests: Sequence[PolicyRequest]) -> list[PolicyGeneration]:
+        specs = [
+            GenerationSpec(prompt=r.prompt, adapter=r.adapter, max_tokens=r.max_tokens,
+                           temperature=r.temperature, seed=r.seed, stop=r.stop)
+            for r in requests
+        ]
+        results = await self.backend.generate(specs)
+        out = []
+        for r, g in zip(requests, results, strict=True):
+            self.metrics.generations.labels(r.role.value).inc()
+            self.metrics.generated_tokens.labels(r.role.value).inc(g.completion_tokens)
+            out.append(PolicyGeneration(text=g.text, adapter_version=g.adapter_version,
+                                        prompt_tokens=g.prompt_tokens,
+                                        completion_tokens=g.completion_tokens))
+        return out

@@ -1,0 +1,1 @@
+"""Transports over the Agent service: REST (FastAPI) now, gRPC next."""

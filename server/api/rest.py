@@ -1,0 +1,220 @@
+"""REST transport: FastAPI routes that validate the wire format and call the Agent service.
+
+Errors come out as ``{"error": {"code", "message"}}`` with the status from
+``glider.server.errors.ERROR_TABLE``; validation problems are 422 with the
+offending field named; nothing reaches the client as a 500 with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from glider.server.agent import Agent
+from glider.server.api.schemas import (
+    ActRequest,
+    ActResponse,
+    EpisodeCreate,
+    EpisodeView,
+    ErrorResponse,
+    Health,
+    SegmentView,
+    TurnView,
+)
+from glider.server.errors import ERROR_TABLE, classify
+from glider.server.policy.state import EpisodeState, Segment
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {
+    code: {"model": ErrorResponse}
+    for code in (404, 409, 413, 422, 429, 503)
+}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _segment_view(seg: Segment) -> SegmentView:
+    return SegmentView(
+        subgoal=seg.subgoal,
+        turns=[TurnView(observation=t.observation, action=t.action, done=t.done) for t in seg.turns],
+        completed=seg.completed,
+        adapter_version=seg.adapter_version,
+    )
+
+
+def episode_view(state: EpisodeState) -> EpisodeView:
+    return EpisodeView(
+        episode_id=state.id,
+        task=state.task,
+        mode=state.mode,
+        status=state.status.value,
+        step=state.step,
+        subgoal=state.subgoal,
+        steps_in_subgoal=state.steps_in_subgoal,
+        subgoal_count=state.subgoal_count,
+        planner_calls=state.planner_calls,
+        executor_calls=state.executor_calls,
+        total_reward=state.total_reward,
+        adapter_versions=state.adapter_versions,
+        current=_segment_view(state.current) if state.current else None,
+        finished=[_segment_view(s) for s in state.finished],
+        history=[TurnView(observation=t.observation, action=t.action, done=t.done) for t in state.history],
+    )
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 before they are read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    response = _error(413, "body_too_large", f"request body over {self.limit} bytes")
+                    return await response(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            return await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            response = _error(413, "body_too_large", f"request body over {self.limit} bytes")
+            return await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Observe:
+    """Latency and status per route template (pure ASGI: no per-request Request/Response copies)."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.request_latency.labels(path).observe(time.perf_counter() - t0)
+            self.metrics.requests.labels(path, str(status)).inc()
+
+
+def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
+    app = FastAPI(
+        title="GLIDER agent",
+        version="0.1.0",
+        description="Hierarchical LLM agent: a planner writes subgoals, an executor acts, on one backbone.",
+        lifespan=lifespan,
+    )
+    metrics = agent.metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg')}")
+        metrics.errors.labels("invalid_input").inc()
+        return _error(422, "invalid_input", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    async def _domain(request: Request, exc: Exception):
+        known = classify(exc)
+        if known is None:  # a bug: log it, tell the client nothing internal
+            log.error("unhandled error on %s", request.url.path, exc_info=exc)
+            metrics.errors.labels("internal").inc()
+            return _error(500, "internal", "internal error")
+        code, status, _ = known
+        metrics.errors.labels(code).inc()
+        return _error(status, code, str(exc))
+
+    for etype, *_ in ERROR_TABLE:
+        app.add_exception_handler(etype, _domain)
+    app.add_exception_handler(Exception, _domain)
+    app.add_middleware(Observe, metrics=metrics)
+
+    @app.post("/act", response_model=ActResponse, responses=_ERRORS,
+              summary="Answer one environment step (starts an episode when no episode_id is given)")
+    async def act(body: ActRequest) -> ActResponse:
+        result = await agent.act(
+            observation=body.observation, episode_id=body.episode_id, task=body.task,
+            reward=body.reward, done=body.done, step=body.step,
+        )
+        return ActResponse(
+            episode_id=result.episode_id, step=result.step, action=result.action,
+            subgoal=result.subgoal, new_subgoal=result.new_subgoal,
+            subgoal_done=result.subgoal_done, subgoal_index=result.subgoal_index,
+            done=result.done, adapter_versions=result.adapter_versions, fallback=result.fallback,
+        )
+
+    @app.post("/episodes", response_model=EpisodeView, status_code=201, responses=_ERRORS)
+    async def create_episode(body: EpisodeCreate) -> EpisodeView:
+        return episode_view(await agent.create_episode(body.task, body.episode_id))
+
+    @app.get("/episodes/{episode_id}", response_model=EpisodeView, responses=_ERRORS)
+    async def get_episode(episode_id: str) -> EpisodeView:
+        return episode_view(await agent.get_episode(episode_id))
+
+    @app.delete("/episodes/{episode_id}", status_code=204, responses=_ERRORS)
+    async def delete_episode(episode_id: str) -> Response:
+        await agent.delete_episode(episode_id)
+        return Response(status_code=204)
+
+    @app.get("/healthz", response_model=Health, summary="The process is up")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}},
+             summary="The engine is loaded with every adapter the mode needs")
+    async def readyz():
+        body = Health(status="ready" if agent.ready else "loading", backend=agent.backend.kind,
+                      mode=agent.mode, adapters=agent.backend.adapter_versions())
+        return JSONResponse(body.model_dump(), status_code=200 if agent.ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        metrics.active_episodes.set(await agent.store.count())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,88 @@
+"""Wire types of the REST API (pydantic v2); the SDK imports the same models."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EPISODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class ActRequest(_Strict):
+    """One environment step: the observation the last action produced (or the first one)."""
+
+    observation: str = Field(description="What the environment shows now.")
+    episode_id: str | None = Field(None, pattern=EPISODE_ID_PATTERN,
+                                   description="Continue this episode; omit to start a new one.")
+    task: str | None = Field(None, description="Task description; required to start an episode.")
+    reward: float = Field(0.0, description="Reward the last action earned.")
+    done: bool = Field(False, description="The environment ended the episode; no action is returned.")
+    step: int | None = Field(None, ge=0, description="Expected step index; a mismatch is refused (409).")
+
+
+class ActResponse(BaseModel):
+    episode_id: str
+    step: int = Field(description="Index of this step in the episode (0-based).")
+    action: str | None = Field(description="The action to take; null when the episode is done.")
+    subgoal: str | None
+    new_subgoal: bool = Field(description="The planner wrote a new subgoal at this step.")
+    subgoal_done: bool = Field(description="The executor marked the subgoal complete with this action.")
+    subgoal_index: int
+    done: bool
+    adapter_versions: dict[str, str] = Field(description="Adapter name -> version that served this step.")
+    fallback: bool = Field(description="A fallback subgoal/action replaced unusable model output.")
+
+
+class EpisodeCreate(_Strict):
+    task: str
+    episode_id: str | None = Field(None, pattern=EPISODE_ID_PATTERN)
+
+
+class TurnView(BaseModel):
+    observation: str
+    action: str
+    done: bool
+
+
+class SegmentView(BaseModel):
+    subgoal: str
+    turns: list[TurnView]
+    completed: bool
+    adapter_version: str | None
+
+
+class EpisodeView(BaseModel):
+    episode_id: str
+    task: str
+    mode: str
+    status: str
+    step: int
+    subgoal: str | None
+    steps_in_subgoal: int
+    subgoal_count: int
+    planner_calls: int
+    executor_calls: int
+    total_reward: float
+    adapter_versions: dict[str, str]
+    current: SegmentView | None
+    finished: list[SegmentView]
+    history: list[TurnView]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: str
+    backend: str | None = None
+    mode: str | None = None
+    adapters: dict[str, str] = Field(default_factory=dict)

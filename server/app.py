@@ -1,0 +1,85 @@
+"""Wiring: settings -> backend, store, registry, Agent -> FastAPI app -> uvicorn.
+
+The engine loads in the background after the server starts listening, so
+``/healthz`` answers at once and ``/readyz`` turns 200 when the model and
+every adapter the mode needs are loaded (what a Kubernetes startup probe
+wants).  If loading fails the server stops with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from glider.server.adapters.registry import AdapterRegistry
+from glider.server.agent import Agent
+from glider.server.api.rest import BodyLimit, create_app
+from glider.server.backends.base import create_backend
+from glider.server.settings import Settings
+from glider.server.store.memory import MemoryEpisodeStore
+
+log = logging.getLogger(__name__)
+
+
+def build_agent(settings: Settings) -> Agent:
+    return Agent(
+        settings=settings,
+        backend=create_backend(settings),
+        store=MemoryEpisodeStore(ttl_s=settings.episode_ttl_s, max_episodes=settings.max_episodes),
+        registry=AdapterRegistry(settings.adapters_dir()),
+    )
+
+
+def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=None):
+    agent = agent or build_agent(settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        async def start():
+            try:
+                await agent.start()
+                log.info("ready: backend=%s mode=%s adapters=%s", agent.backend.kind, agent.mode,
+                         agent.backend.adapter_versions())
+            except Exception as exc:
+                log.error("engine failed to start: %s", exc, exc_info=exc)
+                app.state.start_error = exc
+                if on_start_failure is not None:
+                    on_start_failure(exc)
+
+        app.state.start_error = None
+        task = asyncio.create_task(start(), name="engine-start")
+        try:
+            yield
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            await agent.close()
+
+    app = create_app(agent, lifespan=lifespan)
+    app.state.agent = agent
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def serve(settings: Settings) -> int:
+    """Run the server until interrupted; returns the process exit code."""
+    import uvicorn
+
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop(exc: BaseException) -> None:
+        failed.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = build_app(settings, on_start_failure=stop)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port,
+                            log_level=settings.log_level, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.run()
+    return 1 if failed else 0

@@ -1,0 +1,103 @@
+"""The backend protocol every engine implements.
+
+``generate`` takes a batch of specs (prompt, adapter name, sampling) and
+returns one result per spec, each naming the adapter version that produced it.
+Callers may call ``generate`` concurrently from many episodes: a backend
+batches them itself (vLLM's continuous batching; the HF backend's gathering
+queue) — nothing in front of it serialises requests.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from glider.server.settings import Settings
+
+
+class BackendError(RuntimeError):
+    """The engine failed to produce a generation (mapped to 503 by the transports)."""
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    prompt: str
+    adapter: str | None  # adapter name ("planner", "executor", ...); None = the bare backbone
+    max_tokens: int = 32
+    temperature: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ("\n",)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    adapter_version: str | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class AdapterHandle:
+    """An adapter loaded in the engine: its name, version and where its files are."""
+
+    name: str
+    version: str
+    path: Path
+    engine_id: int = 0
+
+
+class Backend(ABC):
+    kind: str = "base"
+
+    def __init__(self) -> None:
+        self.adapters: dict[str, AdapterHandle] = {}
+        self.ready = False
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the model; ``ready`` becomes True when it can serve."""
+
+    @abstractmethod
+    async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]: ...
+
+    @abstractmethod
+    async def load_adapter(self, name: str, version: str, path: Path) -> AdapterHandle:
+        """Load ``path`` as adapter ``name`` at ``version`` and make it the serving one."""
+
+    async def close(self) -> None:
+        self.ready = False
+
+    def adapter_versions(self) -> dict[str, str]:
+        return {name: handle.version for name, handle in self.adapters.items()}
+
+    def _handle(self, name: str | None) -> AdapterHandle | None:
+        if name is None:
+            return None
+        try:
+            return self.adapters[name]
+        except KeyError:
+            raise BackendError(f"adapter {name!r} is not loaded") from None
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def create_backend(settings: Settings) -> Backend:
+    if settings.backend.value == "vllm":
+        from glider.server.backends.vllm import VLLMBackend
+
+        return VLLMBackend(settings)
+    from glider.server.backends.hf import HFBackend
+
+    return HFBackend(settings)

@@ -1,0 +1,213 @@
+"""transformers + peft backend: the embedded / fallback engine, also what the trainer uses.
+
+Concurrent ``generate`` calls are gathered by a small queue for up to
+``hf_batch_wait_ms`` (or ``hf_max_batch`` requests) and run as one batched
+``generate`` with peft's per-row ``adapter_names``, so different adapters
+share a batch.  Rows with different sampling settings go in separate batches;
+a sampled batch is seeded from its first request (per-row seeds are a vLLM
+feature).  Generation runs in a worker thread so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from glider.server.backends.base import (
+    AdapterHandle,
+    Backend,
+    BackendError,
+    GenerationResult,
+    GenerationSpec,
+    truncate_at_stop,
+)
+from glider.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class _Pending:
+    spec: GenerationSpec
+    peft_name: str
+    version: str | None
+    future: asyncio.Future
+
+
+class HFBackend(Backend):
+    kind = "hf"
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+        self.model = None
+        self.tokenizer = None
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._worker: asyncio.Task | None = None
+        self._peft_names: dict[str, str] = {}  # adapter name -> serving peft adapter name
+        self._lock = asyncio.Lock()  # adapter loading vs. batched generate on the model
+        self._pending: Counter[str] = Counter()  # peft name -> queued or running requests
+        self._retired: set[str] = set()  # replaced peft names, deleted once unused
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(), name="hf-batcher")
+        self.ready = True
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self.settings.model_dir()
+        log.info("loading %s with transformers", path)
+        dtype = getattr(torch, self.settings.dtype, torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        self.model.eval()
+
+    async def load_adapter(self, name: str, version: str, path: Path) -> AdapterHandle:
+        if self.model is None:
+            raise BackendError("HF model is not loaded")
+        peft_name = f"{name}@{version}"
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self._load_peft, peft_name, Path(path))
+            except Exception as exc:
+                raise BackendError(f"peft could not load adapter {peft_name}: {exc}") from exc
+            previous = self._peft_names.get(name)
+            self._peft_names[name] = peft_name
+            handle = AdapterHandle(name=name, version=version, path=Path(path))
+            self.adapters[name] = handle
+            if previous is not None and previous != peft_name:
+                # requests queued on the old version still run on it
+                self._retired.add(previous)
+                self._delete_if_unused(previous)
+        log.info("adapter %s loaded into peft", peft_name)
+        return handle
+
+    def _delete_if_unused(self, peft_name: str) -> None:
+        if peft_name in self._retired and self._pending[peft_name] == 0:
+            self._retired.discard(peft_name)
+            del self._pending[peft_name]
+            self.model.delete_adapter(peft_name)
+
+    def _load_peft(self, peft_name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if not hasattr(self.model, "peft_config"):
+            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=peft_name)
+        else:
+            self.model.load_adapter(path, adapter_name=peft_name)
+        self.model.eval()
+
+    async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]:
+        if not self.ready or self._queue is None:
+            raise BackendError("HF backend is not started")
+        loop = asyncio.get_running_loop()
+        pending = []
+        for spec in specs:
+            handle = self._handle(spec.adapter)
+            peft_name = self._peft_names[spec.adapter] if handle else BASE
+            pending.append(_Pending(spec, peft_name, handle.version if handle else None,
+                                    loop.create_future()))
+        for item in pending:
+            self._pending[item.peft_name] += 1
+            self._queue.put_nowait(item)
+        try:
+            return list(await asyncio.gather(*(p.future for p in pending)))
+        finally:
+            for item in pending:
+                self._pending[item.peft_name] -= 1
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        wait = self.settings.hf_batch_wait_ms / 1000
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + wait
+            while len(batch) < self.settings.hf_max_batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except TimeoutError:
+                    break
+            groups: dict[tuple, list[_Pending]] = {}
+            for item in batch:
+                s = item.spec
+                groups.setdefault((s.temperature, s.max_tokens, s.stop), []).append(item)
+            for items in groups.values():
+                live = [p for p in items if not p.future.done()]
+                if not live:
+                    continue
+                try:
+                    async with self._lock:
+                        results = await asyncio.to_thread(self._generate_batch, live)
+                except Exception as exc:  # one failed batch fails its requests, not the worker
+                    log.exception("HF batch failed")
+                    for p in live:
+                        if not p.future.done():
+                            p.future.set_exception(BackendError(f"HF generation failed: {exc}"))
+                    continue
+                for p, r in zip(live, results, strict=True):
+                    if not p.future.done():
+                        p.future.set_result(r)
+            for name in list(self._retired):  # no batch runs here: safe to drop unused versions
+                self._delete_if_unused(name)
+
+    def _generate_batch(self, items: list[_Pending]) -> list[GenerationResult]:
+        import torch
+
+        spec = items[0].spec
+        tok = self.tokenizer
+        enc = tok([p.spec.prompt for p in items], return_tensors="pt", padding=True)
+        kwargs = dict(
+            max_new_tokens=spec.max_tokens,
+            pad_token_id=tok.pad_token_id,
+            stop_strings=list(spec.stop) or None,
+            tokenizer=tok,
+        )
+        if spec.temperature > 0:
+            if spec.seed is not None:
+                torch.manual_seed(spec.seed)
+            kwargs.update(do_sample=True, temperature=spec.temperature, top_k=0, top_p=1.0)
+        else:
+            kwargs.update(do_sample=False)
+        if hasattr(self.model, "peft_config"):
+            kwargs["adapter_names"] = [p.peft_name for p in items]
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        results = []
+        for i, p in enumerate(items):
+            new_ids = out[i, prompt_len:]
+            text = tok.decode(new_ids, skip_special_tokens=True)
+            text = truncate_at_stop(text, p.spec.stop)
+            # count the tokens up to and including the stop, not the padding after it
+            n = int((new_ids != tok.pad_token_id).sum()) if tok.pad_token_id is not None else len(new_ids)
+            results.append(GenerationResult(
+                text=text, adapter_version=p.version,
+                prompt_tokens=int(enc["attention_mask"][i].sum()), completion_tokens=n,
+            ))
+        return results
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None

@@ -1,0 +1,167 @@
+"""vLLM backend: ``AsyncLLM`` with ``enable_lora``; one ``LoRARequest`` per adapter name and version.
+
+Every ``generate`` call submits its specs to the engine as independent
+requests and awaits them together, so concurrent episodes meet in vLLM's
+continuous batching.  A new adapter version gets a fresh LoRA id (vLLM caches
+adapters by id), so requests already running finish on the version they
+started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from glider.server.backends.base import (
+    AdapterHandle,
+    Backend,
+    BackendError,
+    GenerationResult,
+    GenerationSpec,
+)
+from glider.server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _is_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch always present with vllm
+        return False
+
+
+class VLLMBackend(Backend):
+    kind = "vllm"
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+        self._engine = None
+        self._lora_ids = itertools.count(1)
+        self._requests: dict[str, object] = {}  # adapter name -> serving LoRARequest
+        self._inflight: Counter[int] = Counter()  # LoRA id -> requests running on it
+        self._retired: set[int] = set()  # replaced ids, removed once their requests finish
+
+    async def start(self) -> None:
+        # the CPU build sizes its KV cache from this variable, read at engine creation
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(self.settings.kv_cache_gib))))
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        args = AsyncEngineArgs(
+            model=str(s.model_dir()),
+            tokenizer=str(s.model_dir()),
+            dtype=s.dtype if not _is_cuda() or s.dtype != "float32" else "auto",
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_lora_rank=s.max_lora_rank,
+            max_model_len=s.max_model_len,
+            enforce_eager=not _is_cuda(),
+            enable_prefix_caching=s.enable_prefix_caching,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            seed=s.seed,
+            disable_log_stats=True,
+        )
+        log.info("starting vLLM engine on %s", s.model_dir())
+        self._engine = AsyncLLM.from_engine_args(args)
+        self.ready = True
+
+    async def load_adapter(self, name: str, version: str, path: Path) -> AdapterHandle:
+        from vllm.lora.request import LoRARequest
+
+        engine = self._require_engine()
+        lora_id = next(self._lora_ids)
+        request = LoRARequest(f"{name}@{version}", lora_id, str(path))
+        try:
+            await engine.add_lora(request)
+        except Exception as exc:
+            raise BackendError(f"vLLM could not load adapter {name}@{version}: {exc}") from exc
+        previous = self.adapters.get(name)
+        handle = AdapterHandle(name=name, version=version, path=Path(path), engine_id=lora_id)
+        # switch atomically: new requests take the new LoRARequest from here on
+        self._requests[name] = request
+        self.adapters[name] = handle
+        if previous is not None and previous.engine_id not in self._live_ids():
+            # requests that started on the old version finish on it; its slot is
+            # freed when the last of them is done
+            self._retired.add(previous.engine_id)
+            await self._release(engine, previous.engine_id)
+        log.info("adapter %s@%s loaded as LoRA id %d", name, version, lora_id)
+        return handle
+
+    async def _release(self, engine, lora_id: int) -> None:
+        if lora_id in self._retired and self._inflight[lora_id] == 0:
+            self._retired.discard(lora_id)
+            del self._inflight[lora_id]
+            await engine.remove_lora(lora_id)
+
+    def _live_ids(self) -> set[int]:
+        return {h.engine_id for h in self.adapters.values()}
+
+    def _require_engine(self):
+        if self._engine is None:
+            raise BackendError("vLLM engine is not started")
+        if self._engine.errored:
+            self.ready = False
+            raise BackendError(f"vLLM engine failed: {self._engine.dead_error}")
+        return self._engine
+
+    async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]:
+        engine = self._require_engine()
+        return list(await asyncio.gather(*(self._one(engine, spec) for spec in specs)))
+
+    async def _one(self, engine, spec: GenerationSpec) -> GenerationResult:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        handle = self._handle(spec.adapter)
+        lora = self._requests[spec.adapter] if handle is not None else None
+        params = SamplingParams(
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            seed=spec.seed,
+            stop=list(spec.stop),
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final = None
+        if lora is not None:
+            self._inflight[lora.lora_int_id] += 1
+        try:
+            async for out in engine.generate(
+                spec.prompt, params, uuid.uuid4().hex, lora_request=lora
+            ):
+                final = out
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"vLLM generation failed: {exc}") from exc
+        finally:
+            if lora is not None:
+                self._inflight[lora.lora_int_id] -= 1
+                if lora.lora_int_id in self._retired:
+                    await self._release(engine, lora.lora_int_id)
+        if final is None or not final.outputs:
+            raise BackendError("vLLM returned no output")
+        completion = final.outputs[0]
+        return GenerationResult(
+            text=completion.text,
+            adapter_version=handle.version if handle else None,
+            prompt_tokens=len(final.prompt_token_ids or ()),
+            completion_tokens=len(completion.token_ids),
+        )
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None

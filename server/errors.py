@@ -1,0 +1,50 @@
+"""Domain errors and the one table that maps them to HTTP and gRPC status codes."""
+
+from __future__ import annotations
+
+from glider.server.adapters.registry import AdapterNotFound, InvalidAdapter
+from glider.server.backends.base import BackendError
+from glider.server.store.base import EpisodeBusy, EpisodeExists, EpisodeNotFound, StoreFull
+
+
+class GliderError(Exception):
+    """Base of errors raised by the Agent service for the transports to map."""
+
+
+class InvalidInput(GliderError, ValueError):
+    pass
+
+
+class EpisodeFinished(GliderError):
+    pass
+
+
+class StepMismatch(GliderError):
+    pass
+
+
+class Unauthorized(GliderError):
+    pass
+
+
+# exception type -> (stable error code, HTTP status, gRPC status name)
+ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
+    (InvalidInput, "invalid_input", 422, "INVALID_ARGUMENT"),
+    (InvalidAdapter, "invalid_adapter", 422, "INVALID_ARGUMENT"),
+    (EpisodeNotFound, "episode_not_found", 404, "NOT_FOUND"),
+    (AdapterNotFound, "adapter_not_found", 404, "NOT_FOUND"),
+    (EpisodeExists, "episode_exists", 409, "ALREADY_EXISTS"),
+    (EpisodeBusy, "episode_busy", 409, "ABORTED"),
+    (StepMismatch, "step_mismatch", 409, "FAILED_PRECONDITION"),
+    (EpisodeFinished, "episode_finished", 409, "FAILED_PRECONDITION"),
+    (StoreFull, "too_many_episodes", 429, "RESOURCE_EXHAUSTED"),
+    (Unauthorized, "unauthorized", 401, "UNAUTHENTICATED"),
+    (BackendError, "backend_unavailable", 503, "UNAVAILABLE"),
+]
+
+
+def classify(exc: BaseException) -> tuple[str, int, str] | None:
+    for etype, code, http, grpc_name in ERROR_TABLE:
+        if isinstance(exc, etype):
+            return code, http, grpc_name
+    return None

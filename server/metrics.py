@@ -1,0 +1,30 @@
+"""Prometheus metrics of one server (own registry, so several servers can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_latency = Histogram(
+            "glider_request_latency_seconds", "Latency of API requests.", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "glider_requests_total", "API requests by route and status.", ["route", "status"],
+            registry=r)
+        self.steps = Counter("glider_env_steps_total", "Environment steps answered.", ["mode"], registry=r)
+        self.generations = Counter(
+            "glider_generations_total", "Model calls by policy role (planner / executor / flat).",
+            ["role"], registry=r)
+        self.generated_tokens = Counter(
+            "glider_generated_tokens_total", "Generated tokens by policy role.", ["role"], registry=r)
+        self.fallbacks = Counter(
+            "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
+        self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)
+        self.active_episodes = Gauge("glider_active_episodes", "Episodes in the store.", registry=r)
+        self.errors = Counter("glider_errors_total", "Errors by code.", ["code"], registry=r)

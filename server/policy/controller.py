@@ -1,0 +1,258 @@
+"""The hierarchy controller: one environment step of the planner/executor state machine.
+
+    need a subgoal?  (none yet | executor marked the last one done | c_max steps spent)
+        yes -> planner(task, finished subgoals, observation) -> subgoal
+    executor(task, subgoal, recent turns, observation) -> "action; true|false"
+
+The controller is pure logic over an ``EpisodeState``: it never mutates the
+state it is given (a failed generation leaves the episode exactly as it was),
+and it reaches the model only through ``generate``, so the same code runs on
+vLLM, on transformers+peft, and on a scripted generator in unit tests.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from glider.server.policy.prompts import (
+    ADAPTER_FOR_ROLE,
+    STOP,
+    Role,
+    executor_prompt,
+    flat_prompt,
+    parse_executor_output,
+    parse_subgoal,
+    planner_prompt,
+    sanitize,
+)
+from glider.server.policy.state import EpisodeState, EpisodeStatus, Segment, Turn
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """One generation the policy needs from the engine."""
+
+    prompt: str
+    role: Role
+    adapter: str  # adapter name the role maps to in this mode
+    max_tokens: int
+    temperature: float
+    seed: int | None = None
+    stop: tuple[str, ...] = (STOP,)
+
+
+@dataclass(frozen=True)
+class PolicyGeneration:
+    text: str
+    adapter_version: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+GenerateFn = Callable[[Sequence[PolicyRequest]], Awaitable[Sequence[PolicyGeneration]]]
+
+
+@dataclass(frozen=True)
+class HierarchyConfig:
+    mode: str = "separate"
+    c_max: int = 10
+    history_window: int = 6
+    plan_window: int = 8
+    max_plan_attempts: int = 2
+    max_action_attempts: int = 2
+    planner_max_tokens: int = 32
+    executor_max_tokens: int = 24
+    temperature: float = 0.0
+    retry_temperature: float = 0.8
+    fallback_action: str = "look around"
+    fallback_subgoal: str = "explore the surroundings"
+    prompt_observation_chars: int = 600
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings) -> HierarchyConfig:
+        names = cls.__dataclass_fields__
+        values = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
+        values["mode"] = getattr(settings.mode, "value", settings.mode)
+        return cls(**values)
+
+
+@dataclass
+class StepDecision:
+    """What one step produced; ``state`` is the new state to commit."""
+
+    state: EpisodeState
+    action: str | None
+    subgoal: str | None
+    new_subgoal: bool
+    subgoal_done: bool
+    adapter_versions: dict[str, str] = field(default_factory=dict)
+    planner_calls: int = 0
+    executor_calls: int = 0
+    generated_tokens: dict[str, int] = field(default_factory=dict)  # role -> tokens
+    fallback: bool = False
+
+
+class PolicyController:
+    def __init__(self, config: HierarchyConfig):
+        if config.mode not in ADAPTER_FOR_ROLE:
+            raise ValueError(f"unknown policy mode {config.mode!r}")
+        self.config = config
+        self.adapters = ADAPTER_FOR_ROLE[config.mode]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Adapters this mode needs loaded (deduplicated, stable order)."""
+        return list(dict.fromkeys(self.adapters.values()))
+
+    def new_state(self, episode_id: str, task: str) -> EpisodeState:
+        return EpisodeState(id=episode_id, task=sanitize(task), mode=self.config.mode)
+
+    async def step(
+        self,
+        state: EpisodeState,
+        observation: str,
+        reward: float,
+        done: bool,
+        generate: GenerateFn,
+    ) -> StepDecision:
+        new = state.model_copy(deep=True)
+        new.last_reward = reward
+        new.total_reward += reward
+        new.updated_at = time.time()
+        decision = StepDecision(state=new, action=None, subgoal=new.subgoal, new_subgoal=False,
+                                subgoal_done=False)
+        if done:
+            # the environment ended the episode: close the open segment, answer no action
+            if new.current is not None:
+                self._close_segment(new)
+            new.status = EpisodeStatus.finished
+            return decision
+        if self.config.mode == "flat":
+            await self._flat_step(new, observation, generate, decision)
+        else:
+            await self._hierarchical_step(new, observation, generate, decision)
+        new.step += 1
+        return decision
+
+    # -- hierarchical ---------------------------------------------------------
+    def _needs_plan(self, state: EpisodeState) -> bool:
+        seg = state.current
+        return seg is None or seg.completed or len(seg.turns) >= self.config.c_max
+
+    def _close_segment(self, state: EpisodeState) -> None:
+        assert state.current is not None
+        state.finished.append(state.current)
+        if self.config.plan_window >= 0:
+            del state.finished[: max(0, len(state.finished) - self.config.plan_window)]
+        state.current = None
+
+    async def _hierarchical_step(
+        self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision
+    ) -> None:
+        cfg = self.config
+        if self._needs_plan(state):
+            if state.current is not None:
+                self._close_segment(state)
+            prompt = planner_prompt(
+                state.task, state.finished, observation, obs_limit=cfg.prompt_observation_chars
+            )
+            subgoal, version = await self._sample(
+                prompt, Role.planner, cfg.planner_max_tokens, cfg.max_plan_attempts,
+                parse_subgoal, state, generate, decision,
+            )
+            if subgoal is None:
+                subgoal, decision.fallback = cfg.fallback_subgoal, True
+            state.current = Segment(
+                subgoal=subgoal,
+                start_observation=sanitize(observation, cfg.prompt_observation_chars),
+                adapter_version=version,
+            )
+            state.subgoal_count += 1
+            decision.new_subgoal = True
+        seg = state.current
+        assert seg is not None
+        if not decision.new_subgoal and seg.adapter_version is not None:
+            decision.adapter_versions[self.adapters[Role.planner]] = seg.adapter_version
+        turns = seg.turns[-cfg.history_window :] if cfg.history_window else []
+        prompt = executor_prompt(
+            state.task, seg.subgoal, turns, observation, obs_limit=cfg.prompt_observation_chars
+        )
+        parsed, _ = await self._sample(
+            prompt, Role.executor, cfg.executor_max_tokens, cfg.max_action_attempts,
+            _parse_executor_usable, state, generate, decision,
+        )
+        action, subgoal_done = parsed if parsed is not None else (None, False)
+        if action is None:
+            action, decision.fallback = cfg.fallback_action, True
+        seg.turns.append(
+            Turn(observation=sanitize(observation, cfg.prompt_observation_chars), action=action,
+                 done=subgoal_done)
+        )
+        seg.completed = subgoal_done
+        decision.action, decision.subgoal, decision.subgoal_done = action, seg.subgoal, subgoal_done
+
+    # -- flat -----------------------------------------------------------------
+    async def _flat_step(
+        self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision
+    ) -> None:
+        cfg = self.config
+        turns = state.history[-cfg.history_window :] if cfg.history_window else []
+        prompt = flat_prompt(state.task, turns, observation, obs_limit=cfg.prompt_observation_chars)
+        action, _ = await self._sample(
+            prompt, Role.flat, cfg.executor_max_tokens, cfg.max_action_attempts,
+            parse_subgoal, state, generate, decision,
+        )
+        if action is None:
+            action, decision.fallback = cfg.fallback_action, True
+        state.history.append(
+            Turn(observation=sanitize(observation, cfg.prompt_observation_chars), action=action)
+        )
+        del state.history[: max(0, len(state.history) - cfg.history_window)]
+        decision.action = action
+
+    # -- sampling with bounded retries ------------------------------------------
+    async def _sample(self, prompt, role, max_tokens, attempts, parse, state, generate, decision):
+        """Generate until ``parse`` accepts the text, at most ``attempts`` times.
+
+        The first attempt uses the configured temperature; retries sample (a
+        greedy retry would only repeat the same unusable text) with a seed
+        derived from the episode so a replay is reproducible.
+        """
+        cfg = self.config
+        adapter = self.adapters[role]
+        version = None
+        for attempt in range(attempts):
+            temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
+            seed = None
+            if temperature > 0:
+                key = f"{cfg.seed}/{state.id}/{state.step}/{role.value}/{attempt}"
+                seed = zlib.crc32(key.encode())
+            request = PolicyRequest(prompt=prompt, role=role, adapter=adapter,
+                                    max_tokens=max_tokens, temperature=temperature, seed=seed)
+            (gen,) = await generate([request])
+            if role is Role.planner:
+                state.planner_calls += 1
+                decision.planner_calls += 1
+            else:
+                state.executor_calls += 1
+                decision.executor_calls += 1
+            decision.generated_tokens[role.value] = (
+                decision.generated_tokens.get(role.value, 0) + gen.completion_tokens
+            )
+            version = gen.adapter_version
+            if version is not None:
+                state.adapter_versions[adapter] = version
+                decision.adapter_versions[adapter] = version
+            value = parse(gen.text)
+            if value is not None:
+                return value, version
+        return None, version
+
+
+def _parse_executor_usable(text: str) -> tuple[str, bool] | None:
+    action, done = parse_executor_output(text)
+    return None if action is None else (action, done)

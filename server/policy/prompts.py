@@ -1,0 +1,145 @@
+"""Prompt formats of the planner, the executor and the flat baseline.
+
+The formats are line-oriented and append-only so that a whole episode (planner)
+or a whole subgoal segment (executor) is one growing sequence: training sees
+every target of a sequence at once, and vLLM's prefix cache reuses the earlier
+turns at serve time.
+
+    <|planner|>                       <|executor|>                 <|flat|>
+    Task: boil water ...              Task: boil water ...         Task: ...
+    Obs: This room is ...             Subgoal: go to the kitchen   Obs: ...
+    Subgoal: go to the kitchen        Obs: This room is ...        Action: open door
+    Did: open door to kitchen, ...    Action: open door; false     Obs: ...
+    Obs: This room is the kitchen     Obs: The door is open.       Action:
+    Subgoal:                          Action:
+
+The model completes the last line; generation stops at the newline.  The
+executor's target is ``<action>; true|false`` — ``true`` ends the subgoal (the
+authors' format, learned from D^l where a segment's last action is marked true).
+
+Observations, tasks and actions are untrusted text.  ``sanitize`` flattens them
+to one line and removes role markers and special tokens, so no observation can
+open a new ``Action:``/``Subgoal:`` line or switch the role header.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from enum import Enum
+
+from glider.server.policy.state import Segment, Turn
+
+
+class Role(str, Enum):
+    planner = "planner"
+    executor = "executor"
+    flat = "flat"
+
+
+#: role markers: the first line of each prompt; special tokens in the embedded tokenizer
+ROLE_MARKERS = {Role.planner: "<|planner|>", Role.executor: "<|executor|>", Role.flat: "<|flat|>"}
+#: special tokens of the embedded backbone (role markers + sequence boundaries)
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>", *ROLE_MARKERS.values()]
+
+#: which adapter serves a prompt role, per policy mode (``settings.PolicyMode`` values)
+ADAPTER_FOR_ROLE: dict[str, dict[Role, str]] = {
+    "separate": {Role.planner: "planner", Role.executor: "executor"},
+    "shared": {Role.planner: "shared", Role.executor: "shared"},
+    "flat": {Role.flat: "flat"},
+}
+
+STOP = "\n"
+DONE_TRUE, DONE_FALSE = "true", "false"
+
+# anything that looks like a chat/role/special token: <|...|>, <s>, </s>, [INST] ...
+_SPECIAL_RE = re.compile(r"<\|[^|>]{0,40}\|>|</?s>|\[/?INST\]|<<SYS>>|<</SYS>>")
+_SPACE_RE = re.compile(r"\s+")
+# a line-start keyword cannot be forged because text never contains a newline after
+# sanitising; the completion marker is parsed from generated text only.
+
+
+def sanitize(text: str, limit: int | None = None, extra_tokens: Iterable[str] = ()) -> str:
+    """One line of untrusted text, without role markers or special tokens, at most ``limit`` chars."""
+    for token in extra_tokens:
+        if token:
+            text = text.replace(token, " ")
+    text = _SPECIAL_RE.sub(" ", text)
+    text = _SPACE_RE.sub(" ", text).strip()
+    if limit is not None and len(text) > limit:
+        text = text[:limit].rstrip() + " …"
+    return text
+
+
+def planner_prompt(
+    task: str, finished: Sequence[Segment], observation: str, *, obs_limit: int | None = None
+) -> str:
+    """The planner sees the task, each finished subgoal with what was done, and the observation."""
+    lines = [ROLE_MARKERS[Role.planner], f"Task: {sanitize(task)}"]
+    for seg in finished:
+        lines.append(f"Obs: {sanitize(seg.start_observation, obs_limit)}")
+        lines.append(f"Subgoal: {sanitize(seg.subgoal)}")
+        lines.append("Did: " + ", ".join(sanitize(t.action) for t in seg.turns))
+    lines.append(f"Obs: {sanitize(observation, obs_limit)}")
+    lines.append("Subgoal:")
+    return "\n".join(lines)
+
+
+def executor_prompt(
+    task: str, subgoal: str, turns: Sequence[Turn], observation: str, *, obs_limit: int | None = None
+) -> str:
+    """The executor sees the subgoal, its own recent (observation, action) turns and the observation."""
+    lines = [ROLE_MARKERS[Role.executor], f"Task: {sanitize(task)}", f"Subgoal: {sanitize(subgoal)}"]
+    for turn in turns:
+        lines.append(f"Obs: {sanitize(turn.observation, obs_limit)}")
+        lines.append(f"Action: {format_executor_target(turn.action, turn.done)}")
+    lines.append(f"Obs: {sanitize(observation, obs_limit)}")
+    lines.append("Action:")
+    return "\n".join(lines)
+
+
+def flat_prompt(
+    task: str, turns: Sequence[Turn], observation: str, *, obs_limit: int | None = None
+) -> str:
+    """The no-hierarchy baseline: task, recent (observation, action) turns, observation."""
+    lines = [ROLE_MARKERS[Role.flat], f"Task: {sanitize(task)}"]
+    for turn in turns:
+        lines.append(f"Obs: {sanitize(turn.observation, obs_limit)}")
+        lines.append(f"Action: {sanitize(turn.action)}")
+    lines.append(f"Obs: {sanitize(observation, obs_limit)}")
+    lines.append("Action:")
+    return "\n".join(lines)
+
+
+def format_executor_target(action: str, done: bool) -> str:
+    return f"{sanitize(action)}; {DONE_TRUE if done else DONE_FALSE}"
+
+
+_MARKER_RE = re.compile(r"^(?P<action>.*?)\s*;\s*(?P<done>true|false)\b", re.IGNORECASE)
+_MAX_UTTERANCE = 200
+
+
+def parse_action(text: str) -> str | None:
+    """First line of generated text as an action, or None when nothing usable is there."""
+    line = text.split(STOP, 1)[0]
+    action = sanitize(line, _MAX_UTTERANCE).rstrip(";").strip()
+    # an action needs at least one word character ("look around", "go to kitchen", "0")
+    return action if re.search(r"\w", action) else None
+
+
+def parse_executor_output(text: str) -> tuple[str | None, bool]:
+    """Split ``"<action>; true|false"`` into (action, subgoal_done).
+
+    A missing marker means "not done"; an empty or symbol-only action means
+    the output is unusable (None), and the caller re-samples or falls back.
+    """
+    line = text.split(STOP, 1)[0].strip()
+    match = _MARKER_RE.match(line)
+    if match:
+        return parse_action(match.group("action")), match.group("done").lower() == DONE_TRUE
+    # a trailing ";" or "; tr" cut off by the token budget carries no decision
+    return parse_action(line.split(";", 1)[0]), False
+
+
+def parse_subgoal(text: str) -> str | None:
+    return parse_action(text)

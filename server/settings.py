@@ -1,0 +1,92 @@
+"""One typed settings object for the whole server (``GLIDER_*`` environment variables).
+
+Every knob the server reads lives here; modules receive the object (or the part
+of it they need) instead of reading the environment themselves.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".glider")
+
+
+class BackendKind(str, Enum):
+    vllm = "vllm"
+    hf = "hf"
+
+
+class PolicyMode(str, Enum):
+    """How the planner and the executor map onto adapters.
+
+    ``separate``: two LoRA adapters (planner, executor) on one backbone — the default.
+    ``shared``: one adapter, the role chosen only by the prompt (the paper's setting).
+    ``flat``: no hierarchy, one policy emits actions directly (the ablation baseline).
+    """
+
+    separate = "separate"
+    shared = "shared"
+    flat = "flat"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GLIDER_", extra="ignore")
+
+    # --- model and adapters -------------------------------------------------
+    home: Path = Field(DEFAULT_HOME, description="Working directory for built artefacts.")
+    model: Path | None = Field(
+        None, description="Local HF model directory; default: the embedded backbone under home."
+    )
+    adapters: Path | None = Field(
+        None, description="Adapter registry root; default: <home>/adapters."
+    )
+    backend: BackendKind = BackendKind.vllm
+    mode: PolicyMode = PolicyMode.separate
+    dtype: str = "float32"
+    max_lora_rank: int = 16
+    max_loras: int = 4
+    max_model_len: int = 2048
+    kv_cache_gib: float = Field(1.0, description="vLLM-CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = 0.85
+    enable_prefix_caching: bool = True
+    hf_max_batch: int = Field(32, description="HF backend: most requests per batched generate.")
+    hf_batch_wait_ms: float = Field(2.0, description="HF backend: how long to gather a batch.")
+
+    # --- transport ----------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    # --- policy -------------------------------------------------------------
+    c_max: int = Field(10, ge=1, description="Most executor steps per subgoal before re-planning.")
+    history_window: int = Field(6, ge=0, description="(observation, action) pairs the executor sees.")
+    plan_window: int = Field(8, ge=0, description="Finished subgoals the planner sees.")
+    max_plan_attempts: int = Field(2, ge=1, description="Planner samples per step before fallback.")
+    max_action_attempts: int = Field(2, ge=1, description="Executor samples per step before fallback.")
+    planner_max_tokens: int = Field(32, ge=1)
+    executor_max_tokens: int = Field(24, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample.")
+    retry_temperature: float = Field(0.8, gt=0.0)
+    fallback_action: str = "look around"
+    fallback_subgoal: str = "explore the surroundings"
+    seed: int = 0
+
+    # --- limits and episode store -------------------------------------------
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    max_observation_chars: int = Field(8192, ge=1)
+    max_task_chars: int = Field(4096, ge=1)
+    prompt_observation_chars: int = Field(
+        600, ge=16, description="Characters of each observation that go into a prompt."
+    )
+    episode_ttl_s: float = Field(3600.0, gt=0)
+    max_episodes: int = Field(10000, ge=1)
+
+    def model_dir(self) -> Path:
+        return self.model if self.model is not None else self.home / "backbone"
+
+    def adapters_dir(self) -> Path:
+        return self.adapters if self.adapters is not None else self.home / "adapters"
