@@ -23,6 +23,7 @@ from glider.server.policy.prompts import (
     Role,
     executor_prompt,
     flat_prompt,
+    parse_action,
     parse_executor_output,
     parse_subgoal,
     planner_prompt,
@@ -204,7 +205,7 @@ class PolicyController:
         prompt = flat_prompt(state.task, turns, observation, obs_limit=cfg.prompt_observation_chars)
         action, _ = await self._sample(
             prompt, Role.flat, cfg.executor_max_tokens, cfg.max_action_attempts,
-            parse_subgoal, state, generate, decision,
+            parse_action, state, generate, decision,
         )
         if action is None:
             action, decision.fallback = cfg.fallback_action, True

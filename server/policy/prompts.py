@@ -142,4 +142,5 @@ def parse_executor_output(text: str) -> tuple[str | None, bool]:
 
 
 def parse_subgoal(text: str) -> str | None:
-    return parse_action(text)
+    """First line as a subgoal; an executor-style ``; true|false`` tail is not part of it."""
+    return parse_executor_output(text)[0]

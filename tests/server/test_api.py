@@ -1,0 +1,126 @@
+"""REST API in-process, on a backend whose timing and failures the test controls.
+
+The model's text is irrelevant here; what is tested is the transport and the
+Agent's rules: concurrent steps on one episode, backend failures, bad input.
+"""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from glider.server.adapters import AdapterRegistry
+from glider.server.agent import Agent
+from glider.server.api.rest import BodyLimit, create_app
+from glider.server.backends.base import AdapterHandle, Backend, BackendError, GenerationResult
+from glider.server.settings import Settings
+from glider.server.store import MemoryEpisodeStore
+
+from tests.badinput import check_all, error_of, snapshot, start_episode
+
+
+class ControlledBackend(Backend):
+    """Answers "look around; false" (and a subgoal), optionally after a gate opens, or fails."""
+
+    kind = "controlled"
+
+    def __init__(self):
+        super().__init__()
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+    async def start(self):
+        self.ready = True
+
+    async def load_adapter(self, name, version, path):
+        self.adapters[name] = AdapterHandle(name, version, path)
+        return self.adapters[name]
+
+    async def generate(self, specs):
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise BackendError("engine unavailable")
+        return [GenerationResult("look around; false", self._handle(s.adapter).version, 10, 4) for s in specs]
+
+
+@pytest.fixture
+async def api(tmp_path):
+    reg = AdapterRegistry(tmp_path / "adapters")
+    for name in ("planner", "executor"):
+        src = tmp_path / f"src-{name}"
+        src.mkdir()
+        (src / "adapter_config.json").write_text(json.dumps({"r": 8}))
+        (src / "adapter_model.safetensors").write_bytes(b"x")
+        reg.publish(name, src)
+    settings = Settings(max_observation_chars=1000, max_body_bytes=4096)
+    backend = ControlledBackend()
+    agent = Agent(settings, backend, MemoryEpisodeStore(), reg)
+    await agent.start()
+    app = BodyLimit(create_app(agent), limit=settings.max_body_bytes)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        yield client, backend, agent
+
+
+async def test_bad_input_is_refused_and_changes_nothing(api):
+    client, _, agent = api
+    await check_all(client, agent.settings.max_observation_chars)
+
+
+async def test_second_concurrent_step_gets_409_and_first_completes(api):
+    client, backend, _ = api
+    eid = (await start_episode(client))["episode_id"]
+    backend.gate = asyncio.Event()
+    first = asyncio.create_task(client.post("/act", json={"episode_id": eid, "observation": "a"}))
+    await asyncio.sleep(0.05)
+    second = await client.post("/act", json={"episode_id": eid, "observation": "b"})
+    assert error_of(second, 409)["code"] == "episode_busy"
+    backend.gate.set()
+    r = await first
+    assert r.status_code == 200 and r.json()["step"] == 1
+    state = await snapshot(client, eid)
+    assert state["step"] == 2
+    assert [t["observation"] for t in state["current"]["turns"]] == ["You are in the hallway.", "a"]
+
+
+async def test_backend_failure_is_503_and_the_episode_is_unchanged(api):
+    client, backend, _ = api
+    eid = (await start_episode(client))["episode_id"]
+    before = await snapshot(client, eid)
+    backend.fail = True
+    r = await client.post("/act", json={"episode_id": eid, "observation": "x", "reward": 1.0})
+    assert error_of(r, 503)["code"] == "backend_unavailable"
+    assert await snapshot(client, eid) == before
+    # a failed first step leaves no orphan episode behind
+    r = await client.post("/act", json={"task": "t", "observation": "x"})
+    assert r.status_code == 503
+    metrics = (await client.get("/metrics")).text
+    assert "glider_active_episodes 1.0" in metrics
+    backend.fail = False
+    r = await client.post("/act", json={"episode_id": eid, "observation": "x", "step": 1})
+    assert r.status_code == 200 and r.json()["step"] == 1
+
+
+async def test_oversize_body_is_413(api):
+    client, _, _ = api
+    r = await client.post("/act", content=b"{" + b" " * 5000 + b"}", headers={"content-type": "application/json"})
+    assert error_of(r, 413)["code"] == "body_too_large"
+
+
+async def test_episode_lifecycle_and_metrics(api):
+    client, _, _ = api
+    r = await client.post("/episodes", json={"task": "boil water", "episode_id": "run-1:ep.0"})
+    assert r.status_code == 201 and r.json()["step"] == 0
+    r = await client.post("/act", json={"episode_id": "run-1:ep.0", "observation": "hall", "step": 0})
+    body = r.json()
+    assert body["new_subgoal"] is True and body["action"] == "look around"
+    assert body["adapter_versions"] == {"planner": "v0001", "executor": "v0001"}
+    view = await snapshot(client, "run-1:ep.0")
+    assert view["planner_calls"] == 1 and view["executor_calls"] == 1 and view["subgoal"] == "look around"
+    metrics = (await client.get("/metrics")).text
+    assert 'glider_generations_total{role="planner"} 1.0' in metrics
+    assert 'glider_generated_tokens_total{role="executor"} 4.0' in metrics
+    assert 'glider_request_latency_seconds_count{route="/act"}' in metrics
+    assert (await client.delete("/episodes/run-1:ep.0")).status_code == 204
+    error_of(await client.get("/episodes/run-1:ep.0"), 404)
+    assert (await client.get("/readyz")).json()["adapters"] == {"planner": "v0001", "executor": "v0001"}

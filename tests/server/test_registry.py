@@ -1,0 +1,59 @@
+import json
+import os
+
+import pytest
+from glider.server.adapters import AdapterNotFound, AdapterRegistry, InvalidAdapter
+
+
+def fake_peft(tmp_path, name="src", payload=b"weights"):
+    src = tmp_path / name
+    src.mkdir()
+    (src / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16,
+                                                         "target_modules": ["v_proj", "q_proj"]}))
+    (src / "adapter_model.safetensors").write_bytes(payload)
+    return src
+
+
+def test_publish_versions_and_current_pointer(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg")
+    v1 = reg.publish("planner", fake_peft(tmp_path, "a"))
+    v2 = reg.publish("planner", fake_peft(tmp_path, "b", b"other"))
+    assert (v1.version, v2.version) == ("v0001", "v0002")
+    assert reg.current_version("planner") == "v0002"
+    assert v2.manifest["parent"] == "v0001" and v2.manifest["rank"] == 8
+    assert v2.manifest["target_modules"] == ["q_proj", "v_proj"]
+    assert reg.versions("planner") == ["v0001", "v0002"]
+    reg.set_current("planner", "v0001")
+    assert reg.get("planner").version == "v0001"
+    # nothing half-written is left behind
+    assert not [p for p in (tmp_path / "reg" / "planner").iterdir() if p.name.startswith(".")]
+
+
+def test_verify_catches_corruption(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg")
+    v = reg.publish("executor", fake_peft(tmp_path))
+    reg.verify(v)
+    (v.path / "adapter_model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(InvalidAdapter):
+        reg.verify(v)
+
+
+def test_names_and_versions_cannot_escape_the_root(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg")
+    for bad in ["../x", "a/b", "", "Planner", "/etc"]:
+        with pytest.raises(InvalidAdapter):
+            reg.get(bad)
+    for bad in ["../../etc", "v1", "latest"]:
+        with pytest.raises(InvalidAdapter):
+            reg.get("planner", bad)
+    with pytest.raises(AdapterNotFound):
+        reg.get("planner")
+
+
+def test_publish_refuses_a_directory_that_is_not_an_adapter(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidAdapter):
+        reg.publish("planner", tmp_path / "empty")
+    assert reg.versions("planner") == []
+    assert not os.path.exists(tmp_path / "reg" / "planner" / "current")
