@@ -23,6 +23,9 @@ class Metrics:
             ["role"], registry=r)
         self.generated_tokens = Counter(
             "glider_generated_tokens_total", "Generated tokens by policy role.", ["role"], registry=r)
+        self.prompt_tokens = Counter(
+            "glider_prompt_tokens_total", "Prompt tokens sent to the engine by policy role.", ["role"],
+            registry=r)
         self.fallbacks = Counter(
             "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
         self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)

@@ -1,0 +1,73 @@
+"""Shared helpers of the benchmarks: settings for the embedded backbone, a server in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(**overrides):
+    from glider.server.settings import Settings
+
+    base = dict(home=ROOT / ".glider", kv_cache_gib=1, log_level="warning")
+    base.update(overrides)
+    return Settings(**base)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def pct(values, q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def median(values) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+class InProcessServer:
+    """The real app (Agent + FastAPI) under uvicorn, in this event loop, on a loopback port."""
+
+    def __init__(self, s):
+        from glider.server.app import build_agent
+
+        self.settings = s.model_copy(update={"port": free_port(), "host": "127.0.0.1"})
+        self.agent = build_agent(self.settings)
+        self.url = f"http://127.0.0.1:{self.settings.port}"
+
+    async def __aenter__(self):
+        import uvicorn
+
+        from glider.server.api.rest import BodyLimit, create_app
+
+        await self.agent.start()
+        app = BodyLimit(create_app(self.agent), limit=self.settings.max_body_bytes)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.settings.port, log_level="warning",
+                                access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.05)
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.should_exit = True
+        await self.task
+        await self.agent.close()
