@@ -59,6 +59,8 @@ class InProcessServer:
 
         await self.agent.start()
         app = BodyLimit(create_app(self.agent), limit=self.settings.max_body_bytes)
+        self.server_s: list[float] = []  # time each request spent inside the ASGI app
+        app = _Timed(app, self.server_s)
         config = uvicorn.Config(app, host="127.0.0.1", port=self.settings.port, log_level="warning",
                                 access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
@@ -71,3 +73,21 @@ class InProcessServer:
         self.server.should_exit = True
         await self.task
         await self.agent.close()
+
+
+class _Timed:
+    """Outermost ASGI wrapper: how long each HTTP request spends in the server's app."""
+
+    def __init__(self, app, sink):
+        self.app, self.sink = app, sink
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        import time
+
+        t = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.sink.append(time.perf_counter() - t)
