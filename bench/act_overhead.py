@@ -11,11 +11,9 @@ backend (same prompts, greedy, so the same tokens).  Overhead = /act latency
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
 import httpx
-
 from common import InProcessServer, machine, median, pct, settings
 
 

@@ -54,7 +54,6 @@ class InProcessServer:
 
     async def __aenter__(self):
         import uvicorn
-
         from glider.server.api.rest import BodyLimit, create_app
 
         await self.agent.start()
@@ -65,7 +64,7 @@ class InProcessServer:
                                 access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
+        while not self.server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
             await asyncio.sleep(0.05)
         return self
 

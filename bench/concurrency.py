@@ -16,7 +16,6 @@ import sys
 import time
 
 import httpx
-
 from common import ROOT, free_port, machine, settings
 
 

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 
 from common import machine, settings
-
 from glider.clients.envs.scienceworld import ScienceWorld, open_env
 
 

@@ -79,8 +79,9 @@ def adapters_init(
     force: bool = False,
 ):
     """Publish an untrained LoRA adapter for each role, so a server always starts with real adapters."""
-    from glider.server.adapters.registry import AdapterRegistry, base_model_identity
+    from glider.server.adapters.registry import AdapterRegistry
     from glider.trainer.lora import LoraSettings, create_adapter
+    from glider.trainer.publish import publish_adapter
 
     _logging()
     s = _settings(model=model, adapters=adapters)
@@ -93,9 +94,58 @@ def adapters_init(
             continue
         with tempfile.TemporaryDirectory() as tmp:
             create_adapter(s.model_dir(), Path(tmp), LoraSettings(r=rank, alpha=2 * rank))
-            published = registry.publish(name, Path(tmp), metadata={
-                "base_model": base_model_identity(s.model_dir()), "stage": "init"})
+            published = publish_adapter(s.adapters_dir(), name, Path(tmp), s.model_dir(), stage="init")
         console.print(f"{name}: published {published.version} at {published.path}")
+
+
+@adapters_app.command("publish")
+def adapters_publish(
+    source: Annotated[Path, typer.Argument(help="A peft adapter directory.")],
+    role: Annotated[str, typer.Option("--role", "--name", help="Adapter name: planner, executor, ...")],
+    model: Annotated[Path | None, typer.Option(help="Backbone it was trained on (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="Registry root (GLIDER_ADAPTERS).")] = None,
+    stage: str = "manual",
+    keep: Annotated[int | None, typer.Option(help="Prune to this many versions afterwards.")] = None,
+):
+    """Publish SOURCE as the next version of an adapter; servers watching the registry swap to it."""
+    from glider.trainer.publish import publish_adapter
+
+    s = _settings(model=model, adapters=adapters)
+    published = publish_adapter(s.adapters_dir(), role, source, s.model_dir(), stage=stage, keep=keep)
+    console.print(f"{role}: published {published.version}")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    adapters: Annotated[Path | None, typer.Option(help="Registry root (GLIDER_ADAPTERS).")] = None,
+):
+    """Adapters in the registry, their versions and which one is current."""
+    from glider.server.adapters.registry import AdapterNotFound, AdapterRegistry
+
+    registry = AdapterRegistry(_settings(adapters=adapters).adapters_dir())
+    table = Table("adapter", "current", "versions", "stage", "rank")
+    for name in registry.names():
+        try:
+            current = registry.get(name)
+            cur, stage, rank = current.version, current.manifest.get("stage"), current.manifest.get("rank")
+        except AdapterNotFound:
+            cur = stage = rank = None
+        table.add_row(name, cur or "-", " ".join(registry.versions(name)), str(stage), str(rank))
+    console.print(table)
+
+
+@adapters_app.command("prune")
+def adapters_prune(
+    keep: Annotated[int, typer.Option(help="Versions to keep per adapter (current and its parent always).")] = 5,
+    adapters: Annotated[Path | None, typer.Option(help="Registry root (GLIDER_ADAPTERS).")] = None,
+):
+    """Delete old adapter versions."""
+    from glider.server.adapters.registry import AdapterRegistry
+
+    registry = AdapterRegistry(_settings(adapters=adapters).adapters_dir())
+    for name in registry.names():
+        removed = registry.prune(name, keep)
+        console.print(f"{name}: removed {' '.join(removed) or 'nothing'}")
 
 
 @app.command()

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.backends.base import Backend, BackendError, GenerationSpec
 from glider.server.errors import EpisodeFinished, InvalidInput, StepMismatch
@@ -59,16 +60,18 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.policy = PolicyController(HierarchyConfig.from_settings(settings))
         self.mode = self.policy.config.mode
+        self.adapters = AdapterManager(
+            registry, backend, self.policy.adapter_names, model_dir=settings.model_dir(),
+            max_rank=settings.max_lora_rank, metrics=self.metrics, poll_s=settings.adapter_poll_s)
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
         await self.backend.start()
-        for name in self.policy.adapter_names:
-            adapter = self.registry.get(name)
-            self.registry.verify(adapter)
-            await self.backend.load_adapter(name, adapter.version, adapter.path)
+        await self.adapters.start()
+        self.adapters.start_watching()
 
     async def close(self) -> None:
+        await self.adapters.close()
         await self.backend.close()
         await self.store.close()
 

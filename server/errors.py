@@ -27,6 +27,10 @@ class Unauthorized(GliderError):
     pass
 
 
+class Forbidden(GliderError):
+    pass
+
+
 # exception type -> (stable error code, HTTP status, gRPC status name)
 ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (InvalidInput, "invalid_input", 422, "INVALID_ARGUMENT"),
@@ -39,6 +43,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (EpisodeFinished, "episode_finished", 409, "FAILED_PRECONDITION"),
     (StoreFull, "too_many_episodes", 429, "RESOURCE_EXHAUSTED"),
     (Unauthorized, "unauthorized", 401, "UNAUTHENTICATED"),
+    (Forbidden, "forbidden", 403, "PERMISSION_DENIED"),
     (BackendError, "backend_unavailable", 503, "UNAVAILABLE"),
 ]
 

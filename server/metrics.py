@@ -30,4 +30,13 @@ class Metrics:
             "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
         self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)
         self.active_episodes = Gauge("glider_active_episodes", "Episodes in the store.", registry=r)
+        self.adapter_swaps = Counter(
+            "glider_adapter_swaps_total", "Adapter swaps by result (loaded / rejected / rolled_back).",
+            ["name", "result"], registry=r)
+        self.adapter_swap_seconds = Histogram(
+            "glider_adapter_swap_seconds", "Validate + load + switch time of an adapter swap.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
+        self.adapter_version = Gauge(
+            "glider_adapter_serving", "1 for the version each adapter serves.", ["name", "version"],
+            registry=r)
         self.errors = Counter("glider_errors_total", "Errors by code.", ["code"], registry=r)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".glider")
@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     enable_prefix_caching: bool = True
     hf_max_batch: int = Field(32, description="HF backend: most requests per batched generate.")
     hf_batch_wait_ms: float = Field(2.0, description="HF backend: how long to gather a batch.")
+
+    adapter_poll_s: float = Field(
+        1.0, ge=0, description="How often the registry's current pointers are checked; 0 = never.")
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API; unset = admin API refuses every call.")
 
     # --- transport ----------------------------------------------------------
     host: str = "127.0.0.1"

@@ -42,15 +42,14 @@ def backbone_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def adapters_dir(backbone_dir, tmp_path_factory) -> Path:
-    from glider.server.adapters.registry import AdapterRegistry, base_model_identity
     from glider.trainer.lora import create_adapter
+    from glider.trainer.publish import publish_adapter
 
     root = tmp_path_factory.mktemp("adapters")
-    registry = AdapterRegistry(root)
     for i, name in enumerate(["planner", "executor", "shared", "flat"]):
         src = tmp_path_factory.mktemp(f"src-{name}")
         create_adapter(backbone_dir, src, seed=i)
-        registry.publish(name, src, metadata={"base_model": base_model_identity(backbone_dir)})
+        publish_adapter(root, name, src, backbone_dir, stage="init")
     return root
 
 
@@ -96,13 +95,28 @@ class ServerProcess:
             self.proc.kill()
 
 
+ADMIN_TOKEN = "test-admin-token"
+
+
 @pytest.fixture(scope="session")
-def servers(backbone_dir, adapters_dir, tmp_path_factory):
-    """Both real servers, started together so their model loads overlap."""
+def swap_registry(adapters_dir, tmp_path_factory) -> Path:
+    """A registry of its own for the hot-swap tests, which publish into it."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("swap") / "adapters"
+    shutil.copytree(adapters_dir, root, symlinks=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def servers(backbone_dir, adapters_dir, swap_registry, tmp_path_factory):
+    """The real servers, started together so their model loads overlap."""
     logs = tmp_path_factory.mktemp("logs")
     procs = {
         "vllm": ServerProcess("vllm", backbone_dir, adapters_dir, logs / "vllm.log"),
         "hf": ServerProcess("hf", backbone_dir, adapters_dir, logs / "hf.log"),
+        "vllm_swap": ServerProcess("vllm", backbone_dir, swap_registry, logs / "vllm_swap.log",
+                                   GLIDER_ADMIN_TOKEN=ADMIN_TOKEN, GLIDER_ADAPTER_POLL_S="0.2"),
     }
     try:
         for p in procs.values():
@@ -121,6 +135,11 @@ def vllm_server(servers) -> ServerProcess:
 @pytest.fixture(scope="session")
 def hf_server(servers) -> ServerProcess:
     return servers["hf"]
+
+
+@pytest.fixture(scope="session")
+def swap_server(servers) -> ServerProcess:
+    return servers["vllm_swap"]
 
 
 @pytest.fixture(scope="session")

@@ -116,11 +116,100 @@ class AdapterRegistry:
         return AdapterVersion(name=name, version=version, path=path, manifest=manifest)
 
     def verify(self, adapter: AdapterVersion) -> None:
-        """Every file the manifest lists is there with its checksum."""
-        for fname, digest in adapter.manifest.get("files", {}).items():
+        """Every peft file is listed in the manifest and on disk with its checksum."""
+        files = adapter.manifest.get("files") or {}
+        label = f"adapter {adapter.name}@{adapter.version}"
+        for fname in PEFT_FILES:
+            if fname not in files:
+                raise InvalidAdapter(f"{label}: manifest does not list {fname}")
+        for fname, digest in files.items():
             f = adapter.path / fname
-            if not f.is_file() or _sha256(f) != digest:
-                raise InvalidAdapter(f"adapter {adapter.name}@{adapter.version}: {fname} is missing or corrupt")
+            if Path(fname).name != fname or not f.is_file():
+                raise InvalidAdapter(f"{label}: {fname} is missing")
+            if _sha256(f) != digest:
+                raise InvalidAdapter(f"{label}: {fname} does not match its checksum (corrupt or truncated)")
+
+    def validate(self, adapter: AdapterVersion, *, base_model: dict | None = None,
+                 max_rank: int | None = None, supported_modules: set[str] | None = None) -> None:
+        """Everything an engine needs to hold true before it loads ``adapter``."""
+        self.verify(adapter)
+        label = f"adapter {adapter.name}@{adapter.version}"
+        try:
+            config = json.loads((adapter.path / "adapter_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidAdapter(f"{label}: adapter_config.json is unreadable: {exc}") from None
+        if config.get("peft_type", "LORA") != "LORA":
+            raise InvalidAdapter(f"{label}: not a LoRA adapter ({config.get('peft_type')})")
+        if base_model is not None:
+            theirs = (adapter.manifest.get("base_model") or {}).get("config_sha256")
+            if theirs != base_model.get("config_sha256"):
+                raise InvalidAdapter(
+                    f"{label}: trained on another base model ({theirs or 'unknown'}), "
+                    f"this server serves {base_model.get('name')} ({base_model.get('config_sha256')})")
+        rank = config.get("r")
+        if not isinstance(rank, int) or rank < 1:
+            raise InvalidAdapter(f"{label}: invalid rank {rank!r}")
+        if max_rank is not None and rank > max_rank:
+            raise InvalidAdapter(f"{label}: rank {rank} exceeds the engine's max_lora_rank {max_rank}")
+        targets = config.get("target_modules") or []
+        if isinstance(targets, str):
+            targets = [targets]
+        if supported_modules is not None:
+            unsupported = sorted(set(targets) - supported_modules)
+            if unsupported or not targets:
+                raise InvalidAdapter(f"{label}: target modules {unsupported or targets} are not supported "
+                                     f"(supported: {sorted(supported_modules)})")
+        self._check_weights(adapter, label, rank)
+
+    @staticmethod
+    def _check_weights(adapter: AdapterVersion, label: str, rank: int) -> None:
+        """The weights file parses and its LoRA matrices have the declared rank.
+
+        An engine must never be handed an unreadable adapter: vLLM refuses it at
+        load time, but a request that reaches a broken adapter kills the engine.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        path = adapter.path / "adapter_model.safetensors"
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                keys = list(f.keys())
+                if not keys:
+                    raise InvalidAdapter(f"{label}: adapter_model.safetensors holds no tensors")
+                for key in keys:
+                    shape = f.get_slice(key).get_shape()
+                    if "lora_A" in key and (len(shape) != 2 or shape[0] != rank):
+                        raise InvalidAdapter(f"{label}: {key} has shape {shape}, not rank {rank}")
+                    if "lora_B" in key and (len(shape) != 2 or shape[1] != rank):
+                        raise InvalidAdapter(f"{label}: {key} has shape {shape}, not rank {rank}")
+        except SafetensorError as exc:
+            raise InvalidAdapter(f"{label}: adapter_model.safetensors is unreadable: {exc}") from None
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+
+    def prune(self, name: str, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` versions; never the current one or its parent."""
+        versions = self.versions(name)
+        protected = set(versions[-keep:]) if keep > 0 else set()
+        current = self._current_or_none(name)
+        if current is not None:
+            protected.add(current)
+            parent = self.get(name, current).manifest.get("parent")
+            if parent:
+                protected.add(parent)
+        removed = []
+        for version in versions:
+            if version not in protected:
+                # rename first so a reader never sees a half-deleted version
+                path = self._dir(name, version)
+                doomed = path.with_name(f".delete-{version}-{os.getpid()}")
+                os.rename(path, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(version)
+        return removed
 
     # -- writing ----------------------------------------------------------------
     def next_version(self, name: str) -> str:

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from glider.server.agent import Agent
+from glider.server.api.admin import admin_router
 from glider.server.api.schemas import (
     ActRequest,
     ActResponse,
@@ -157,7 +158,10 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return _error(exc.status_code, "http_error", str(exc.detail))
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        response = _error(exc.status_code, "http_error", str(exc.detail))
+        response.headers.update(headers or {})
+        return response
 
     async def _domain(request: Request, exc: Exception):
         known = classify(exc)
@@ -167,12 +171,17 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
             return _error(500, "internal", "internal error")
         code, status, _ = known
         metrics.errors.labels(code).inc()
-        return _error(status, code, str(exc))
+        response = _error(status, code, str(exc))
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     for etype, *_ in ERROR_TABLE:
         app.add_exception_handler(etype, _domain)
     app.add_exception_handler(Exception, _domain)
     app.add_middleware(Observe, metrics=metrics)
+
+    app.include_router(admin_router(agent))
 
     @app.post("/act", response_model=ActResponse, responses=_ERRORS,
               summary="Answer one environment step (starts an episode when no episode_id is given)")

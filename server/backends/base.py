@@ -72,6 +72,10 @@ class Backend(ABC):
     async def close(self) -> None:
         self.ready = False
 
+    async def engine_adapters(self) -> list[str]:
+        """``name@version`` of every adapter resident in the engine (serving or draining)."""
+        return sorted(f"{h.name}@{h.version}" for h in self.adapters.values())
+
     def adapter_versions(self) -> dict[str, str]:
         return {name: handle.version for name, handle in self.adapters.items()}
 

@@ -95,6 +95,9 @@ class HFBackend(Backend):
         log.info("adapter %s loaded into peft", peft_name)
         return handle
 
+    async def engine_adapters(self) -> list[str]:
+        return sorted(getattr(self.model, "peft_config", {}) or {})
+
     def _delete_if_unused(self, peft_name: str) -> None:
         if peft_name in self._retired and self._pending[peft_name] == 0:
             self._retired.discard(peft_name)

@@ -50,6 +50,7 @@ class VLLMBackend(Backend):
         self._requests: dict[str, object] = {}  # adapter name -> serving LoRARequest
         self._inflight: Counter[int] = Counter()  # LoRA id -> requests running on it
         self._retired: set[int] = set()  # replaced ids, removed once their requests finish
+        self._names: dict[str, int] = {}  # "name@version" -> LoRA id, for introspection
 
     async def start(self) -> None:
         # the CPU build sizes its KV cache from this variable, read at engine creation
@@ -83,9 +84,12 @@ class VLLMBackend(Backend):
         lora_id = next(self._lora_ids)
         request = LoRARequest(f"{name}@{version}", lora_id, str(path))
         try:
-            await engine.add_lora(request)
+            added = await engine.add_lora(request)
         except Exception as exc:
             raise BackendError(f"vLLM could not load adapter {name}@{version}: {exc}") from exc
+        if added is False:
+            raise BackendError(f"vLLM did not load adapter {name}@{version}")
+        self._names[request.lora_name] = lora_id
         previous = self.adapters.get(name)
         handle = AdapterHandle(name=name, version=version, path=Path(path), engine_id=lora_id)
         # switch atomically: new requests take the new LoRARequest from here on
@@ -103,7 +107,13 @@ class VLLMBackend(Backend):
         if lora_id in self._retired and self._inflight[lora_id] == 0:
             self._retired.discard(lora_id)
             del self._inflight[lora_id]
+            self._names = {n: i for n, i in self._names.items() if i != lora_id}
             await engine.remove_lora(lora_id)
+
+    async def engine_adapters(self) -> list[str]:
+        engine = self._require_engine()
+        ids = await engine.list_loras()
+        return sorted(name for name, lora_id in self._names.items() if lora_id in ids)
 
     def _live_ids(self) -> set[int]:
         return {h.engine_id for h in self.adapters.values()}

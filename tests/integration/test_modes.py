@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from glider.clients.sdk import GliderClient
+
 from tests.conftest import ServerProcess
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ from glider.server.api.rest import BodyLimit, create_app
 from glider.server.backends.base import AdapterHandle, Backend, BackendError, GenerationResult
 from glider.server.settings import Settings
 from glider.server.store import MemoryEpisodeStore
+from glider.trainer.publish import publish_adapter
 
 from tests.badinput import check_all, error_of, snapshot, start_episode
 
@@ -46,14 +47,17 @@ class ControlledBackend(Backend):
 
 @pytest.fixture
 async def api(tmp_path):
-    reg = AdapterRegistry(tmp_path / "adapters")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
     for name in ("planner", "executor"):
         src = tmp_path / f"src-{name}"
         src.mkdir()
-        (src / "adapter_config.json").write_text(json.dumps({"r": 8}))
+        (src / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj"]}))
         (src / "adapter_model.safetensors").write_bytes(b"x")
-        reg.publish(name, src)
-    settings = Settings(max_observation_chars=1000, max_body_bytes=4096)
+        publish_adapter(tmp_path / "adapters", name, src, model, stage="test")
+    reg = AdapterRegistry(tmp_path / "adapters")
+    settings = Settings(max_observation_chars=1000, max_body_bytes=4096, model=model, adapter_poll_s=0)
     backend = ControlledBackend()
     agent = Agent(settings, backend, MemoryEpisodeStore(), reg)
     await agent.start()

@@ -1,0 +1,186 @@
+"""Hot-swap: keep the engine serving the registry's ``current`` adapters, with validation and rollback.
+
+A swap of adapter ``name`` to ``version``:
+  1. resolve and validate it (files and checksums, base model identity, rank ≤
+     the engine's max, supported target modules) — off the event loop;
+  2. load it into the engine under a fresh id (vLLM: a new ``LoRARequest``);
+  3. switch name → version in the backend (one assignment: requests that
+     started earlier keep the version they started with, new ones get the new);
+  4. on an admin call, move the registry's ``current`` pointer too, so a
+     restart or another replica serves the same version.
+A failure at 1 or 2 leaves the old version serving and is reported (admin
+response, log, ``glider_adapter_swaps_total{result="rejected"}``).
+
+Triggers: the watcher polls each ``current`` pointer (one ``readlink`` per
+adapter every ``adapter_poll_s``; works on any shared volume, where inotify
+does not), and the admin API.  The versions served before stay in a history
+so ``rollback`` can go back to the previous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from glider.server.adapters.registry import (
+    AdapterNotFound,
+    AdapterRegistry,
+    InvalidAdapter,
+    base_model_identity,
+)
+from glider.server.backends.base import Backend, BackendError
+from glider.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: linear layers a LoRA may target in both engines (Llama-style names)
+SUPPORTED_MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@dataclass
+class SwapResult:
+    name: str
+    version: str
+    previous: str | None
+    seconds: float
+    changed: bool = True
+
+
+@dataclass
+class _Slot:
+    serving: str | None = None
+    history: list[str] = field(default_factory=list)  # versions served before, oldest first
+    seen_current: str | None = None  # last `current` the watcher acted on
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class AdapterManager:
+    def __init__(self, registry: AdapterRegistry, backend: Backend, names: list[str], *,
+                 model_dir, max_rank: int, metrics: Metrics, poll_s: float = 1.0, history: int = 8):
+        self.registry = registry
+        self.backend = backend
+        self.names = list(names)
+        self.max_rank = max_rank
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.history_len = history
+        self.base_model = base_model_identity(model_dir)
+        self.slots = {name: _Slot() for name in self.names}
+        self._watcher: asyncio.Task | None = None
+
+    def serving(self) -> dict[str, str | None]:
+        return {name: slot.serving for name, slot in self.slots.items()}
+
+    def _slot(self, name: str) -> _Slot:
+        self.registry.check_name(name)
+        try:
+            return self.slots[name]
+        except KeyError:
+            raise AdapterNotFound(f"this server does not serve an adapter named {name!r} "
+                                  f"(it serves {', '.join(self.names)})") from None
+
+    # -- swaps --------------------------------------------------------------------
+    async def load(self, name: str, version: str | None = None, *, make_current: bool = False,
+                   reason: str = "admin") -> SwapResult:
+        slot = self._slot(name)
+        async with slot.lock:
+            t0 = time.perf_counter()
+            try:
+                result = await self._load_locked(name, slot, version, make_current, t0)
+            except (InvalidAdapter, AdapterNotFound, BackendError) as exc:
+                self.metrics.adapter_swaps.labels(name, "rejected").inc()
+                log.error("adapter %s: %s swap to %s rejected: %s; %s keeps serving",
+                          name, reason, version or "current", exc, slot.serving)
+                raise
+            if result.changed:
+                self.metrics.adapter_swaps.labels(name, "loaded").inc()
+                self.metrics.adapter_swap_seconds.observe(result.seconds)
+                log.info("adapter %s: %s -> %s (%s, %.0f ms)", name, result.previous, result.version,
+                         reason, result.seconds * 1000)
+            return result
+
+    async def _load_locked(self, name, slot, version, make_current, t0) -> SwapResult:
+        version = version or self.registry.current_version(name)
+        if version == slot.serving:
+            if make_current:
+                self.registry.set_current(name, version)
+            return SwapResult(name, version, slot.serving, time.perf_counter() - t0, changed=False)
+        adapter = self.registry.get(name, version)
+        await asyncio.to_thread(self.registry.validate, adapter, base_model=self.base_model,
+                                max_rank=self.max_rank, supported_modules=SUPPORTED_MODULES)
+        try:
+            await self.backend.load_adapter(name, version, adapter.path)
+        except BackendError as exc:
+            if self.backend.ready:  # the engine is fine: it refused this adapter
+                raise InvalidAdapter(f"adapter {name}@{version}: the engine refused it: {exc}") from exc
+            raise
+        previous = slot.serving
+        if previous is not None:
+            slot.history.append(previous)
+            del slot.history[: max(0, len(slot.history) - self.history_len)]
+        slot.serving = version
+        if make_current:
+            self.registry.set_current(name, version)
+        if previous is not None:
+            self.metrics.adapter_version.remove(name, previous)
+        self.metrics.adapter_version.labels(name, version).set(1)
+        return SwapResult(name, version, previous, time.perf_counter() - t0)
+
+    async def rollback(self, name: str) -> SwapResult:
+        """Serve the version served before the current one (and point ``current`` at it)."""
+        slot = self._slot(name)
+        if not slot.history:
+            raise AdapterNotFound(f"adapter {name!r} has no previous version to roll back to")
+        target = slot.history[-1]
+        result = await self.load(name, target, make_current=True, reason="rollback")
+        # the rolled-back-from version must not become the next rollback target
+        async with slot.lock:
+            if slot.history and slot.history[-1] == result.previous:
+                slot.history.pop()
+            if slot.history and slot.history[-1] == target:
+                slot.history.pop()
+        self.metrics.adapter_swaps.labels(name, "rolled_back").inc()
+        return result
+
+    # -- startup and the watcher ------------------------------------------------------
+    async def start(self) -> None:
+        """Load every adapter's current version; a failure here fails the server's start."""
+        for name in self.names:
+            result = await self.load(name, reason="startup")
+            self.slots[name].seen_current = result.version
+
+    def start_watching(self) -> None:
+        if self.poll_s > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="adapter-watcher")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            for name, slot in self.slots.items():
+                await self.check(name, slot)
+
+    async def check(self, name: str, slot: _Slot | None = None) -> None:
+        """Act on a moved ``current`` pointer once (a rejected version is not retried until it moves again)."""
+        slot = slot or self._slot(name)
+        try:
+            current = self.registry.current_version(name)
+        except (AdapterNotFound, InvalidAdapter, OSError):
+            return
+        if current == slot.seen_current:
+            return
+        slot.seen_current = current
+        try:
+            await self.load(name, current, reason="watcher")
+        except (InvalidAdapter, AdapterNotFound, BackendError):
+            pass  # logged and counted by load(); the old version keeps serving
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+            self._watcher = None
