@@ -78,8 +78,16 @@ def adapters_init(
     rank: int = 8,
     force: bool = False,
 ):
-    """Publish an untrained LoRA adapter for each role, so a server always starts with real adapters."""
-    from glider.server.adapters.registry import AdapterRegistry
+    """Publish an untrained LoRA adapter for each role that has none for this backbone.
+
+    A server always starts with real adapters loaded; after a backbone rebuild the
+    old adapters no longer fit it, and a fresh version is published.
+    """
+    from glider.server.adapters.registry import (
+        AdapterNotFound,
+        AdapterRegistry,
+        base_model_identity,
+    )
     from glider.trainer.lora import LoraSettings, create_adapter
     from glider.trainer.publish import publish_adapter
 
@@ -88,9 +96,16 @@ def adapters_init(
     registry = AdapterRegistry(s.adapters_dir())
     import tempfile
 
+    base = base_model_identity(s.model_dir())
     for name in [n for n in names.split(",") if n]:
-        if registry.versions(name) and not force:
-            console.print(f"{name}: has {registry.current_version(name)} already")
+        try:
+            current = registry.get(name)
+        except AdapterNotFound:
+            current = None
+        same_base = current is not None and (current.manifest.get("base_model") or {}).get(
+            "config_sha256") == base["config_sha256"]
+        if same_base and not force:
+            console.print(f"{name}: has {current.version} for this backbone already")
             continue
         with tempfile.TemporaryDirectory() as tmp:
             create_adapter(s.model_dir(), Path(tmp), LoraSettings(r=rank, alpha=2 * rank))

@@ -128,16 +128,39 @@ def collect_corpus(cfg: BackboneConfig, cache_dir: Path) -> list[str]:
 
 
 # --- tokenizer -----------------------------------------------------------------
-def train_tokenizer(lines: list[str], vocab_size: int):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def _pre_tokenizer():
+    from tokenizers import Regex, pre_tokenizers
 
-    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     # newline is its own token: it ends every generated line (the stop string)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
+    return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
+
+
+def corpus_words(lines: list[str]) -> list[str]:
+    """The sorted set of pre-tokenised words of the corpus (as original text)."""
+    pre = _pre_tokenizer()
+    words = set()
+    for line in lines:
+        for _, (start, end) in pre.pre_tokenize_str(line):
+            words.add(line[start:end])
+    return sorted(words)
+
+
+def train_tokenizer(lines: list[str], vocab_size: int):
+    """BPE over the corpus's *set* of words, each counted once.
+
+    ScienceWorld's simulator has unseeded randomness (bees fly, plants grow),
+    so the same gold paths give slightly different observations from run to
+    run: word counts drift, the set of words does not.  Training on the sorted
+    word set makes the tokenizer a function of the seed and the corpus settings.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -145,7 +168,7 @@ def train_tokenizer(lines: list[str], vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(lines, trainer=trainer)
+    tok.train_from_iterator(corpus_words(lines), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|bos|>",
@@ -200,7 +223,7 @@ def build_backbone(out: Path, cfg: BackboneConfig | None = None, *, cache_dir: P
     model.save_pretrained(tmp, safe_serialization=True)
     n_params = sum(p.numel() for p in model.parameters())
     info = {"config": asdict(cfg), "parameters": n_params, "corpus_lines": len(lines),
-            "corpus_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
+            "words_sha256": hashlib.sha256("\n".join(corpus_words(lines)).encode()).hexdigest()}
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2))
     if out.exists():
         import shutil

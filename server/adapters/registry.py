@@ -63,9 +63,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def base_model_identity(model_dir: Path) -> dict:
-    """Name and a hash of the model's config: what an adapter must have been trained on."""
-    config = (Path(model_dir) / "config.json").read_bytes()
-    return {"name": Path(model_dir).resolve().name, "config_sha256": hashlib.sha256(config).hexdigest()}
+    """Name and a hash of what fixes an adapter's fit: config, weights index, tokenizer.
+
+    Hashing the weights themselves would read gigabytes for a real backbone;
+    the config and the sharded-weights index pin the architecture and layout,
+    the tokenizer pins the token ids the adapter was trained on.
+    """
+    model_dir = Path(model_dir)
+    h = hashlib.sha256()
+    for fname in ("config.json", "model.safetensors.index.json", "tokenizer.json"):
+        f = model_dir / fname
+        if f.is_file():
+            h.update(fname.encode() + b"\0" + f.read_bytes())
+    return {"name": model_dir.resolve().name, "config_sha256": h.hexdigest()}
 
 
 class AdapterRegistry:

@@ -8,6 +8,7 @@ import asyncio
 import json
 
 import httpx
+import numpy as np
 import pytest
 from glider.server.adapters import AdapterRegistry
 from glider.server.agent import Agent
@@ -16,6 +17,7 @@ from glider.server.backends.base import AdapterHandle, Backend, BackendError, Ge
 from glider.server.settings import Settings
 from glider.server.store import MemoryEpisodeStore
 from glider.trainer.publish import publish_adapter
+from safetensors.numpy import save_file
 
 from tests.badinput import check_all, error_of, snapshot, start_episode
 
@@ -54,7 +56,9 @@ async def api(tmp_path):
         src = tmp_path / f"src-{name}"
         src.mkdir()
         (src / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj"]}))
-        (src / "adapter_model.safetensors").write_bytes(b"x")
+        save_file({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((8, 4), np.float32),
+                   "base_model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((4, 8), np.float32)},
+                  str(src / "adapter_model.safetensors"))
         publish_adapter(tmp_path / "adapters", name, src, model, stage="test")
     reg = AdapterRegistry(tmp_path / "adapters")
     settings = Settings(max_observation_chars=1000, max_body_bytes=4096, model=model, adapter_poll_s=0)

@@ -41,8 +41,11 @@ def test_adapter_loads_in_peft(backbone_dir, adapters_dir):
 
 
 def test_build_is_deterministic():
-    lines = ["Your task is to boil water.", "open door to kitchen", "go to kitchen; true"] * 20
-    a, b = train_tokenizer(lines, 300), train_tokenizer(lines, 300)
+    lines = ["Your task is to boil water.", "open door to kitchen", "go to kitchen; true",
+             "In it, you see: a adult bee a adult bee a bee hive"]
+    # the simulator's randomness changes how often words occur and in which order, not which words
+    drifted = list(reversed(lines)) * 3 + ["In it, you see: a adult bee a bee hive"]
+    a, b = train_tokenizer(lines, 300), train_tokenizer(drifted, 300)
     assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
     assert all(t in a.get_vocab() for t in SPECIAL_TOKENS)
     cfg = BackboneConfig(num_layers=1, hidden_size=64, intermediate_size=128, num_heads=2, num_kv_heads=2)
