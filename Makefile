@@ -21,3 +21,4 @@ bench: install
 	$(PY) bench/act_overhead.py
 	$(PY) bench/concurrency.py
 	$(PY) bench/hier_vs_flat.py
+	$(PY) bench/hotswap.py

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     hf_batch_wait_ms: float = Field(2.0, description="HF backend: how long to gather a batch.")
 
     adapter_poll_s: float = Field(
-        1.0, ge=0, description="How often the registry's current pointers are checked; 0 = never.")
+        0.5, ge=0, description="How often the registry's current pointers are checked; 0 = never.")
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API; unset = admin API refuses every call.")
 
