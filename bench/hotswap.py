@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from common import ROOT, free_port, machine, median, pct, settings
 
 
@@ -57,8 +56,8 @@ async def phase(url, episodes, seconds, publish=None, every=2.0):
         start_count, t0 = counts[0], time.monotonic()
         swaps = 0
         while time.monotonic() - t0 < seconds:
-            await asyncio.sleep(every)
-            if publish is not None:
+            await asyncio.sleep(min(every, max(0.0, seconds - (time.monotonic() - t0))))
+            if publish is not None and time.monotonic() - t0 < seconds:
                 await asyncio.to_thread(publish)
                 swaps += 1
         rate = (counts[0] - start_count) / (time.monotonic() - t0)
@@ -106,7 +105,8 @@ async def main(args):
             rate, fail, _ = await phase(url, args.episodes, args.phase_s)
             rates["no swaps"].append(rate)
             failures += fail
-            rate, fail, swaps = await phase(url, args.episodes, args.phase_s, publish=publish)
+            rate, fail, swaps = await phase(url, args.episodes, args.phase_s, publish=publish,
+                                            every=args.every)
             rates["swapping"].append(rate)
             failures += fail
     finally:
@@ -120,7 +120,7 @@ async def main(args):
     print(f"| {args.episodes} concurrent episodes | env-steps/s |")
     print("|---|---|")
     print(f"| no swaps | {a:.2f} |")
-    print(f"| a swap every 2 s | {b:.2f} |")
+    print(f"| a swap every {args.every:g} s | {b:.2f} |")
     print(f"ratio swapping / no swaps: {b / a:.3f}; failed requests: {len(failures)}")
 
 
@@ -130,4 +130,5 @@ if __name__ == "__main__":
     p.add_argument("--episodes", type=int, default=32)
     p.add_argument("--phase-s", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--every", type=float, default=10.0, help="seconds between swaps while swapping")
     asyncio.run(main(p.parse_args()))
