@@ -84,7 +84,7 @@ async def main(args):
     port = free_port()
     env = {**os.environ, "GLIDER_PORT": str(port), "GLIDER_HOME": str(s.home), "GLIDER_ADAPTERS": str(registry),
            "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env, cwd=ROOT,
+    server = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env, cwd=ROOT,  # noqa: ASYNC220
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -6,7 +6,6 @@ import asyncio
 import shutil
 
 import pytest
-
 from glider.server.app import build_agent
 from glider.server.settings import Settings
 from glider.trainer.lora import create_adapter
