@@ -125,8 +125,14 @@ def adapters_publish(
     """Publish SOURCE as the next version of an adapter; servers watching the registry swap to it."""
     from glider.trainer.publish import publish_adapter
 
+    from glider.server.adapters.registry import InvalidAdapter
+
     s = _settings(model=model, adapters=adapters)
-    published = publish_adapter(s.adapters_dir(), role, source, s.model_dir(), stage=stage, keep=keep)
+    try:
+        published = publish_adapter(s.adapters_dir(), role, source, s.model_dir(), stage=stage, keep=keep)
+    except (InvalidAdapter, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     console.print(f"{role}: published {published.version}")
 
 

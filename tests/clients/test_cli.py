@@ -1,0 +1,31 @@
+"""The `glider adapters` commands an operator uses on a registry."""
+
+from typer.testing import CliRunner
+
+from glider.clients.cli import app
+from glider.server.adapters import AdapterRegistry
+
+
+def test_adapters_init_publish_list_prune(backbone_dir, tmp_path):
+    runner = CliRunner()
+    reg_root = tmp_path / "reg"
+    common = ["--model", str(backbone_dir), "--adapters", str(reg_root)]
+    r = runner.invoke(app, ["adapters", "init", "--names", "planner", *common])
+    assert r.exit_code == 0, r.output
+    assert "published v0001" in r.output
+    r = runner.invoke(app, ["adapters", "init", "--names", "planner", *common])
+    assert "has v0001 for this backbone already" in r.output  # idempotent
+    src = reg_root / "planner" / "v0001"
+    for _ in range(3):
+        r = runner.invoke(app, ["adapters", "publish", str(src), "--role", "planner", *common])
+        assert r.exit_code == 0, r.output
+    reg = AdapterRegistry(reg_root)
+    assert reg.current_version("planner") == "v0004"
+    assert reg.get("planner").manifest["parent"] == "v0003"
+    r = runner.invoke(app, ["adapters", "list", "--adapters", str(reg_root)])
+    assert "v0004" in r.output and "planner" in r.output
+    r = runner.invoke(app, ["adapters", "prune", "--keep", "1", "--adapters", str(reg_root)])
+    assert r.exit_code == 0 and reg.versions("planner") == ["v0003", "v0004"]
+    r = runner.invoke(app, ["adapters", "publish", str(tmp_path), "--role", "planner", *common])
+    assert r.exit_code == 2 and "not a peft adapter" in r.output and "Traceback" not in r.output
+    assert reg.versions("planner") == ["v0003", "v0004"]
