@@ -123,9 +123,8 @@ def adapters_publish(
     keep: Annotated[int | None, typer.Option(help="Prune to this many versions afterwards.")] = None,
 ):
     """Publish SOURCE as the next version of an adapter; servers watching the registry swap to it."""
-    from glider.trainer.publish import publish_adapter
-
     from glider.server.adapters.registry import InvalidAdapter
+    from glider.trainer.publish import publish_adapter
 
     s = _settings(model=model, adapters=adapters)
     try:

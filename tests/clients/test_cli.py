@@ -1,9 +1,8 @@
 """The `glider adapters` commands an operator uses on a registry."""
 
-from typer.testing import CliRunner
-
 from glider.clients.cli import app
 from glider.server.adapters import AdapterRegistry
+from typer.testing import CliRunner
 
 
 def test_adapters_init_publish_list_prune(backbone_dir, tmp_path):
@@ -27,5 +26,5 @@ def test_adapters_init_publish_list_prune(backbone_dir, tmp_path):
     r = runner.invoke(app, ["adapters", "prune", "--keep", "1", "--adapters", str(reg_root)])
     assert r.exit_code == 0 and reg.versions("planner") == ["v0003", "v0004"]
     r = runner.invoke(app, ["adapters", "publish", str(tmp_path), "--role", "planner", *common])
-    assert r.exit_code == 2 and "not a peft adapter" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "missing adapter_config.json" in r.output and "Traceback" not in r.output
     assert reg.versions("planner") == ["v0003", "v0004"]
