@@ -42,6 +42,31 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+class ServerProcess:
+    """``glider serve`` in its own process (as deployed), on a free loopback port, until closed."""
+
+    def __init__(self, s, **env):
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "GLIDER_PORT": str(self.port), "GLIDER_HOME": str(s.home),
+               "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2", **env}
+        self.proc = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env,
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        from glider.clients.sdk import GliderClient
+
+        with GliderClient(self.url) as client:
+            client.wait_ready(timeout)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
 class InProcessServer:
     """The real app (Agent + FastAPI) under uvicorn, in this event loop, on a loopback port."""
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import httpx
-from common import ROOT, free_port, machine, settings
+from common import ServerProcess, machine, settings
 
 
 async def episode(client, k, steps, latencies):
@@ -42,24 +39,15 @@ async def level(url, n, steps):
 
 
 def main(args) -> None:
-    s = settings(backend=args.backend)
-    port = free_port()
-    env = {**os.environ, "GLIDER_BACKEND": args.backend, "GLIDER_PORT": str(port),
-           "GLIDER_HOME": str(s.home), "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(settings(), GLIDER_BACKEND=args.backend)
     try:
-        from glider.clients.sdk import GliderClient
-
-        GliderClient(url).wait_ready(600)
+        server.wait_ready()
         rows = []
         for n in [int(x) for x in args.levels.split(",")]:
-            rate, p50 = asyncio.run(level(url, n, args.steps))
+            rate, p50 = asyncio.run(level(server.url, n, args.steps))
             rows.append((n, rate, p50))
     finally:
-        server.terminate()
-        server.wait(60)
+        server.close()
     base = rows[0][1]
     print(f"# concurrency ({args.backend}, {args.steps} steps per episode, {machine()})")
     print("| concurrent episodes | env-steps/s | × single | p50 step ms |")

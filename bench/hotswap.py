@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from common import ROOT, free_port, machine, median, pct, settings
+from common import ServerProcess, machine, median, pct, settings
 
 
 async def first_served(client, eid_box, name, version, timeout=30.0) -> float:
@@ -81,16 +78,10 @@ async def main(args):
         flip[0] ^= 1
         return publish_adapter(registry, "executor", sources[flip[0]], s.model_dir(), stage="bench").version
 
-    port = free_port()
-    env = {**os.environ, "GLIDER_PORT": str(port), "GLIDER_HOME": str(s.home), "GLIDER_ADAPTERS": str(registry),
-           "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2"}
-    server = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env, cwd=ROOT,  # noqa: ASYNC220
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server = ServerProcess(s, GLIDER_ADAPTERS=str(registry))  # noqa: ASYNC220 - once, before measuring
+    url = server.url
     try:
-        from glider.clients.sdk import GliderClient
-
-        GliderClient(url).wait_ready(600)
+        await asyncio.to_thread(server.wait_ready)
         latencies = []
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             r = await client.post("/act", json={"task": "boil water", "observation": "hallway"})
@@ -110,8 +101,7 @@ async def main(args):
             rates["swapping"].append(rate)
             failures += fail
     finally:
-        server.terminate()
-        server.wait(60)
+        server.close()
         shutil.rmtree(work, ignore_errors=True)
     print(f"# adapter hot-swap (vLLM-CPU, embedded backbone, watcher poll {settings().adapter_poll_s}s, {machine()})")
     print(f"publish -> first /act served by the new version, {args.swaps} swaps: "
