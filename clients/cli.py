@@ -176,11 +176,13 @@ def serve(
     mode: Annotated[str | None, typer.Option(help="separate | shared | flat (GLIDER_MODE).")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (GLIDER_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (GLIDER_PORT).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (GLIDER_GRPC_PORT).")] = None,
 ):
-    """Serve the hierarchical agent over REST."""
+    """Serve the hierarchical agent over REST and gRPC."""
     from glider.server.app import serve as run
 
-    s = _settings(model=model, adapters=adapters, backend=backend, mode=mode, host=host, port=port)
+    s = _settings(model=model, adapters=adapters, backend=backend, mode=mode, host=host, port=port,
+                  grpc_port=grpc_port)
     _logging(s.log_level)
     raise typer.Exit(run(s))
 
@@ -205,7 +207,8 @@ def demo(
         backbone_build(out=s.model_dir())
     adapters_init(model=s.model_dir(), adapters=s.adapters_dir())
     console.rule(f"starting the server ({backend})")
-    env = dict(os.environ, GLIDER_BACKEND=backend, GLIDER_PORT=str(port), GLIDER_HOST="127.0.0.1")
+    env = dict(os.environ, GLIDER_BACKEND=backend, GLIDER_PORT=str(port), GLIDER_HOST="127.0.0.1",
+               GLIDER_GRPC_PORT=str(_free_port()))
     server = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env)
     try:
         client = GliderClient(f"http://127.0.0.1:{port}")
@@ -235,6 +238,14 @@ def demo(
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _wait(client, server, timeout: float = 600.0):

@@ -1,6 +1,7 @@
 """Wiring: settings -> backend, store, registry, Agent -> FastAPI app -> uvicorn.
 
-The engine loads in the background after the server starts listening, so
+REST (uvicorn) and gRPC (grpc.aio) share one process, one event loop and
+one Agent.  The engine loads in the background after the server starts listening, so
 ``/healthz`` answers at once and ``/readyz`` turns 200 when the model and
 every adapter the mode needs are loaded (what a Kubernetes startup probe
 wants).  If loading fails the server stops with a non-zero exit.
@@ -36,9 +37,19 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
 
     @asynccontextmanager
     async def lifespan(app):
+        grpc_server = None
+        if settings.grpc_enabled:
+            from glider.server.api.grpc import GrpcServer
+
+            grpc_server = GrpcServer(agent, settings.host, settings.grpc_port, settings.max_body_bytes)
+            await grpc_server.start()
+        app.state.grpc = grpc_server
+
         async def start():
             try:
                 await agent.start()
+                if grpc_server is not None:
+                    await grpc_server.set_serving(True)
                 log.info("ready: backend=%s mode=%s adapters=%s", agent.backend.kind, agent.mode,
                          agent.backend.adapter_versions())
             except Exception as exc:
@@ -57,6 +68,8 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
                 await task
             except asyncio.CancelledError:
                 pass
+            if grpc_server is not None:
+                await grpc_server.stop()
             await agent.close()
 
     app = create_app(agent, lifespan=lifespan)

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # --- transport ----------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port on the same host.")
+    grpc_enabled: bool = True
     log_level: str = "info"
 
     # --- policy -------------------------------------------------------------

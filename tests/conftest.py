@@ -62,11 +62,14 @@ def free_port() -> int:
 class ServerProcess:
     def __init__(self, backend: str, backbone: Path, adapters: Path, log: Path, **env):
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
         self.settings_env = {
             "GLIDER_BACKEND": backend, "GLIDER_MODEL": str(backbone), "GLIDER_ADAPTERS": str(adapters),
-            "GLIDER_PORT": str(self.port), "GLIDER_HOST": "127.0.0.1", "GLIDER_KV_CACHE_GIB": "1",
+            "GLIDER_PORT": str(self.port), "GLIDER_GRPC_PORT": str(self.grpc_port),
+            "GLIDER_HOST": "127.0.0.1", "GLIDER_KV_CACHE_GIB": "1",
             "GLIDER_MAX_OBSERVATION_CHARS": "4000", **env,
         }
         self.proc = subprocess.Popen(

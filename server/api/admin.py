@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from glider.server.agent import Agent
 from glider.server.api.schemas import ErrorResponse
 from glider.server.errors import Forbidden, Unauthorized
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 _bearer = HTTPBearer(auto_error=False, description="GLIDER_ADMIN_TOKEN")
 
@@ -45,36 +45,47 @@ class SwapResponse(BaseModel):
     seconds: float
 
 
+def adapter_info(agent: Agent, name: str) -> AdapterInfo:
+    manager = agent.adapters
+    slot = manager.slots[name]
+    try:
+        current = manager.registry.current_version(name)
+    except LookupError:
+        current = None
+    return AdapterInfo(name=name, serving=slot.serving, current=current,
+                       previous=slot.history[-1] if slot.history else None,
+                       versions=manager.registry.versions(name))
+
+
+async def adapter_list(agent: Agent) -> AdapterList:
+    return AdapterList(adapters=[adapter_info(agent, n) for n in agent.adapters.names],
+                       engine_loaded=await agent.backend.engine_adapters())
+
+
+def check_admin(token: SecretStr | None, scheme: str | None, credentials: str | None) -> None:
+    """The one admin check both transports use (constant-time comparison)."""
+    if token is None or not token.get_secret_value():
+        raise Forbidden("the admin API is disabled: set GLIDER_ADMIN_TOKEN")
+    if not credentials or (scheme or "").lower() != "bearer":
+        raise Unauthorized("admin calls need 'Authorization: Bearer <GLIDER_ADMIN_TOKEN>'")
+    if not secrets.compare_digest(credentials.encode(), token.get_secret_value().encode()):
+        raise Forbidden("invalid admin token")
+
+
 def admin_router(agent: Agent) -> APIRouter:
     token = agent.settings.admin_token
 
     async def require_admin(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-        if token is None or not token.get_secret_value():
-            raise Forbidden("the admin API is disabled: set GLIDER_ADMIN_TOKEN")
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise Unauthorized("admin calls need 'Authorization: Bearer <GLIDER_ADMIN_TOKEN>'")
-        if not secrets.compare_digest(creds.credentials.encode(), token.get_secret_value().encode()):
-            raise Forbidden("invalid admin token")
+        check_admin(token, creds.scheme if creds else None, creds.credentials if creds else None)
 
     errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 503)}
     router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                        responses=errors)
     manager = agent.adapters
 
-    def info(name: str) -> AdapterInfo:
-        slot = manager.slots[name]
-        try:
-            current = manager.registry.current_version(name)
-        except LookupError:
-            current = None
-        return AdapterInfo(name=name, serving=slot.serving, current=current,
-                           previous=slot.history[-1] if slot.history else None,
-                           versions=manager.registry.versions(name))
-
     @router.get("/adapters", response_model=AdapterList)
     async def list_adapters() -> AdapterList:
-        return AdapterList(adapters=[info(n) for n in manager.names],
-                           engine_loaded=await agent.backend.engine_adapters())
+        return await adapter_list(agent)
 
     @router.post("/adapters/{name}/load", response_model=SwapResponse)
     async def load(name: str, request: Request, body: LoadRequest | None = None) -> SwapResponse:

@@ -1,0 +1,210 @@
+"""gRPC transport (``grpc.aio``): the Agent and AdapterAdmin services of ``protos/glider/v1``.
+
+Runs on the same event loop as the FastAPI app and calls the same Agent
+service; errors map through the same table (``server/errors.py``) to gRPC
+status codes with the message as details.  Standard health checking reports
+SERVING once the engine and adapters are loaded; server reflection lets a
+generic client (grpcurl, grpcui) discover the services without stubs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from glider.server.agent import Agent, StepResult
+from glider.server.api.admin import adapter_list, check_admin
+from glider.server.errors import InvalidInput, classify
+from glider.server.policy.state import EpisodeState
+from glider.v1 import agent_pb2 as pb
+from glider.v1 import agent_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+AGENT_SERVICE = pb.DESCRIPTOR.services_by_name["Agent"].full_name
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdapterAdmin"].full_name
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException):
+    known = classify(exc)
+    if known is None:
+        log.error("unhandled error in a gRPC call", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    code, _, grpc_name = known
+    await context.abort(getattr(grpc.StatusCode, grpc_name), str(exc))
+
+
+def _reply(r: StepResult) -> pb.ActResponse:
+    msg = pb.ActResponse(
+        episode_id=r.episode_id, step=r.step, new_subgoal=r.new_subgoal, subgoal_done=r.subgoal_done,
+        subgoal_index=r.subgoal_index, done=r.done, adapter_versions=r.adapter_versions,
+        fallback=r.fallback,
+    )
+    if r.action is not None:
+        msg.action = r.action
+    if r.subgoal is not None:
+        msg.subgoal = r.subgoal
+    return msg
+
+
+def _info(s: EpisodeState) -> pb.EpisodeInfo:
+    msg = pb.EpisodeInfo(
+        episode_id=s.id, task=s.task, mode=s.mode, status=s.status.value, step=s.step,
+        subgoal_count=s.subgoal_count, planner_calls=s.planner_calls,
+        executor_calls=s.executor_calls, total_reward=s.total_reward,
+        adapter_versions=s.adapter_versions,
+    )
+    if s.subgoal is not None:
+        msg.subgoal = s.subgoal
+    return msg
+
+
+def _finite(x: float) -> float:
+    if x != x or x in (float("inf"), float("-inf")):
+        raise InvalidInput("reward must be a finite number")
+    return x
+
+
+class AgentServicer(pb_grpc.AgentServicer):
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    async def Act(self, request: pb.ActRequest, context) -> pb.ActResponse:
+        try:
+            result = await self.agent.act(
+                observation=request.observation,
+                episode_id=request.episode_id or None,
+                task=request.task or None,
+                reward=_finite(request.reward),
+                done=request.done,
+                step=request.step if request.HasField("step") else None,
+            )
+        except Exception as exc:
+            await _abort(context, exc)
+        return _reply(result)
+
+    async def Episode(self, request_iterator, context):
+        episode_id = None
+        try:
+            async for event in request_iterator:
+                kind = event.WhichOneof("event")
+                if episode_id is None:
+                    if kind != "start":
+                        raise InvalidInput("an episode stream starts with a `start` event")
+                    start = event.start
+                    if start.episode_id:
+                        await self.agent.create_episode(start.task, start.episode_id)
+                        result = await self.agent.act(observation=start.observation,
+                                                      episode_id=start.episode_id)
+                    else:
+                        result = await self.agent.act(observation=start.observation, task=start.task)
+                    episode_id = result.episode_id
+                elif kind == "step":
+                    result = await self.agent.act(observation=event.step.observation,
+                                                  episode_id=episode_id,
+                                                  reward=_finite(event.step.reward),
+                                                  done=event.step.done)
+                else:
+                    raise InvalidInput("only `step` events may follow `start`")
+                yield _reply(result)
+                if result.done:
+                    return  # the episode is over: close the stream
+        except Exception as exc:
+            # the episode keeps its last committed state: resumable with Act, or expired by TTL
+            await _abort(context, exc)
+
+    async def CreateEpisode(self, request, context) -> pb.EpisodeInfo:
+        try:
+            return _info(await self.agent.create_episode(request.task, request.episode_id or None))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def GetEpisode(self, request, context) -> pb.EpisodeInfo:
+        try:
+            return _info(await self.agent.get_episode(request.episode_id))
+        except Exception as exc:
+            await _abort(context, exc)
+
+    async def DeleteEpisode(self, request, context) -> pb.DeleteEpisodeResponse:
+        try:
+            await self.agent.delete_episode(request.episode_id)
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb.DeleteEpisodeResponse()
+
+
+class AdminServicer(pb_grpc.AdapterAdminServicer):
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    def _authorize(self, context) -> None:
+        value = dict(context.invocation_metadata()).get("authorization", "")
+        scheme, _, credentials = value.partition(" ")
+        check_admin(self.agent.settings.admin_token, scheme, credentials.strip())
+
+    @staticmethod
+    def _swap(r) -> pb.SwapResponse:
+        msg = pb.SwapResponse(name=r.name, version=r.version, changed=r.changed, seconds=r.seconds)
+        if r.previous is not None:
+            msg.previous = r.previous
+        return msg
+
+    async def ListAdapters(self, request, context) -> pb.ListAdaptersResponse:
+        try:
+            self._authorize(context)
+            listing = await adapter_list(self.agent)
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb.ListAdaptersResponse(
+            adapters=[pb.AdapterInfo(**{k: v for k, v in a.model_dump().items() if v is not None})
+                      for a in listing.adapters],
+            engine_loaded=listing.engine_loaded)
+
+    async def LoadAdapter(self, request, context) -> pb.SwapResponse:
+        try:
+            self._authorize(context)
+            result = await self.agent.adapters.load(request.name, request.version or None, make_current=True)
+        except Exception as exc:
+            await _abort(context, exc)
+        return self._swap(result)
+
+    async def RollbackAdapter(self, request, context) -> pb.SwapResponse:
+        try:
+            self._authorize(context)
+            result = await self.agent.adapters.rollback(request.name)
+        except Exception as exc:
+            await _abort(context, exc)
+        return self._swap(result)
+
+
+class GrpcServer:
+    """The gRPC server of one Agent, started and stopped by the app's lifespan."""
+
+    def __init__(self, agent: Agent, host: str, port: int, max_message_bytes: int):
+        self.agent = agent
+        self.address = f"{host}:{port}"
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        self.server = grpc.aio.server(options=options)
+        pb_grpc.add_AgentServicer_to_server(AgentServicer(agent), self.server)
+        pb_grpc.add_AdapterAdminServicer_to_server(AdminServicer(agent), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (AGENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(self.address)
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+        log.info("gRPC listening on %s", self.address)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", AGENT_SERVICE):
+            await self.health.set(service, status)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.server.stop(grace)
