@@ -188,6 +188,45 @@ def serve(
 
 
 @app.command()
+def play(
+    env: Annotated[str, typer.Option(help="Environment (scienceworld).")] = "scienceworld",
+    task: Annotated[str, typer.Option(help="Comma-separated task families.")] = "boil",
+    variations: Annotated[str, typer.Option(help="split:positions, e.g. dev:0-9 (seen), test:0-4 (unseen).")]
+    = "dev:0-1",
+    transport: Annotated[str, typer.Option(help="rest | grpc")] = "rest",
+    server: Annotated[str | None, typer.Option(help="http://host:port (rest) or host:port (grpc).")] = None,
+    parallel: Annotated[int, typer.Option(help="Environment processes at once.")] = 2,
+    max_steps: int = 50,
+):
+    """Play episodes through a running server and print a summary per task."""
+    from glider.clients.play import parse_variations, play_many
+    from rich.progress import Progress
+
+    if env != "scienceworld":
+        raise typer.BadParameter("only scienceworld for now", param_hint="--env")
+    try:
+        split, positions = parse_variations(variations)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--variations") from None
+    tasks = [t for t in task.split(",") if t]
+    if server is None:
+        server = "127.0.0.1:50051" if transport == "grpc" else "http://127.0.0.1:8000"
+    with Progress(console=console) as progress:
+        bar = progress.add_task("episodes", total=len(tasks) * len(positions))
+        reports = play_many(tasks, split, positions, transport=transport, server=server,
+                            parallel=parallel, max_steps=max_steps,
+                            on_done=lambda r: progress.advance(bar))
+    table = Table("task", "episodes", "score ×100", "best ×100", "steps", "subgoals")
+    for name in tasks:
+        rs = [r for r in reports if r.task_name == name]
+        n = max(1, len(rs))
+        table.add_row(name, str(len(rs)), f"{100 * sum(max(0.0, r.score) for r in rs) / n:.1f}",
+                      f"{100 * sum(r.max_score for r in rs) / n:.1f}",
+                      f"{sum(len(r.steps) for r in rs) / n:.1f}", f"{sum(r.subgoals for r in rs) / n:.1f}")
+    console.print(table)
+
+
+@app.command()
 def demo(
     task: str = "boil",
     variation: int = 0,

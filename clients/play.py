@@ -24,6 +24,7 @@ class StepRecord:
 class EpisodeReport:
     episode_id: str
     task: str
+    task_name: str = ""  # the environment's name for the task family, when it has one
     steps: list[StepRecord] = field(default_factory=list)
     score: float = 0.0  # final score, 0..1
     max_score: float = 0.0  # best score reached, 0..1
@@ -39,7 +40,7 @@ def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
     first = env.reset()
     reply = client.act(observation=first.observation, task=env.task)
     report = EpisodeReport(episode_id=reply.episode_id, task=env.task, score=first.score,
-                           max_score=first.score)
+                           max_score=first.score, task_name=getattr(env, "task_name", ""))
     for _ in range(max_steps):
         assert reply.action is not None
         result = env.step(reply.action)
@@ -58,3 +59,64 @@ def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
             report.done = result.done
             break
     return report
+
+
+# --- many episodes, in parallel environment processes -------------------------------------
+_ENV = None  # one environment (a JVM for ScienceWorld) per worker process, reused across episodes
+
+
+def parse_variations(spec: str) -> tuple[str, list[int]]:
+    """``dev:0-9`` -> ("dev", [0..9]); ``test:0,3,5``; positions within the split's variation list."""
+    split, _, ranges = spec.partition(":")
+    if split not in ("train", "dev", "test", "seen", "unseen") or not ranges:
+        raise ValueError(f"variations must look like dev:0-9 or test:0,2 (got {spec!r})")
+    positions: list[int] = []
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        positions.extend(range(int(lo), int(hi or lo) + 1))
+    return split, positions
+
+
+def make_client(transport: str, server: str):
+    from glider.clients.sdk import GliderClient, GliderGrpcClient
+
+    if transport == "grpc":
+        return GliderGrpcClient(server)
+    if transport == "rest":
+        return GliderClient(server)
+    raise ValueError(f"unknown transport {transport!r} (rest | grpc)")
+
+
+def _play_job(job: tuple) -> EpisodeReport:
+    from glider.clients.envs.scienceworld import ScienceWorld, open_env
+
+    global _ENV
+    task, split, position, transport, server, max_steps = job
+    if _ENV is None:
+        _ENV = open_env(step_limit=max_steps + 10)
+    world = ScienceWorld(task, 0, env=_ENV)
+    variations = world.variations(split)
+    if position >= len(variations):
+        raise ValueError(f"{task} has {len(variations)} {split} variations, not {position + 1}")
+    world.variation = variations[position]
+    with make_client(transport, server) as client:
+        return play_episode(client, world, max_steps=max_steps)
+
+
+def play_many(tasks: list[str], split: str, positions: list[int], *, transport: str, server: str,
+              parallel: int, max_steps: int, on_done: Callable[[EpisodeReport], None] | None = None
+              ) -> list[EpisodeReport]:
+    """Play every (task, variation) through the server, ``parallel`` environment processes at once."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    jobs = [(t, split, p, transport, server, max_steps) for t in tasks for p in positions]
+    reports = []
+    with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_play_job, job) for job in jobs]
+        for future in as_completed(futures):
+            report = future.result()
+            reports.append(report)
+            if on_done is not None:
+                on_done(report)
+    return reports

@@ -110,3 +110,127 @@ class AsyncGliderClient:
 
     async def delete_episode(self, episode_id: str) -> None:
         _check(await self._http.delete(f"/episodes/{episode_id}"))
+
+
+# --- gRPC ---------------------------------------------------------------------------
+def _from_pb(reply) -> ActResponse:
+    return ActResponse(
+        episode_id=reply.episode_id, step=reply.step,
+        action=reply.action if reply.HasField("action") else None,
+        subgoal=reply.subgoal if reply.HasField("subgoal") else None,
+        new_subgoal=reply.new_subgoal, subgoal_done=reply.subgoal_done,
+        subgoal_index=reply.subgoal_index, done=reply.done,
+        adapter_versions=dict(reply.adapter_versions), fallback=reply.fallback,
+    )
+
+
+def _act_pb(observation, episode_id, task, reward, done, step):
+    from glider.v1 import agent_pb2 as pb
+
+    request = pb.ActRequest(observation=observation, episode_id=episode_id or "", task=task or "",
+                            reward=reward, done=done)
+    if step is not None:
+        request.step = step
+    return request
+
+
+class GliderGrpcError(GliderAPIError):
+    def __init__(self, err):
+        super().__init__(0, err.code().name, err.details() or "")
+        self.grpc_code = err.code()
+
+
+class GliderGrpcClient:
+    """Blocking gRPC client with the REST client's method names (``act``, ``get_episode``, ...)."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0):
+        import grpc
+        from glider.v1 import agent_pb2_grpc
+
+        self._grpc = grpc
+        self._channel = grpc.insecure_channel(target)
+        self._stub = agent_pb2_grpc.AgentStub(self._channel)
+        self.timeout = timeout
+
+    def __enter__(self) -> GliderGrpcClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except self._grpc.RpcError as err:
+            raise GliderGrpcError(err) from None
+
+    def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
+            reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
+        return _from_pb(self._call(self._stub.Act, _act_pb(observation, episode_id, task, reward, done, step)))
+
+    def create_episode(self, task: str, episode_id: str | None = None):
+        from glider.v1 import agent_pb2 as pb
+
+        return self._call(self._stub.CreateEpisode, pb.CreateEpisodeRequest(task=task, episode_id=episode_id or ""))
+
+    def get_episode(self, episode_id: str):
+        from glider.v1 import agent_pb2 as pb
+
+        return self._call(self._stub.GetEpisode, pb.GetEpisodeRequest(episode_id=episode_id))
+
+    def delete_episode(self, episode_id: str) -> None:
+        from glider.v1 import agent_pb2 as pb
+
+        self._call(self._stub.DeleteEpisode, pb.DeleteEpisodeRequest(episode_id=episode_id))
+
+
+class AsyncGliderGrpcClient:
+    """asyncio gRPC client: the same method names, plus ``episode()`` for a whole-episode stream."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0):
+        import grpc
+        from glider.v1 import agent_pb2_grpc
+
+        self._grpc = grpc
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = agent_pb2_grpc.AgentStub(self._channel)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AsyncGliderGrpcClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method, request):
+        try:
+            return await method(request, timeout=self.timeout)
+        except self._grpc.aio.AioRpcError as err:
+            raise GliderGrpcError(err) from None
+
+    async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
+                  reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
+        return _from_pb(await self._call(self._stub.Act,
+                                         _act_pb(observation, episode_id, task, reward, done, step)))
+
+    async def create_episode(self, task: str, episode_id: str | None = None):
+        from glider.v1 import agent_pb2 as pb
+
+        return await self._call(self._stub.CreateEpisode,
+                                pb.CreateEpisodeRequest(task=task, episode_id=episode_id or ""))
+
+    async def get_episode(self, episode_id: str):
+        from glider.v1 import agent_pb2 as pb
+
+        return await self._call(self._stub.GetEpisode, pb.GetEpisodeRequest(episode_id=episode_id))
+
+    async def delete_episode(self, episode_id: str) -> None:
+        from glider.v1 import agent_pb2 as pb
+
+        await self._call(self._stub.DeleteEpisode, pb.DeleteEpisodeRequest(episode_id=episode_id))

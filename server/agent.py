@@ -29,6 +29,7 @@ from glider.server.policy import (
 from glider.server.policy.controller import PolicyGeneration
 from glider.server.settings import Settings
 from glider.server.store.base import EpisodeStore, StoreFull
+from glider.server.store.recorder import TrajectoryRecorder
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,14 @@ class StepResult:
 
 class Agent:
     def __init__(self, settings: Settings, backend: Backend, store: EpisodeStore,
-                 registry: AdapterRegistry, metrics: Metrics | None = None):
+                 registry: AdapterRegistry, metrics: Metrics | None = None,
+                 recorder: TrajectoryRecorder | None = None):
         self.settings = settings
         self.backend = backend
         self.store = store
         self.registry = registry
         self.metrics = metrics or Metrics()
+        self.recorder = recorder
         self.policy = PolicyController(HierarchyConfig.from_settings(settings))
         self.mode = self.policy.config.mode
         self.adapters = AdapterManager(
@@ -66,6 +69,8 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.start()
         await self.backend.start()
         await self.adapters.start()
         self.adapters.start_watching()
@@ -74,6 +79,8 @@ class Agent:
         await self.adapters.close()
         await self.backend.close()
         await self.store.close()
+        if self.recorder is not None:
+            self.recorder.close()
 
     @property
     def ready(self) -> bool:
@@ -148,7 +155,7 @@ class Agent:
             m.subgoals.inc()
         if decision.fallback:
             m.fallbacks.inc()
-        return StepResult(
+        result = StepResult(
             episode_id=episode_id,
             step=state.step,
             action=decision.action,
@@ -161,6 +168,16 @@ class Agent:
             fallback=decision.fallback,
             latency_ms=(time.perf_counter() - t0) * 1000,
         )
+        if self.recorder is not None:
+            self.recorder.record({
+                "time": time.time(), "episode_id": episode_id, "task": new.task, "mode": self.mode,
+                "step": result.step, "observation": observation, "reward": reward, "done": done,
+                "action": result.action, "subgoal": result.subgoal, "new_subgoal": result.new_subgoal,
+                "subgoal_done": result.subgoal_done, "subgoal_index": result.subgoal_index,
+                "total_reward": new.total_reward, "fallback": result.fallback,
+                "adapter_versions": result.adapter_versions, "latency_ms": round(result.latency_ms, 3),
+            })
+        return result
 
     async def _generate(self, requests: Sequence[PolicyRequest]) -> list[PolicyGeneration]:
         specs = [

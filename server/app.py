@@ -17,18 +17,27 @@ from glider.server.adapters.registry import AdapterRegistry
 from glider.server.agent import Agent
 from glider.server.api.rest import BodyLimit, create_app
 from glider.server.backends.base import create_backend
+from glider.server.metrics import Metrics
 from glider.server.settings import Settings
 from glider.server.store.memory import MemoryEpisodeStore
+from glider.server.store.recorder import TrajectoryRecorder
 
 log = logging.getLogger(__name__)
 
 
 def build_agent(settings: Settings) -> Agent:
+    metrics = Metrics()
+    recorder = None
+    if settings.record:
+        recorder = TrajectoryRecorder(settings.episodes_dir(), max_bytes=settings.record_max_bytes,
+                                      on_drop=metrics.records_dropped.inc)
     return Agent(
         settings=settings,
         backend=create_backend(settings),
         store=MemoryEpisodeStore(ttl_s=settings.episode_ttl_s, max_episodes=settings.max_episodes),
         registry=AdapterRegistry(settings.adapters_dir()),
+        metrics=metrics,
+        recorder=recorder,
     )
 
 

@@ -39,4 +39,7 @@ class Metrics:
         self.adapter_version = Gauge(
             "glider_adapter_serving", "1 for the version each adapter serves.", ["name", "version"],
             registry=r)
+        self.records_dropped = Counter(
+            "glider_records_dropped_total", "Trajectory records lost (writer behind or disk error).",
+            registry=r)
         self.errors = Counter("glider_errors_total", "Errors by code.", ["code"], registry=r)

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     fallback_subgoal: str = "explore the surroundings"
     seed: int = 0
 
+    # --- trajectory recording ------------------------------------------------
+    record: bool = Field(True, description="Record every served step for the trainer.")
+    record_dir: Path | None = Field(None, description="Where episode logs go; default <home>/episodes.")
+    record_max_bytes: int = Field(64 << 20, ge=4096, description="Rotate episode logs at this size.")
+
     # --- limits and episode store -------------------------------------------
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
     max_observation_chars: int = Field(8192, ge=1)
@@ -94,6 +99,9 @@ class Settings(BaseSettings):
 
     def model_dir(self) -> Path:
         return self.model if self.model is not None else self.home / "backbone"
+
+    def episodes_dir(self) -> Path:
+        return self.record_dir if self.record_dir is not None else self.home / "episodes"
 
     def adapters_dir(self) -> Path:
         return self.adapters if self.adapters is not None else self.home / "adapters"

@@ -66,7 +66,9 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log = log
+        self.record_dir = log.with_suffix(".episodes")
         self.settings_env = {
+            "GLIDER_RECORD_DIR": str(self.record_dir),
             "GLIDER_BACKEND": backend, "GLIDER_MODEL": str(backbone), "GLIDER_ADAPTERS": str(adapters),
             "GLIDER_PORT": str(self.port), "GLIDER_GRPC_PORT": str(self.grpc_port),
             "GLIDER_HOST": "127.0.0.1", "GLIDER_KV_CACHE_GIB": "1",

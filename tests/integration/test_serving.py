@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import httpx
 import pytest
@@ -50,6 +52,18 @@ def test_plays_real_scienceworld_steps(server, scienceworld):
         with pytest.raises(GliderAPIError) as err:
             client.act(observation="again", episode_id=report.episode_id)
         assert err.value.status == 409
+    # every served step is in the episode log, in order, with the versions that served it
+    records = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(records) < 6:
+        time.sleep(0.2)
+        records = [r for f in sorted(server.record_dir.glob("*.jsonl*")) for line in f.read_text().splitlines()
+                   if (r := json.loads(line))["episode_id"] == report.episode_id]
+    assert [r["step"] for r in records] == [0, 1, 2, 3, 4, 5]
+    assert [r["action"] for r in records[:5]] == [s.action for s in report.steps]
+    assert records[-1]["done"] is True and records[-1]["action"] is None
+    assert records[1]["observation"] == report.steps[0].observation
+    assert records[0]["adapter_versions"] == {"planner": "v0001", "executor": "v0001"}
 
 
 def test_eight_concurrent_episodes_keep_their_own_state(server):

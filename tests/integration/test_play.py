@@ -1,0 +1,40 @@
+"""`glider play`: ScienceWorld episodes in parallel environment processes, over gRPC and REST."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from glider.clients.cli import app
+from glider.clients.play import parse_variations, play_many
+
+pytestmark = pytest.mark.integration
+
+
+def test_parse_variations():
+    assert parse_variations("dev:0-2") == ("dev", [0, 1, 2])
+    assert parse_variations("test:0,3-4") == ("test", [0, 3, 4])
+    with pytest.raises(ValueError):
+        parse_variations("valid:0")
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_play_many_in_parallel_processes(vllm_server, transport):
+    server = vllm_server.grpc_target if transport == "grpc" else vllm_server.url
+    reports = play_many(["boil", "find-plant"], "dev", [0, 1], transport=transport, server=server,
+                        parallel=2, max_steps=3)
+    assert sorted((r.task_name, len(r.steps)) for r in reports) == [
+        ("boil", 3), ("boil", 3), ("find-plant", 3), ("find-plant", 3)]
+    assert len({r.episode_id for r in reports}) == 4
+    # two dev variations of one task are two different episodes of the environment
+    boil = [r for r in reports if r.task_name == "boil"]
+    assert boil[0].task == boil[1].task and boil[0].steps[0].observation != "" and boil[0].subgoals >= 1
+
+
+def test_play_command_prints_a_summary(vllm_server):
+    result = CliRunner().invoke(app, ["play", "--task", "boil", "--variations", "test:0", "--transport", "grpc",
+                                      "--server", vllm_server.grpc_target, "--parallel", "1", "--max-steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "boil" in result.output and "score ×100" in result.output
+    bad = CliRunner().invoke(app, ["play", "--variations", "nope"])
+    assert bad.exit_code == 2 and "dev:0-9" in bad.output
