@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
-
 from glider.clients.cli import app
 from glider.clients.play import parse_variations, play_many
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration
 
