@@ -189,8 +189,9 @@ def serve(
 
 @app.command()
 def play(
-    env: Annotated[str, typer.Option(help="Environment (scienceworld).")] = "scienceworld",
-    task: Annotated[str, typer.Option(help="Comma-separated task families.")] = "boil",
+    env: Annotated[str, typer.Option(help="scienceworld | textworld | alfworld")] = "scienceworld",
+    task: Annotated[str, typer.Option(help="Comma-separated task families (textworld: tw-make family, "
+                                           "e.g. tw-cooking).")] = "boil",
     variations: Annotated[str, typer.Option(help="split:positions, e.g. dev:0-9 (seen), test:0-4 (unseen).")]
     = "dev:0-1",
     transport: Annotated[str, typer.Option(help="rest | grpc")] = "rest",
@@ -202,8 +203,16 @@ def play(
     from glider.clients.play import parse_variations, play_many
     from rich.progress import Progress
 
-    if env != "scienceworld":
-        raise typer.BadParameter("only scienceworld for now", param_hint="--env")
+    if env not in ("scienceworld", "textworld", "alfworld"):
+        raise typer.BadParameter("scienceworld | textworld | alfworld", param_hint="--env")
+    if env == "alfworld":
+        from glider.clients.envs.alfworld import ALFWorldUnavailable, data_root
+
+        try:
+            data_root()
+        except ALFWorldUnavailable as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
     try:
         split, positions = parse_variations(variations)
     except ValueError as exc:
@@ -214,7 +223,8 @@ def play(
     with Progress(console=console) as progress:
         bar = progress.add_task("episodes", total=len(tasks) * len(positions))
         reports = play_many(tasks, split, positions, transport=transport, server=server,
-                            parallel=parallel, max_steps=max_steps,
+                            parallel=parallel, max_steps=max_steps, env=env,
+                            games_dir=_settings().home / "games",
                             on_done=lambda r: progress.advance(bar))
     table = Table("task", "episodes", "score ×100", "best ×100", "steps", "subgoals")
     for name in tasks:

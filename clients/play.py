@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from glider.clients.envs.base import Environment
 from glider.clients.sdk import GliderClient
@@ -87,30 +88,62 @@ def make_client(transport: str, server: str):
     raise ValueError(f"unknown transport {transport!r} (rest | grpc)")
 
 
-def _play_job(job: tuple) -> EpisodeReport:
-    from glider.clients.envs.scienceworld import ScienceWorld, open_env
+#: TextWorld games of a split are the seeds from this offset on, so splits never share a game
+TEXTWORLD_SPLIT_SEED = {"train": 0, "dev": 100_000, "seen": 100_000, "test": 200_000, "unseen": 200_000}
 
+
+def open_environment(env: str, task: str, split: str, position: int, max_steps: int, games_dir: Path):
+    """The environment for one (task, split position), reusing this process's JVM for ScienceWorld."""
     global _ENV
-    task, split, position, transport, server, max_steps = job
-    if _ENV is None:
-        _ENV = open_env(step_limit=max_steps + 10)
-    world = ScienceWorld(task, 0, env=_ENV)
-    variations = world.variations(split)
-    if position >= len(variations):
-        raise ValueError(f"{task} has {len(variations)} {split} variations, not {position + 1}")
-    world.variation = variations[position]
-    with make_client(transport, server) as client:
-        return play_episode(client, world, max_steps=max_steps)
+    if env == "scienceworld":
+        from glider.clients.envs.scienceworld import ScienceWorld, open_env
+
+        if _ENV is None:
+            _ENV = open_env(step_limit=max_steps + 10)
+        world = ScienceWorld(task, 0, env=_ENV)
+        variations = world.variations(split)
+        if position >= len(variations):
+            raise ValueError(f"{task} has {len(variations)} {split} variations, not {position + 1}")
+        world.variation = variations[position]
+        return world
+    if env == "textworld":
+        from glider.clients.envs.textworld import TextWorld, generate_game
+
+        return TextWorld(generate_game(games_dir, TEXTWORLD_SPLIT_SEED[split] + position, family=task))
+    if env == "alfworld":
+        from glider.clients.envs.alfworld import ALFWorld, list_games
+
+        return ALFWorld(list_games(split)[position])
+    raise ValueError(f"unknown environment {env!r} (scienceworld | textworld | alfworld)")
+
+
+def _play_job(job: tuple) -> EpisodeReport:
+    env, task, split, position, transport, server, max_steps, games_dir = job
+    world = open_environment(env, task, split, position, max_steps, games_dir)
+    try:
+        with make_client(transport, server) as client:
+            report = play_episode(client, world, max_steps=max_steps)
+    finally:
+        if env != "scienceworld":  # the ScienceWorld JVM is kept for this worker's next episode
+            world.close()
+    report.task_name = task  # the family asked for: what the summary groups by
+    return report
 
 
 def play_many(tasks: list[str], split: str, positions: list[int], *, transport: str, server: str,
-              parallel: int, max_steps: int, on_done: Callable[[EpisodeReport], None] | None = None
-              ) -> list[EpisodeReport]:
-    """Play every (task, variation) through the server, ``parallel`` environment processes at once."""
+              parallel: int, max_steps: int, env: str = "scienceworld",
+              games_dir: Path = Path(".glider/games"),
+              on_done: Callable[[EpisodeReport], None] | None = None) -> list[EpisodeReport]:
+    """Play every (task, position) through the server, ``parallel`` environment processes at once.
+
+    ScienceWorld: a task family and variation positions in the split.  TextWorld: a
+    ``tw-make`` family (e.g. ``tw-cooking``) and seeds, offset per split.  ALFWorld:
+    positions in the split's game list (``ALFWORLD_DATA``).
+    """
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    jobs = [(t, split, p, transport, server, max_steps) for t in tasks for p in positions]
+    jobs = [(env, t, split, p, transport, server, max_steps, Path(games_dir)) for t in tasks for p in positions]
     reports = []
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_play_job, job) for job in jobs]
