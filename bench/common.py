@@ -50,8 +50,9 @@ class ServerProcess:
         import sys
 
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "GLIDER_PORT": str(self.port), "GLIDER_GRPC_PORT": str(free_port()),
+        env = {**os.environ, "GLIDER_PORT": str(self.port), "GLIDER_GRPC_PORT": str(self.grpc_port),
                "GLIDER_HOME": str(s.home),
                "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2", **env}
         self.proc = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from glider.clients.envs.base import EnvStep
@@ -24,12 +25,14 @@ def generate_game(out_dir: Path, seed: int, family: str = "tw-cooking", options:
     game = out_dir / f"{family}-s{seed}.z8"
     if game.is_file():
         return game
-    tw_make = shutil.which("tw-make")
+    # tw-make is a script installed beside this interpreter (found even when the venv is not activated)
+    beside = Path(sys.executable).parent / "tw-make"
+    tw_make = str(beside) if beside.is_file() else shutil.which("tw-make")
     if tw_make is None:
         raise RuntimeError("tw-make not found: install the textworld package")
     out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([tw_make, family, *options, "--seed", str(seed), "--output", str(game), "--silent"],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, tw_make, family, *options, "--seed", str(seed), "--output", str(game),
+                    "--silent"], check=True, capture_output=True)
     return game
 
 

