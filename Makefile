@@ -22,3 +22,4 @@ bench: install
 	$(PY) bench/concurrency.py
 	$(PY) bench/hier_vs_flat.py
 	$(PY) bench/hotswap.py
+	$(PY) bench/transports.py

