@@ -39,7 +39,7 @@ class EpisodeReport:
 def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
                  on_step: Callable[[StepRecord], None] | None = None) -> EpisodeReport:
     first = env.reset()
-    reply = client.act(observation=first.observation, task=env.task)
+    reply = client.act(observation=first.observation, task=env.task, score=first.score)
     report = EpisodeReport(episode_id=reply.episode_id, task=env.task, score=first.score,
                            max_score=first.score, task_name=getattr(env, "task_name", ""))
     for _ in range(max_steps):
@@ -55,7 +55,7 @@ def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
             on_step(record)
         last = len(report.steps) >= max_steps
         reply = client.act(observation=result.observation, episode_id=reply.episode_id,
-                           reward=result.reward, done=result.done or last)
+                           reward=result.reward, done=result.done or last, score=result.score)
         if result.done or last:
             report.done = result.done
             break

@@ -50,9 +50,10 @@ class GliderClient:
         self._http.close()
 
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
-            reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
+            reward: float = 0.0, done: bool = False, step: int | None = None,
+            score: float | None = None) -> ActResponse:
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step)
+                         done=done, step=step, score=score)
         return ActResponse.model_validate(_check(self._http.post("/act", json=body)).json())
 
     def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
@@ -96,9 +97,10 @@ class AsyncGliderClient:
         await self._http.aclose()
 
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
-                  reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
+                  reward: float = 0.0, done: bool = False, step: int | None = None,
+                  score: float | None = None) -> ActResponse:
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step)
+                         done=done, step=step, score=score)
         return ActResponse.model_validate(_check(await self._http.post("/act", json=body)).json())
 
     async def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
@@ -124,13 +126,15 @@ def _from_pb(reply) -> ActResponse:
     )
 
 
-def _act_pb(observation, episode_id, task, reward, done, step):
+def _act_pb(observation, episode_id, task, reward, done, step, score=None):
     from glider.v1 import agent_pb2 as pb
 
     request = pb.ActRequest(observation=observation, episode_id=episode_id or "", task=task or "",
                             reward=reward, done=done)
     if step is not None:
         request.step = step
+    if score is not None:
+        request.score = score
     return request
 
 
@@ -168,8 +172,10 @@ class GliderGrpcClient:
             raise GliderGrpcError(err) from None
 
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
-            reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
-        return _from_pb(self._call(self._stub.Act, _act_pb(observation, episode_id, task, reward, done, step)))
+            reward: float = 0.0, done: bool = False, step: int | None = None,
+            score: float | None = None) -> ActResponse:
+        return _from_pb(self._call(self._stub.Act,
+                                   _act_pb(observation, episode_id, task, reward, done, step, score)))
 
     def create_episode(self, task: str, episode_id: str | None = None):
         from glider.v1 import agent_pb2 as pb
@@ -215,9 +221,10 @@ class AsyncGliderGrpcClient:
             raise GliderGrpcError(err) from None
 
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
-                  reward: float = 0.0, done: bool = False, step: int | None = None) -> ActResponse:
+                  reward: float = 0.0, done: bool = False, step: int | None = None,
+                  score: float | None = None) -> ActResponse:
         return _from_pb(await self._call(self._stub.Act,
-                                         _act_pb(observation, episode_id, task, reward, done, step)))
+                                         _act_pb(observation, episode_id, task, reward, done, step, score)))
 
     async def create_episode(self, task: str, episode_id: str | None = None):
         from glider.v1 import agent_pb2 as pb

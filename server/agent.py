@@ -116,7 +116,8 @@ class Agent:
 
     # -- one environment step -------------------------------------------------------
     async def act(self, *, observation: str, episode_id: str | None = None, task: str | None = None,
-                  reward: float = 0.0, done: bool = False, step: int | None = None) -> StepResult:
+                  reward: float = 0.0, done: bool = False, step: int | None = None,
+                  score: float | None = None) -> StepResult:
         t0 = time.perf_counter()
         if len(observation) > self.settings.max_observation_chars:
             raise InvalidInput(
@@ -172,6 +173,7 @@ class Agent:
             self.recorder.record({
                 "time": time.time(), "episode_id": episode_id, "task": new.task, "mode": self.mode,
                 "step": result.step, "observation": observation, "reward": reward, "done": done,
+                "score": score,
                 "action": result.action, "subgoal": result.subgoal, "new_subgoal": result.new_subgoal,
                 "subgoal_done": result.subgoal_done, "subgoal_index": result.subgoal_index,
                 "total_reward": new.total_reward, "fallback": result.fallback,

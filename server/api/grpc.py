@@ -63,7 +63,7 @@ def _info(s: EpisodeState) -> pb.EpisodeInfo:
 
 def _finite(x: float) -> float:
     if x != x or x in (float("inf"), float("-inf")):
-        raise InvalidInput("reward must be a finite number")
+        raise InvalidInput("reward and score must be finite numbers")
     return x
 
 
@@ -80,6 +80,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                 reward=_finite(request.reward),
                 done=request.done,
                 step=request.step if request.HasField("step") else None,
+                score=_finite(request.score) if request.HasField("score") else None,
             )
         except Exception as exc:
             await _abort(context, exc)
@@ -105,7 +106,9 @@ class AgentServicer(pb_grpc.AgentServicer):
                     result = await self.agent.act(observation=event.step.observation,
                                                   episode_id=episode_id,
                                                   reward=_finite(event.step.reward),
-                                                  done=event.step.done)
+                                                  done=event.step.done,
+                                                  score=_finite(event.step.score)
+                                                  if event.step.HasField("score") else None)
                 else:
                     raise InvalidInput("only `step` events may follow `start`")
                 yield _reply(result)

@@ -188,7 +188,7 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
     async def act(body: ActRequest) -> ActResponse:
         result = await agent.act(
             observation=body.observation, episode_id=body.episode_id, task=body.task,
-            reward=body.reward, done=body.done, step=body.step,
+            reward=body.reward, done=body.done, step=body.step, score=body.score,
         )
         return ActResponse(
             episode_id=result.episode_id, step=result.step, action=result.action,

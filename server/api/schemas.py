@@ -21,6 +21,7 @@ class ActRequest(_Strict):
     reward: float = Field(0.0, description="Reward the last action earned.")
     done: bool = Field(False, description="The environment ended the episode; no action is returned.")
     step: int | None = Field(None, ge=0, description="Expected step index; a mismatch is refused (409).")
+    score: float | None = Field(None, description="The environment's own score now, if it keeps one (recorded).")
 
 
 class ActResponse(BaseModel):

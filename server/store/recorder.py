@@ -13,13 +13,13 @@ so a reader that takes only ``*.jsonl`` never sees a partial line.
 One record per answered step (schema version 1):
 
     {"v": 1, "time": 1764097000.1, "episode_id": "...", "task": "...", "mode": "separate",
-     "step": 3, "observation": "...", "reward": 0.0, "done": false,
+     "step": 3, "observation": "...", "reward": 0.0, "done": false, "score": 0.03,
      "action": "open door to kitchen", "subgoal": "go to the kitchen", "new_subgoal": false,
      "subgoal_done": false, "subgoal_index": 0, "total_reward": 0.03, "fallback": false,
      "adapter_versions": {"planner": "v0002", "executor": "v0003"}, "latency_ms": 41.2}
 
 ``observation`` is what the environment showed at ``step``, ``reward`` what the
-previous action earned, ``action`` the agent's answer (null on the closing
+previous action earned, ``score`` the environment's own score if the client sent it (else null), ``action`` the agent's answer (null on the closing
 ``done`` record).  A transition (o_t, a_t, r_t, o_{t+1}) is record t's
 observation and action with record t+1's reward and observation.
 """

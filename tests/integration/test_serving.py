@@ -63,6 +63,7 @@ def test_plays_real_scienceworld_steps(server, scienceworld):
     assert [r["action"] for r in records[:5]] == [s.action for s in report.steps]
     assert records[-1]["done"] is True and records[-1]["action"] is None
     assert records[1]["observation"] == report.steps[0].observation
+    assert [r["score"] for r in records[1:]] == [s.score for s in report.steps]
     assert records[0]["adapter_versions"] == {"planner": "v0001", "executor": "v0001"}
 
 

@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ActRequest(_message.Message):
-    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step")
+    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step", "score")
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     observation: str
     episode_id: str
     task: str
     reward: float
     done: bool
     step: int
-    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ...) -> None: ...
+    score: float
+    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ActResponse(_message.Message):
     __slots__ = ("episode_id", "step", "action", "subgoal", "new_subgoal", "subgoal_done", "subgoal_index", "done", "adapter_versions", "fallback")
@@ -72,14 +74,16 @@ class EpisodeStart(_message.Message):
     def __init__(self, task: _Optional[str] = ..., observation: _Optional[str] = ..., episode_id: _Optional[str] = ...) -> None: ...
 
 class EpisodeStep(_message.Message):
-    __slots__ = ("observation", "reward", "done")
+    __slots__ = ("observation", "reward", "done", "score")
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     observation: str
     reward: float
     done: bool
-    def __init__(self, observation: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ...) -> None: ...
+    score: float
+    def __init__(self, observation: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., score: _Optional[float] = ...) -> None: ...
 
 class CreateEpisodeRequest(_message.Message):
     __slots__ = ("task", "episode_id")
