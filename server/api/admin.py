@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from glider.server.agent import Agent
 from glider.server.api.schemas import ErrorResponse
@@ -88,7 +88,7 @@ def admin_router(agent: Agent) -> APIRouter:
         return await adapter_list(agent)
 
     @router.post("/adapters/{name}/load", response_model=SwapResponse)
-    async def load(name: str, request: Request, body: LoadRequest | None = None) -> SwapResponse:
+    async def load(name: str, body: LoadRequest | None = None) -> SwapResponse:
         r = await manager.load(name, body.version if body else None, make_current=True)
         return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
                             seconds=r.seconds)

@@ -27,12 +27,15 @@ AGENT_SERVICE = pb.DESCRIPTOR.services_by_name["Agent"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdapterAdmin"].full_name
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException):
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, metrics) -> None:
+    """End the call with the status the error table gives (counted like REST's errors)."""
     known = classify(exc)
     if known is None:
         log.error("unhandled error in a gRPC call", exc_info=exc)
+        metrics.errors.labels("internal").inc()
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     code, _, grpc_name = known
+    metrics.errors.labels(code).inc()
     await context.abort(getattr(grpc.StatusCode, grpc_name), str(exc))
 
 
@@ -83,7 +86,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                 score=_finite(request.score) if request.HasField("score") else None,
             )
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
         return _reply(result)
 
     async def Episode(self, request_iterator, context):
@@ -116,25 +119,25 @@ class AgentServicer(pb_grpc.AgentServicer):
                     return  # the episode is over: close the stream
         except Exception as exc:
             # the episode keeps its last committed state: resumable with Act, or expired by TTL
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
 
     async def CreateEpisode(self, request, context) -> pb.EpisodeInfo:
         try:
             return _info(await self.agent.create_episode(request.task, request.episode_id or None))
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
 
     async def GetEpisode(self, request, context) -> pb.EpisodeInfo:
         try:
             return _info(await self.agent.get_episode(request.episode_id))
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
 
     async def DeleteEpisode(self, request, context) -> pb.DeleteEpisodeResponse:
         try:
             await self.agent.delete_episode(request.episode_id)
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
         return pb.DeleteEpisodeResponse()
 
 
@@ -159,7 +162,7 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
             self._authorize(context)
             listing = await adapter_list(self.agent)
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
         return pb.ListAdaptersResponse(
             adapters=[pb.AdapterInfo(**{k: v for k, v in a.model_dump().items() if v is not None})
                       for a in listing.adapters],
@@ -170,7 +173,7 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
             self._authorize(context)
             result = await self.agent.adapters.load(request.name, request.version or None, make_current=True)
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
         return self._swap(result)
 
     async def RollbackAdapter(self, request, context) -> pb.SwapResponse:
@@ -178,7 +181,7 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
             self._authorize(context)
             result = await self.agent.adapters.rollback(request.name)
         except Exception as exc:
-            await _abort(context, exc)
+            await _abort(context, exc, self.agent.metrics)
         return self._swap(result)
 
 

@@ -158,10 +158,7 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        response = _error(exc.status_code, "http_error", str(exc.detail))
-        response.headers.update(headers or {})
-        return response
+        return _error(exc.status_code, "http_error", str(exc.detail))
 
     async def _domain(request: Request, exc: Exception):
         known = classify(exc)

@@ -59,15 +59,18 @@ class VLLMBackend(Backend):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self.settings
+        cuda = _is_cuda()
+        # float32 is the CPU default; on a GPU let vLLM pick the model's dtype unless asked
+        dtype = "auto" if cuda and s.dtype == "float32" else s.dtype
         args = AsyncEngineArgs(
             model=str(s.model_dir()),
             tokenizer=str(s.model_dir()),
-            dtype=s.dtype if not _is_cuda() or s.dtype != "float32" else "auto",
+            dtype=dtype,
             enable_lora=True,
             max_loras=s.max_loras,
             max_lora_rank=s.max_lora_rank,
             max_model_len=s.max_model_len,
-            enforce_eager=not _is_cuda(),
+            enforce_eager=not cuda,
             enable_prefix_caching=s.enable_prefix_caching,
             gpu_memory_utilization=s.gpu_memory_utilization,
             seed=s.seed,

@@ -147,8 +147,7 @@ class PolicyController:
     def _close_segment(self, state: EpisodeState) -> None:
         assert state.current is not None
         state.finished.append(state.current)
-        if self.config.plan_window >= 0:
-            del state.finished[: max(0, len(state.finished) - self.config.plan_window)]
+        del state.finished[: max(0, len(state.finished) - self.config.plan_window)]
         state.current = None
 
     async def _hierarchical_step(

@@ -86,7 +86,18 @@ def test_episode_stream_plays_real_scienceworld(vllm_server, scienceworld):
     assert info.status == "finished" and info.step == len(replies) - 1
 
 
+def _errors(server, code: str) -> float:
+    import httpx
+
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(f'glider_errors_total{{code="{code}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def test_act_and_status_codes(vllm_server):
+    not_found_before = _errors(vllm_server, "episode_not_found")
+
     async def go():
         async with grpc.aio.insecure_channel(vllm_server.grpc_target) as ch:
             stub = pb_grpc.AgentStub(ch)
@@ -122,6 +133,8 @@ def test_act_and_status_codes(vllm_server):
             assert await _code(stub.GetEpisode(pb.GetEpisodeRequest(episode_id=eid))) == S.NOT_FOUND
 
     run(go())
+    # gRPC errors are counted in the same metric as REST's
+    assert _errors(vllm_server, "episode_not_found") == not_found_before + 2
 
 
 async def _drain(call):
