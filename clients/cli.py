@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from glider.clients.commands_eval import evaluate_command
+from glider.clients.commands_train import data_app, train_app
 from rich.console import Console
 from rich.table import Table
 
@@ -28,7 +30,10 @@ backbone_app = typer.Typer(no_args_is_help=True, help="The embedded tiny backbon
 adapters_app = typer.Typer(no_args_is_help=True, help="LoRA adapters in the registry.")
 app.add_typer(backbone_app, name="backbone")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 console = Console()
+app.command("eval")(evaluate_command)
 
 ALL_ADAPTERS = ["planner", "executor", "shared", "flat"]
 
@@ -238,26 +243,45 @@ def play(
 
 @app.command()
 def demo(
-    task: str = "boil",
+    task: str = "find-plant",
     variation: int = 0,
-    max_steps: int = 20,
+    max_steps: int = 30,
     backend: str = "vllm",
     port: int = 8765,
+    eval_tasks: Annotated[str, typer.Option(help="Task families of the closing table.")]
+    = "find-plant,find-living-thing,find-animal,find-non-living-thing,boil,grow-plant",
+    eval_episodes: int = 1,
+    train: Annotated[bool, typer.Option(help="Train SFT adapters first when they are missing.")] = True,
 ):
-    """Build what is missing, start a server, play one real ScienceWorld episode through /act."""
+    """Build and train what is missing, start a server, play ScienceWorld through /act, print the table.
+
+    The first run builds the backbone, collects expert data, warms the backbone up
+    and trains the SFT adapters (``glider.trainer.pipeline``, ~20 minutes on 2
+    cores); later runs reuse all of it.
+    """
     from glider.clients.envs.scienceworld import ScienceWorld
+    from glider.clients.evaluate import EvalConfig, run_episodes, write_report
     from glider.clients.play import play_episode
     from glider.clients.sdk import GliderClient
-    from glider.trainer.backbone import is_backbone
 
+    _logging("warning")
     s = _settings()
-    if not is_backbone(s.model_dir()):
-        console.rule("building the embedded backbone (once)")
-        backbone_build(out=s.model_dir())
-    adapters_init(model=s.model_dir(), adapters=s.adapters_dir())
+    if train:
+        from glider.trainer.pipeline import ensure_trained
+
+        t0 = time.monotonic()
+        ensure_trained(s, say=lambda msg: console.rule(msg))
+        console.print(f"training pipeline: {time.monotonic() - t0:.0f}s (cached steps are skipped)")
+    else:
+        from glider.trainer.backbone import is_backbone
+
+        if not is_backbone(s.model_dir()):
+            backbone_build(out=s.model_dir())
+    adapters_init(model=s.model_dir(), adapters=s.adapters_dir())  # any role still without an adapter
     console.rule(f"starting the server ({backend})")
+    grpc_port = _free_port()
     env = dict(os.environ, GLIDER_BACKEND=backend, GLIDER_PORT=str(port), GLIDER_HOST="127.0.0.1",
-               GLIDER_GRPC_PORT=str(_free_port()))
+               GLIDER_GRPC_PORT=str(grpc_port))
     server = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env)
     try:
         client = GliderClient(f"http://127.0.0.1:{port}")
@@ -281,6 +305,18 @@ def demo(
         console.print(table)
         console.print(f"episode {report.episode_id}: {len(report.steps)} steps, {report.subgoals} subgoals, "
                       f"final score {report.score * 100:.0f}/100 (best {report.max_score * 100:.0f})")
+        if eval_tasks:
+            console.rule("seen (dev) and unseen (test) variations")
+            cfg = EvalConfig(server=f"http://127.0.0.1:{port}", transport="rest",
+                             tasks=[t for t in eval_tasks.split(",") if t], episodes_per_task=eval_episodes,
+                             max_steps=max_steps, parallel=2)
+            results = run_episodes(cfg)
+            out = s.home / "eval" / "demo"
+            write_report(results, out, label=f"demo ({health.mode}, {max_steps}-step cap)")
+            from rich.markdown import Markdown
+
+            console.print(Markdown((out / "table.md").read_text()))
+            console.print(f"table, episodes and plot in {out}")
     finally:
         server.terminate()
         try:

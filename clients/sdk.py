@@ -66,6 +66,12 @@ class GliderClient:
     def delete_episode(self, episode_id: str) -> None:
         _check(self._http.delete(f"/episodes/{episode_id}"))
 
+    def load_adapter(self, name: str, version: str | None = None, *, token: str) -> dict:
+        """Admin: serve ``version`` of adapter ``name`` (default: the registry's current)."""
+        body = {"version": version} if version else None
+        return _check(self._http.post(f"/admin/adapters/{name}/load", json=body,
+                                      headers={"Authorization": f"Bearer {token}"})).json()
+
     def ready(self) -> Health | None:
         try:
             r = self._http.get("/readyz")

@@ -59,7 +59,7 @@ class BackboneConfig:
 # --- corpus --------------------------------------------------------------------
 def _collect_task(args: tuple[str, list[int], int]) -> list[str]:
     """Text of one task family's gold paths (runs in a worker process with its own JVM)."""
-    from glider.clients.envs.scienceworld import ScienceWorld, open_env
+    from glider.clients.envs.scienceworld import ObservationFormatter, open_env
 
     task, variations, max_steps = args
     env = open_env(step_limit=max_steps + 5)
@@ -68,17 +68,18 @@ def _collect_task(args: tuple[str, list[int], int]) -> list[str]:
         for var in variations:
             env.load(task, var, "", generateGoldPath=True)
             obs, info = env.reset()
+            observe = ObservationFormatter()
             desc = env.get_task_description()
             gold = env.get_gold_action_sequence()[:max_steps]
             valid = sorted(env.get_valid_action_object_combinations())
             lines.append(desc)
             lines.extend(valid[:200])
-            observation = ScienceWorld.observation_text(obs, info)
+            observation = observe(obs, info)
             turns: list[Turn] = []
             for action in gold:
                 turns.append(Turn(observation=observation, action=action, done=False))
                 obs, _, done, info = env.step(action)
-                observation = ScienceWorld.observation_text(obs, info)
+                observation = observe(obs, info)
                 if done:
                     break
             if turns:
@@ -98,7 +99,7 @@ def _collect_task(args: tuple[str, list[int], int]) -> list[str]:
 def collect_corpus(cfg: BackboneConfig, cache_dir: Path) -> list[str]:
     """Corpus lines from ScienceWorld, cached by the settings that determine them."""
     key = json.dumps({"tasks": cfg.tasks, "vars": cfg.variations_per_task,
-                      "steps": cfg.max_gold_steps, "format": 1}, sort_keys=True)
+                      "steps": cfg.max_gold_steps, "format": 2}, sort_keys=True)
     cache = Path(cache_dir) / f"corpus-{hashlib.sha256(key.encode()).hexdigest()[:12]}.jsonl"
     if cache.is_file():
         return [json.loads(line) for line in cache.read_text().splitlines()]

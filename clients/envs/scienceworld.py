@@ -44,6 +44,39 @@ def open_env(step_limit: int = 100):
         return ScienceWorldEnv("", envStepLimit=step_limit)
 
 
+class ObservationFormatter:
+    """What the agent sees after each step: the observation, plus where it is and what it carries.
+
+    The full room description (``info["look"]``, ~500 characters) is added when
+    the agent enters a room; afterwards only the room's name ("This room is
+    called the kitchen.") — ``look around`` shows the whole room again.  The
+    inventory is added when it changed.  Repeating the room description every
+    step multiplied prompt and training tokens several times over while the
+    step's own observation already says what changed.  One formatter per
+    episode (``reset`` on a new one).
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._room: str | None = None
+        self._inv: str | None = None
+
+    def __call__(self, obs: str, info: dict) -> str:
+        parts = [obs.strip()]
+        look = (info.get("look") or "").strip()
+        if look and look not in obs:
+            room = look.split(". ", 1)[0].rstrip(".") + "."
+            parts.append(look if room != self._room else room)
+            self._room = room
+        inv = (info.get("inv") or "").strip()
+        if inv and inv != self._inv and inv not in obs:
+            parts.append(inv)
+        self._inv = inv or self._inv
+        return "\n".join(p for p in parts if p)
+
+
 class ScienceWorld:
     """One ScienceWorld episode at a time: ``reset`` loads (task, variation), ``step`` plays."""
 
@@ -55,32 +88,22 @@ class ScienceWorld:
         self.simplification = simplification
         self.task = ""
         self.score = 0.0
-
-    @staticmethod
-    def observation_text(obs: str, info: dict) -> str:
-        """What the agent sees: the step's observation plus where it is and what it carries."""
-        parts = [obs.strip()]
-        look = (info.get("look") or "").strip()
-        if look and look not in obs:
-            parts.append(look)
-        inv = (info.get("inv") or "").strip()
-        if inv:
-            parts.append(inv)
-        return "\n".join(parts)
+        self.observe = ObservationFormatter()
 
     def reset(self) -> EnvStep:
         self.env.load(self.task_name, self.variation, self.simplification, generateGoldPath=False)
         obs, info = self.env.reset()
+        self.observe.reset()
         self.task = self.env.get_task_description()
         self.score = float(info.get("score", 0))
-        return EnvStep(observation=self.observation_text(obs, info), score=self.score / 100, info=info)
+        return EnvStep(observation=self.observe(obs, info), score=self.score / 100, info=info)
 
     def step(self, action: str) -> EnvStep:
         obs, reward, done, info = self.env.step(action)
         score = float(info.get("score", 0))
         self.score = score
         return EnvStep(
-            observation=self.observation_text(obs, info),
+            observation=self.observe(obs, info),
             reward=float(reward) / 100,
             done=bool(done) or score < 0,
             score=score / 100,

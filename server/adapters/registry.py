@@ -67,11 +67,12 @@ def base_model_identity(model_dir: Path) -> dict:
 
     Hashing the weights themselves would read gigabytes for a real backbone;
     the config and the sharded-weights index pin the architecture and layout,
-    the tokenizer pins the token ids the adapter was trained on.
+    the tokenizer pins the token ids the adapter was trained on, and the
+    embedded backbone's build record pins its warm-up (same shapes, new weights).
     """
     model_dir = Path(model_dir)
     h = hashlib.sha256()
-    for fname in ("config.json", "model.safetensors.index.json", "tokenizer.json"):
+    for fname in ("config.json", "model.safetensors.index.json", "tokenizer.json", "glider_backbone.json"):
         f = model_dir / fname
         if f.is_file():
             h.update(fname.encode() + b"\0" + f.read_bytes())

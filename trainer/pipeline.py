@@ -1,0 +1,91 @@
+"""The embedded recipe: from nothing to served SFT adapters, each step cached so a rerun skips it.
+
+    backbone build -> data collect -> backbone warm-up -> SFT (separate adapters) -> publish
+
+This is what ``glider demo`` (README command a) runs on a 2-core CPU within its
+~20-minute budget.  ``Recipe.full()`` is the full-size recipe's data and
+training sizes (all train variations, more epochs, no time cap: run it on a GPU
+node, e.g. the Kubernetes training Job); each step is also a CLI command.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glider.trainer.training import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recipe:
+    per_task: int = 3  # train variations per task family
+    tasks: list[str] = field(default_factory=list)  # empty: all 30 families
+    workers: int = 2
+    max_steps: int = 100
+    warmup: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=6, max_minutes=5))
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-3, epochs=6, max_minutes=10))
+    mode: str = "separate"
+
+    @classmethod
+    def full(cls) -> Recipe:
+        return cls(per_task=10_000, workers=8,
+                   warmup=TrainConfig(lr=1e-3, epochs=10), sft=TrainConfig(lr=2e-3, epochs=8))
+
+
+def sft_is_current(registry_root: Path, model_dir: Path, names: list[str]) -> bool:
+    """Whether every adapter's current version is an SFT (or later) adapter for this exact backbone."""
+    from glider.server.adapters.registry import (
+        AdapterNotFound,
+        AdapterRegistry,
+        base_model_identity,
+    )
+
+    registry = AdapterRegistry(registry_root)
+    base = base_model_identity(model_dir)["config_sha256"]
+    for name in names:
+        try:
+            current = registry.get(name)
+        except AdapterNotFound:
+            return False
+        if current.manifest.get("stage") in (None, "init", "manual") or (
+                current.manifest.get("base_model") or {}).get("config_sha256") != base:
+            return False
+    return True
+
+
+def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict:
+    """Run whatever steps of the recipe are not done yet; returns what each step did."""
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.backbone import build_backbone, is_backbone
+    from glider.trainer.data.collect import collect, load_collected
+    from glider.trainer.data.hierarchy import SegmentationConfig
+    from glider.trainer.sft import ADAPTER_ROLES, SFTConfig, run_sft
+    from glider.trainer.warmup import data_key, warmup_backbone, warmup_info
+
+    recipe = recipe or Recipe()
+    model_dir, home = settings.model_dir(), settings.home
+    done: dict = {}
+    if not is_backbone(model_dir):
+        say("building the embedded backbone")
+        build_backbone(model_dir)
+        done["backbone"] = "built"
+    expert = home / "data" / "expert"
+    say(f"expert data: {recipe.per_task} train variations per task family")
+    done["collect"] = collect(expert, per_task=recipe.per_task, workers=recipe.workers,
+                              tasks=recipe.tasks or None, max_steps=recipe.max_steps, games_dir=home / "games")
+    trajs = load_collected(expert, "scienceworld", "train", recipe.tasks or None, recipe.per_task)
+    warm = warmup_info(model_dir)
+    if warm is None or warm.get("data") != data_key(trajs):
+        say(f"backbone warm-up on {len(trajs)} transcripts")
+        done["warmup"] = warmup_backbone(model_dir, trajs, recipe.warmup, home / "runs" / "warmup")
+    names = list(ADAPTER_ROLES[recipe.mode])
+    if not sft_is_current(settings.adapters_dir(), model_dir, names):
+        say(f"SFT ({recipe.mode}) on {len(trajs)} trajectories")
+        cfg = SFTConfig(mode=recipe.mode, train=recipe.sft, segmentation=SegmentationConfig(max_len=settings.c_max))
+        hierarchy = HierarchyConfig.from_settings(settings.model_copy(update={"mode": recipe.mode}))
+        done["sft"] = run_sft(model_dir, trajs, home / "runs" / f"sft-{recipe.mode}", cfg, hierarchy=hierarchy,
+                              registry=settings.adapters_dir())
+    return done

@@ -1,0 +1,249 @@
+"""The training loop shared by every stage: length-bucketed batches, accelerate, checkpoints, TensorBoard.
+
+*Bucketing instead of naive batching.*  Sequences are sorted by length and cut
+into batches under a token budget (``batch_tokens`` counts padded tokens), so a
+batch holds sequences of similar length and CPU time is not spent on padding;
+the batch order is shuffled per epoch from the seed.  Packing several
+sequences into one row would need a block-diagonal attention mask to keep
+them apart; bucketing gets the padding share to a few percent without it
+(``padding_share`` in the metrics says how much).
+
+*accelerate* places the model and shards the batches, so the same command runs
+on one CPU, one GPU or ``accelerate launch`` over several.  Checkpoints are
+``accelerator.save_state`` directories plus a ``progress.json``; a run
+restarted with the same output directory resumes from the latest one,
+skipping the batches it had done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from glider.trainer.sequences import IGNORE, TokenSequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    epochs: float = 3.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_tokens: int = 8192  # padded tokens per micro-batch
+    grad_accum: int = 1
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1  # cosine decay to this fraction of lr
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200  # optimizer steps
+    log_every: int = 10
+    max_minutes: float | None = None  # stop early (checkpointed) after this long
+    progress: bool = True
+
+
+def bucket_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded size fits ``batch_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[i]  # sorted ascending: the newest is the longest
+        if current and width * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    random.Random(seed * 1_000_003 + epoch).shuffle(batches)
+    return batches
+
+
+def collate(seqs: Sequence[TokenSequence], pad_id: int):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        n = len(s)
+        ids[row, :n] = torch.tensor(s.input_ids)
+        labels[row, :n] = torch.tensor(s.labels)
+        mask[row, :n] = 1
+    return ids, mask, labels
+
+
+def _schedule(cfg: TrainConfig, total: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def evaluate_loss(model, seqs: Sequence[TokenSequence], pad_id: int, batch_tokens: int = 8192,
+                  device=None) -> float:
+    """Mean NLL per target token over ``seqs`` (no gradient)."""
+    import torch
+
+    if not seqs:
+        return float("nan")
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in bucket_batches([len(s) for s in seqs], batch_tokens, 0, 0):
+            ids, mask, labels = collate([seqs[i] for i in batch], pad_id)
+            if device is not None:
+                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                                     ignore_index=IGNORE, reduction="sum")
+            total += float(loss)
+            count += int((target != IGNORE).sum())
+    model.train(was_training)
+    return total / max(1, count)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_done: float
+    train_loss: float  # mean over the last log window
+    first_loss: float  # mean over the first log window
+    tokens_per_s: float  # real (non-padding) tokens through forward+backward per second
+    target_tokens_per_s: float
+    padding_share: float
+    seconds: float
+    stopped_early: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: Path, *, pad_id: int,
+          name: str = "train") -> TrainResult:
+    """Train ``model``'s trainable parameters on ``sequences``; checkpoints and logs under ``out_dir``."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, log_with="tensorboard",
+                              project_dir=str(out_dir / "tensorboard"))
+    accelerator.init_trackers(name, config={k: v for k, v in asdict(cfg).items() if v is not None})
+    set_seed(cfg.seed)
+    lengths = [len(s) for s in sequences]
+    per_epoch = math.ceil(len(bucket_batches(lengths, cfg.batch_tokens, cfg.seed, 0))
+                          / accelerator.num_processes / cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    ckpt_root = out_dir / "checkpoints"
+    progress = {"step": 0, "epoch": 0, "batch": 0}
+    latest = ckpt_root / "latest"
+    if latest.is_dir() and (latest / "progress.json").is_file():
+        accelerator.load_state(str(latest))
+        progress = json.loads((latest / "progress.json").read_text())
+        log.info("%s: resuming at step %d (epoch %d, batch %d)", name, progress["step"], progress["epoch"],
+                 progress["batch"])
+
+    def checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            tmp = ckpt_root / "latest.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        accelerator.save_state(str(ckpt_root / "latest.tmp"))
+        if accelerator.is_main_process:
+            (ckpt_root / "latest.tmp" / "progress.json").write_text(json.dumps(progress))
+            old = ckpt_root / "latest.old"
+            if latest.exists():
+                os.replace(latest, old)
+            os.replace(ckpt_root / "latest.tmp", latest)
+            shutil.rmtree(old, ignore_errors=True)
+
+    model.train()
+    step = progress["step"]
+    started = time.monotonic()
+    real_tokens = padded_tokens = target_tokens = 0
+    window: list[float] = []
+    first_loss = last_loss = float("nan")
+    stopped_early = False
+    bar = tqdm(total=total_steps, initial=step, desc=name, unit="step",
+               disable=not cfg.progress or not accelerator.is_local_main_process)
+    epoch = progress["epoch"]
+    while step < total_steps:
+        batches = bucket_batches(lengths, cfg.batch_tokens, cfg.seed, epoch)
+        batches = batches[accelerator.process_index:: accelerator.num_processes]
+        for b_index in range(progress["batch"] if epoch == progress["epoch"] else 0, len(batches)):
+            batch = [sequences[i] for i in batches[b_index]]
+            ids, mask, labels = collate(batch, pad_id)
+            ids, mask, labels = ids.to(accelerator.device), mask.to(accelerator.device), labels.to(
+                accelerator.device)
+            with accelerator.accumulate(model):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            real_tokens += int(mask.sum())
+            padded_tokens += mask.numel()
+            target_tokens += sum(s.target_tokens for s in batch)
+            window.append(float(loss.detach()))
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress = {"step": step, "epoch": epoch, "batch": b_index + 1}
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total_steps:
+                last_loss = sum(window) / len(window)
+                if math.isnan(first_loss):
+                    first_loss = last_loss
+                window = []
+                elapsed = time.monotonic() - started
+                accelerator.log({"loss": last_loss, "lr": scheduler.get_last_lr()[0],
+                                 "tokens_per_s": real_tokens / max(elapsed, 1e-9)}, step=step)
+                bar.set_postfix(loss=f"{last_loss:.3f}")
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
+                stopped_early = True
+                break
+            if step >= total_steps:
+                break
+        if stopped_early or step >= total_steps:
+            break
+        epoch += 1
+        progress = {"step": step, "epoch": epoch, "batch": 0}
+    if window:
+        last_loss = sum(window) / len(window)
+        first_loss = last_loss if math.isnan(first_loss) else first_loss
+    checkpoint()
+    bar.close()
+    accelerator.end_training()
+    elapsed = time.monotonic() - started
+    return TrainResult(steps=step, epochs_done=step / max(1, per_epoch), train_loss=last_loss,
+                       first_loss=first_loss, tokens_per_s=real_tokens / max(elapsed, 1e-9),
+                       target_tokens_per_s=target_tokens / max(elapsed, 1e-9),
+                       padding_share=1 - real_tokens / max(1, padded_tokens), seconds=elapsed,
+                       stopped_early=stopped_early)
