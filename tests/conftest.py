@@ -154,3 +154,49 @@ def scienceworld():
     env = open_env(step_limit=100)
     yield env
     env.close()
+
+
+# --- expert data: a real gold trajectory, collected once per session ----------------------
+@pytest.fixture(scope="session")
+def expert_root(tmp_path_factory):
+    """find-plant (train variation 0: a 10-step gold path) collected with the real collector."""
+    from glider.trainer.data.collect import collect
+
+    root = tmp_path_factory.mktemp("expert")
+    counts = collect(root, tasks=["find-plant"], per_task=1, workers=1, progress=False)
+    assert counts["played"] == 1
+    return root
+
+
+@pytest.fixture(scope="session")
+def gold_trajectory(expert_root):
+    from glider.trainer.data.collect import load_collected
+
+    (traj,) = load_collected(expert_root, tasks=["find-plant"])
+    return traj
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(backbone_dir, gold_trajectory, tmp_path_factory):
+    """A 2-layer, hidden-64 Llama on the embedded tokenizer, warmed up: fast enough to train in a test.
+
+    Warm-up matters: with a random, frozen output layer LoRA cannot make logits
+    large, so a cold tiny model's loss cannot fall far whatever the adapter does.
+    """
+    from glider.trainer.backbone import BackboneConfig, build_model
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
+    model = build_model(BackboneConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=2,
+                                       num_kv_heads=2), tokenizer)
+    out = tmp_path_factory.mktemp("tiny-model")
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out, safe_serialization=True)
+    from glider.trainer.training import TrainConfig
+    from glider.trainer.warmup import warmup_backbone, warmup_info
+
+    info = warmup_backbone(out, [gold_trajectory], TrainConfig(lr=3e-3, max_steps=150, progress=False,
+                                                               warmup_steps=10, checkpoint_every=1000),
+                           tmp_path_factory.mktemp("warmup"))
+    assert info["train_loss"] < info["first_loss"] and warmup_info(out)["steps"] == 150
+    return out

@@ -51,14 +51,20 @@ class TrainConfig:
     progress: bool = True
 
 
-def bucket_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size fits ``batch_tokens``."""
+def bucket_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int,
+                   max_width_ratio: float = 1.25) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded size fits ``batch_tokens``.
+
+    A batch closes when the next sequence would not fit the budget or would be
+    more than ``max_width_ratio`` times as long as the batch's shortest one.
+    """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         width = lengths[i]  # sorted ascending: the newest is the longest
-        if current and width * (len(current) + 1) > batch_tokens:
+        if current and (width * (len(current) + 1) > batch_tokens
+                        or width > max_width_ratio * lengths[current[0]]):
             batches.append(current)
             current = []
         current.append(i)

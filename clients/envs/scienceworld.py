@@ -19,6 +19,19 @@ logging.getLogger("py4j").setLevel(logging.WARNING)
 
 #: heap bound per JVM; enough for the heaviest task families' gold paths
 DEFAULT_JVM_OPTIONS = "-Xmx384m -XX:+UseSerialGC"
+#: ScienceWorld 1.2's 30 task families (``env.get_task_names()``), without starting a JVM to ask
+TASK_FAMILIES = (
+    "boil", "change-the-state-of-matter-of", "chemistry-mix", "chemistry-mix-paint-secondary-color",
+    "chemistry-mix-paint-tertiary-color", "find-animal", "find-living-thing", "find-non-living-thing",
+    "find-plant", "freeze", "grow-fruit", "grow-plant", "identify-life-stages-1", "identify-life-stages-2",
+    "inclined-plane-determine-angle", "inclined-plane-friction-named-surfaces",
+    "inclined-plane-friction-unnamed-surfaces", "lifespan-longest-lived",
+    "lifespan-longest-lived-then-shortest-lived", "lifespan-shortest-lived",
+    "measure-melting-point-known-substance", "measure-melting-point-unknown-substance", "melt",
+    "mendelian-genetics-known-plant", "mendelian-genetics-unknown-plant", "power-component",
+    "power-component-renewable-vs-nonrenewable-energy", "test-conductivity",
+    "test-conductivity-of-unknown-substances", "use-thermometer",
+)
 SPLITS = {"train": "get_variations_train", "dev": "get_variations_dev", "test": "get_variations_test",
           "seen": "get_variations_dev", "unseen": "get_variations_test"}
 

@@ -28,3 +28,9 @@ def test_adapters_init_publish_list_prune(backbone_dir, tmp_path):
     r = runner.invoke(app, ["adapters", "publish", str(tmp_path), "--role", "planner", *common])
     assert r.exit_code == 2 and "missing adapter_config.json" in r.output and "Traceback" not in r.output
     assert reg.versions("planner") == ["v0003", "v0004"]
+
+
+def test_task_family_list_is_the_environments(scienceworld):
+    from glider.clients.envs.scienceworld import TASK_FAMILIES
+
+    assert list(TASK_FAMILIES) == list(scienceworld.get_task_names())

@@ -42,8 +42,13 @@ def read_records(paths: Iterable[Path]) -> list[dict]:
     return records
 
 
-def log_files(directory: Path) -> list[Path]:
-    return sorted(Path(directory).glob("*.jsonl"))
+def log_files(directory: Path, *, include_open: bool = False) -> list[Path]:
+    """Sealed log files; ``include_open`` adds the ones a running server is still appending to
+    (a partly written last line is skipped by ``read_records``)."""
+    files = list(Path(directory).glob("*.jsonl"))
+    if include_open:
+        files += Path(directory).glob("*.jsonl.open")
+    return sorted(files)
 
 
 def trajectories_from_records(records: Iterable[dict], *, min_steps: int = 1) -> list[Trajectory]:
@@ -76,5 +81,5 @@ def trajectories_from_records(records: Iterable[dict], *, min_steps: int = 1) ->
     return out
 
 
-def trajectories_from_logs(directory: Path, **kwargs) -> list[Trajectory]:
-    return trajectories_from_records(read_records(log_files(directory)), **kwargs)
+def trajectories_from_logs(directory: Path, *, include_open: bool = False, **kwargs) -> list[Trajectory]:
+    return trajectories_from_records(read_records(log_files(directory, include_open=include_open)), **kwargs)
