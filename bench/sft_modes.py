@@ -49,6 +49,8 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=50)
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--reuse", action="store_true")
+    p.add_argument("--keep-warmup", action="store_true",
+                   help="use the backbone's warm-up as it is, whatever data it was done on")
     p.add_argument("--out", type=Path, default=ROOT / ".glider" / "bench-sft" / "report")
     args = p.parse_args()
 
@@ -61,7 +63,7 @@ def main() -> None:
         args.home.mkdir(parents=True, exist_ok=True)
         shutil.copytree(args.backbone, model)
     warm = warmup_info(model)
-    if warm is None or warm.get("data") != data_key(trajs):
+    if warm is None or (warm.get("data") != data_key(trajs) and not args.keep_warmup):
         warm = warmup_backbone(model, trajs, TrainConfig(lr=1e-3, epochs=args.warmup_epochs),
                                args.home / "runs" / "warmup")
     s = settings(home=args.home, model=model)

@@ -79,9 +79,11 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
             annotator: Annotator | None = None) -> dict:
     """Train the mode's adapters; publish them to ``registry`` when given.  Returns the metrics."""
     import torch
+    from accelerate import PartialState
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    state = PartialState()
     if cfg.mode not in ADAPTER_ROLES:
         raise ValueError(f"unknown SFT mode {cfg.mode!r} (separate | shared | flat)")
     hierarchy = hierarchy or HierarchyConfig(mode=cfg.mode)
@@ -113,6 +115,8 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         result = train(model, train_seqs, train_cfg, out_dir / name, pad_id=tokenizer.pad_token_id, name=name)
         val_after = evaluate_loss(model, val_seqs, tokenizer.pad_token_id)
         adapter_dir = out_dir / name / "adapter"
+        if not state.is_main_process:  # under `accelerate launch`, one process writes and publishes
+            continue
         model.save_pretrained(adapter_dir, safe_serialization=True)
         entry = {"sequences": len(train_seqs), "tokens": tokens,
                  "target_tokens": sum(s.target_tokens for s in train_seqs),
@@ -125,5 +129,6 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
             entry["published"] = published.version
         metrics["adapters"][name] = entry
         del model, base
-    (out_dir / "sft_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    if state.is_main_process:
+        (out_dir / "sft_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics

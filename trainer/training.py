@@ -105,14 +105,14 @@ def evaluate_loss(model, seqs: Sequence[TokenSequence], pad_id: int, batch_token
 
     if not seqs:
         return float("nan")
+    device = device if device is not None else next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for batch in bucket_batches([len(s) for s in seqs], batch_tokens, 0, 0):
             ids, mask, labels = collate([seqs[i] for i in batch], pad_id)
-            if device is not None:
-                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),

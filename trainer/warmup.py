@@ -63,6 +63,10 @@ def warmup_backbone(model_dir: Path, trajectories: Sequence[Trajectory], cfg: Tr
     val_before = evaluate_loss(model, val, tokenizer.pad_token_id) if val else None
     result = train(model, seqs, cfg, Path(work_dir), pad_id=tokenizer.pad_token_id, name="warmup")
     val_after = evaluate_loss(model, val, tokenizer.pad_token_id) if val else None
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`, one process writes
+        return {}
     info = {"data": data_key(trajectories), "trajectories": len(trajectories), "sequences": len(seqs),
             "val_loss_before": val_before, "val_loss_after": val_after, **result.as_dict()}
     tmp = model_dir.with_name(model_dir.name + ".warm.tmp")

@@ -50,15 +50,18 @@ class TextWorld:
         self.env = textworld.start(str(self.game_file), request_infos=infos)
         self.task = ""
         self.max_score = 1
+        self._score = 0.0
 
-    def _step(self, state, reward: float, done: bool) -> EnvStep:
+    def _step(self, state, done: bool) -> EnvStep:
         self.max_score = max(1, state.max_score or 1)
+        score = float(state.score or 0) / self.max_score
+        reward, self._score = score - self._score, score  # textworld reports the score, not its change
         obs = (state.feedback or "").strip()
         return EnvStep(
             observation=obs,
-            reward=float(reward or 0) / self.max_score,
+            reward=reward,
             done=bool(done),
-            score=float(state.score or 0) / self.max_score,
+            score=score,
             valid_actions=list(state.admissible_commands or []),
             info={"walkthrough": list(state.policy_commands or []), "won": state.won, "lost": state.lost},
         )
@@ -66,11 +69,14 @@ class TextWorld:
     def reset(self) -> EnvStep:
         state = self.env.reset()
         self.task = (state.objective or "").strip()
-        return self._step(state, 0, False)
+        self._score = 0.0
+        return self._step(state, False)
 
     def step(self, action: str) -> EnvStep:
-        state, reward, done = self.env.step(action)
-        return self._step(state, reward, done)
+        # the z-machine interpreter (frotz) is C: hand it printable text only, whoever the client is
+        action = "".join(ch for ch in action if ch.isprintable())
+        state, _score, done = self.env.step(action)
+        return self._step(state, done)
 
     def close(self) -> None:
         self.env.close()

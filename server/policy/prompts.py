@@ -55,6 +55,9 @@ DONE_TRUE, DONE_FALSE = "true", "false"
 # anything that looks like a chat/role/special token: <|...|>, <s>, </s>, [INST] ...
 _SPECIAL_RE = re.compile(r"<\|[^|>]{0,40}\|>|</?s>|\[/?INST\]|<<SYS>>|<</SYS>>")
 _SPACE_RE = re.compile(r"\s+")
+# control characters and U+FFFD (what undecodable bytes become): a tiny model can generate
+# them, and an environment's parser may not survive them (TextWorld's frotz segfaulted on \x11)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 # a line-start keyword cannot be forged because text never contains a newline after
 # sanitising; the completion marker is parsed from generated text only.
 
@@ -65,6 +68,7 @@ def sanitize(text: str, limit: int | None = None, extra_tokens: Iterable[str] = 
         if token:
             text = text.replace(token, " ")
     text = _SPECIAL_RE.sub(" ", text)
+    text = _CONTROL_RE.sub(" ", text)
     text = _SPACE_RE.sub(" ", text).strip()
     if limit is not None and len(text) > limit:
         text = text[:limit].rstrip() + " …"
