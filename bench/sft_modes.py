@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 
 from common import ROOT, ServerProcess, machine, settings
-from glider.clients.evaluate import EvalConfig, run_episodes, table_markdown, write_report
+from glider.clients.evaluate import (
+    EvalConfig,
+    plan_episodes,
+    run_episodes,
+    table_markdown,
+    write_report,
+)
 from glider.server.policy.controller import HierarchyConfig
 from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
@@ -30,6 +36,7 @@ from glider.trainer.pipeline import sft_is_current
 from glider.trainer.sft import ADAPTER_ROLES, SFTConfig, run_sft
 from glider.trainer.training import TrainConfig
 from glider.trainer.warmup import data_key, warmup_backbone, warmup_info
+from tqdm import tqdm
 
 
 def main() -> None:
@@ -99,9 +106,10 @@ def main() -> None:
         try:
             server.wait_ready()
             t0 = time.monotonic()
-            results = run_episodes(EvalConfig(server=server.url, transport="rest", tasks=eval_tasks,
-                                              episodes_per_task=args.episodes, max_steps=args.max_steps,
-                                              parallel=args.parallel))
+            cfg = EvalConfig(server=server.url, transport="rest", tasks=eval_tasks,
+                             episodes_per_task=args.episodes, max_steps=args.max_steps, parallel=args.parallel)
+            with tqdm(total=len(plan_episodes(cfg)), desc=f"eval {mode}", unit="episode") as bar:
+                results = run_episodes(cfg, on_done=lambda r: bar.update(1))
             minutes = (time.monotonic() - t0) / 60
         finally:
             server.close()

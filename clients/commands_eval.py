@@ -30,6 +30,9 @@ def evaluate_command(
     checkpoints: Annotated[str, typer.Option(
         help="Evaluate several adapter versions in turn (a learning curve): 'v0002,v0003' or "
              "'planner=v0002+executor=v0003,...'; needs the admin token (GLIDER_ADMIN_TOKEN).")] = "",
+    admin_url: Annotated[str, typer.Option(envvar="GLIDER_ADMIN_URL",
+                                           help="The server's REST address for the admin calls of --checkpoints.")]
+    = "http://127.0.0.1:8000",
 ):
     """Play N episodes per task family on seen and unseen variations and write the paper's table."""
     from glider.clients.evaluate import (
@@ -72,7 +75,7 @@ def evaluate_command(
     token = os.environ.get("GLIDER_ADMIN_TOKEN")
     if not token:
         raise typer.BadParameter("--checkpoints needs GLIDER_ADMIN_TOKEN (the server's admin token)")
-    rest = server if server.startswith("http") else os.environ.get("GLIDER_EVAL_REST", "http://127.0.0.1:8000")
+    rest = server if server.startswith("http") else admin_url
     with GliderClient(rest) as client:
         health = client.ready()
         if health is None:

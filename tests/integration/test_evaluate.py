@@ -54,17 +54,22 @@ def test_macro_average_is_per_family_first():
 
 
 def test_eval_command_learning_curve_over_versions(swap_server, tmp_path, monkeypatch):
+    import httpx
+
     from tests.conftest import ADMIN_TOKEN
 
     monkeypatch.setenv("GLIDER_ADMIN_TOKEN", ADMIN_TOKEN)
-    monkeypatch.setenv("GLIDER_EVAL_REST", swap_server.url)
+    served = httpx.get(f"{swap_server.url}/readyz").json()["adapters"]
+    spec = "+".join(f"{name}={version}" for name, version in sorted(served.items()))
     result = CliRunner().invoke(app, [
         "eval", "--out", str(tmp_path), "--server", swap_server.grpc_target, "--tasks", "find-plant",
         "--episodes", "1", "--splits", "seen", "--max-steps", "2", "--parallel", "1",
-        "--checkpoints", "v0001,v0001"])
+        "--checkpoints", f"{spec},{spec}", "--admin-url", swap_server.url])
     assert result.exit_code == 0, result.output
     curve = list(csv.reader((tmp_path / "curve.csv").open()))
-    assert curve[0] == ["checkpoint", "seen"] and [row[0] for row in curve[1:]] == ["v0001", "v0001"]
-    assert (tmp_path / "curve.png").is_file() and (tmp_path / "v0001" / "table.md").is_file()
+    assert curve[0] == ["checkpoint", "seen"] and [row[0] for row in curve[1:]] == [spec, spec]
+    assert (tmp_path / "curve.png").is_file()
+    assert len(list(tmp_path.glob("*/table.md"))) == 1  # both points wrote to the checkpoint's directory
+    assert httpx.get(f"{swap_server.url}/readyz").json()["adapters"] == served  # left as it was
     bad = CliRunner().invoke(app, ["eval", "--out", str(tmp_path), "--splits", "train"])
     assert bad.exit_code == 2 and "seen and/or unseen" in bad.output

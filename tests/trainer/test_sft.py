@@ -59,3 +59,26 @@ def test_training_resumes_from_its_checkpoint(tiny_model_dir, gold_trajectory, t
 def test_unknown_mode_is_refused(tiny_model_dir, gold_trajectory, tmp_path):
     with pytest.raises(ValueError, match="unknown SFT mode"):
         run_sft(tiny_model_dir, [gold_trajectory], tmp_path, SFTConfig(mode="hierarchical"))
+
+
+def test_recipe_knows_when_sft_adapters_are_current(tiny_model_dir, tmp_path):
+    import shutil
+
+    from glider.trainer.lora import create_adapter
+    from glider.trainer.pipeline import recipe_tasks, sft_is_current
+    from glider.trainer.publish import publish_adapter
+
+    src = create_adapter(tiny_model_dir, tmp_path / "src")
+    reg = tmp_path / "registry"
+    assert not sft_is_current(reg, tiny_model_dir, ["planner"])  # nothing published
+    publish_adapter(reg, "planner", src, tiny_model_dir, stage="init")
+    assert not sft_is_current(reg, tiny_model_dir, ["planner"])  # untrained
+    publish_adapter(reg, "planner", src, tiny_model_dir, stage="sft")
+    assert sft_is_current(reg, tiny_model_dir, ["planner"])
+    assert not sft_is_current(reg, tiny_model_dir, ["planner", "executor"])
+    # another backbone (here: the same weights with another warm-up record) invalidates them
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, other)
+    (other / "glider_backbone.json").write_text('{"warmup": {"data": "something else"}}')
+    assert not sft_is_current(reg, other, ["planner"])
+    assert "boil" in recipe_tasks() and not any(t.startswith("mendelian") for t in recipe_tasks())
