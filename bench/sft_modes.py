@@ -117,7 +117,7 @@ def main() -> None:
         summaries[mode] = summary
         tables.append(f"### {mode} (evaluated in {minutes:.1f} min)\n\n" + table_markdown(summary))
         print(tables[-1], flush=True)
-    report.append("\n| mode | seen | unseen | steps/episode | subgoals/episode |\n|---|---:|---:|---:|---:|")
+    report.append("\n| mode | seen | unseen | steps/episode (seen) | subgoals/episode (seen) |\n|---|---:|---:|---:|---:|")
     for mode, summary in summaries.items():
         o = summary["overall"]
         report.append(f"| {mode} | {o['seen']['macro']:.2f} | {o['unseen']['macro']:.2f} | "

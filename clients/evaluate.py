@@ -102,13 +102,13 @@ def run_episodes(cfg: EvalConfig, on_done: Callable[[EpisodeResult], None] | Non
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    from glider.clients.play import _play_job
+    from glider.clients.play import play_job
 
     plan = plan_episodes(cfg)
     results = []
     with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
         futures = {
-            pool.submit(_play_job, (cfg.env, task, SPLITS.get(split, split), pos, cfg.transport, cfg.server,
+            pool.submit(play_job, (cfg.env, task, SPLITS.get(split, split), pos, cfg.transport, cfg.server,
                                     cfg.max_steps, Path(cfg.games_dir))): (split, pos)
             for split, task, pos in plan
         }

@@ -117,7 +117,8 @@ def open_environment(env: str, task: str, split: str, position: int, max_steps: 
     raise ValueError(f"unknown environment {env!r} (scienceworld | textworld | alfworld)")
 
 
-def _play_job(job: tuple) -> EpisodeReport:
+def play_job(job: tuple) -> EpisodeReport:
+    """One episode in a worker process; the job is a plain tuple so it pickles across spawn."""
     env, task, split, position, transport, server, max_steps, games_dir = job
     world = open_environment(env, task, split, position, max_steps, games_dir)
     try:
@@ -146,7 +147,7 @@ def play_many(tasks: list[str], split: str, positions: list[int], *, transport: 
     jobs = [(env, t, split, p, transport, server, max_steps, Path(games_dir)) for t in tasks for p in positions]
     reports = []
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_play_job, job) for job in jobs]
+        futures = [pool.submit(play_job, job) for job in jobs]
         for future in as_completed(futures):
             report = future.result()
             reports.append(report)
