@@ -36,8 +36,8 @@ class Recipe:
     tasks: list[str] = field(default_factory=recipe_tasks)
     workers: int = 2
     max_steps: int = 100
-    warmup: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=6, max_minutes=5))
-    sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-3, epochs=6, max_minutes=10))
+    warmup: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=6, max_minutes=4))
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-3, epochs=6, max_minutes=8))
     mode: str = "separate"
 
     @classmethod
