@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from glider.server.adapters.registry import base_model_identity
 from glider.server.policy.controller import HierarchyConfig
 from glider.trainer.data.hierarchy import (
     Annotator,
@@ -33,7 +34,7 @@ from glider.trainer.data.hierarchy import (
 from glider.trainer.data.schema import Trajectory
 from glider.trainer.lora import LoraSettings
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_sequences
-from glider.trainer.training import TrainConfig, evaluate_loss, train
+from glider.trainer.training import TrainConfig, evaluate_loss, run_fingerprint, train
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         val_before = evaluate_loss(model, val_seqs, tokenizer.pad_token_id)
         log.info("%s: %d sequences, %d tokens (%d targets); val loss %.3f", name, len(train_seqs), tokens,
                  sum(s.target_tokens for s in train_seqs), val_before)
-        result = train(model, train_seqs, train_cfg, out_dir / name, pad_id=tokenizer.pad_token_id, name=name)
+        fingerprint = run_fingerprint(train_cfg, train_seqs, base_model_identity(model_dir), asdict(cfg.lora), name)
+        result = train(model, train_seqs, train_cfg, out_dir / name, pad_id=tokenizer.pad_token_id, name=name,
+                       fingerprint=fingerprint)
         val_after = evaluate_loss(model, val_seqs, tokenizer.pad_token_id)
         adapter_dir = out_dir / name / "adapter"
         if not state.is_main_process:  # under `accelerate launch`, one process writes and publishes

@@ -139,9 +139,23 @@ class TrainResult:
         return asdict(self)
 
 
+def run_fingerprint(cfg: TrainConfig, sequences: Sequence[TokenSequence], *extra) -> str:
+    """What a checkpoint must match to be resumed: the data, the optimiser setting, anything in ``extra``
+    (base model, adapter config).  The step budget is left out: extending a run is a resume."""
+    import hashlib
+
+    key = [cfg.lr, cfg.batch_tokens, cfg.grad_accum, cfg.weight_decay, cfg.seed, len(sequences),
+           sum(len(s) for s in sequences), sum(s.target_tokens for s in sequences), *map(str, extra)]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
 def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: Path, *, pad_id: int,
-          name: str = "train") -> TrainResult:
-    """Train ``model``'s trainable parameters on ``sequences``; checkpoints and logs under ``out_dir``."""
+          name: str = "train", fingerprint: str = "") -> TrainResult:
+    """Train ``model``'s trainable parameters on ``sequences``; checkpoints and logs under ``out_dir``.
+
+    A checkpoint in ``out_dir`` is resumed only when it was written for the same ``fingerprint``
+    (``run_fingerprint``); one from another run (other data, another base) is discarded.
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -163,11 +177,19 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     ckpt_root = out_dir / "checkpoints"
-    progress = {"step": 0, "epoch": 0, "batch": 0}
+    progress = {"step": 0, "epoch": 0, "batch": 0, "fingerprint": fingerprint}
     latest = ckpt_root / "latest"
-    if latest.is_dir() and (latest / "progress.json").is_file():
+    saved = json.loads((latest / "progress.json").read_text()) if (latest / "progress.json").is_file() else None
+    if saved is not None and saved.get("fingerprint", "") != fingerprint:
+        log.warning("%s: checkpoint in %s is from another run (data or base changed); starting over", name,
+                    latest)
+        saved = None
+        if accelerator.is_main_process:
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+        accelerator.wait_for_everyone()
+    if saved is not None:
         accelerator.load_state(str(latest))
-        progress = json.loads((latest / "progress.json").read_text())
+        progress = saved
         log.info("%s: resuming at step %d (epoch %d, batch %d)", name, progress["step"], progress["epoch"],
                  progress["batch"])
 
@@ -219,7 +241,7 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            progress = {"step": step, "epoch": epoch, "batch": b_index + 1}
+            progress = {"step": step, "epoch": epoch, "batch": b_index + 1, "fingerprint": fingerprint}
             bar.update(1)
             if step % cfg.log_every == 0 or step == total_steps:
                 last_loss = sum(window) / len(window)
@@ -240,7 +262,7 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
         if stopped_early or step >= total_steps:
             break
         epoch += 1
-        progress = {"step": step, "epoch": epoch, "batch": 0}
+        progress = {"step": step, "epoch": epoch, "batch": 0, "fingerprint": fingerprint}
     if window:
         last_loss = sum(window) / len(window)
         first_loss = last_loss if math.isnan(first_loss) else first_loss

@@ -21,10 +21,11 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from glider.server.adapters.registry import base_model_identity
 from glider.trainer.backbone import BUILD_INFO
 from glider.trainer.data.schema import Trajectory
 from glider.trainer.sequences import TokenSequence, transcript
-from glider.trainer.training import TrainConfig, evaluate_loss, train
+from glider.trainer.training import TrainConfig, evaluate_loss, run_fingerprint, train
 
 
 def data_key(trajectories: Sequence[Trajectory]) -> str:
@@ -61,7 +62,9 @@ def warmup_backbone(model_dir: Path, trajectories: Sequence[Trajectory], cfg: Tr
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     val_before = evaluate_loss(model, val, tokenizer.pad_token_id) if val else None
-    result = train(model, seqs, cfg, Path(work_dir), pad_id=tokenizer.pad_token_id, name="warmup")
+    fingerprint = run_fingerprint(cfg, seqs, base_model_identity(model_dir), "warmup")
+    result = train(model, seqs, cfg, Path(work_dir), pad_id=tokenizer.pad_token_id, name="warmup",
+                   fingerprint=fingerprint)
     val_after = evaluate_loss(model, val, tokenizer.pad_token_id) if val else None
     from accelerate import PartialState
 

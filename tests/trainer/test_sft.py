@@ -54,6 +54,12 @@ def test_training_resumes_from_its_checkpoint(tiny_model_dir, gold_trajectory, t
     assert first["steps"] == 6 and again["steps"] == 9
     progress = json.loads((tmp_path / "flat" / "checkpoints" / "latest" / "progress.json").read_text())
     assert progress["step"] == 9
+    # other data in the same directory: that checkpoint is not resumed, training starts over
+    shorter = gold_trajectory.model_copy(update={"steps": gold_trajectory.steps[:5]})
+    other = run_sft(tiny_model_dir, [shorter], tmp_path, cfg)["adapters"]["flat"]
+    assert other["steps"] == 9 and other["first_loss"] > again["train_loss"]
+    progress = json.loads((tmp_path / "flat" / "checkpoints" / "latest" / "progress.json").read_text())
+    assert progress["step"] == 9 and progress["fingerprint"]
 
 
 def test_unknown_mode_is_refused(tiny_model_dir, gold_trajectory, tmp_path):
