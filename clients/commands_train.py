@@ -29,6 +29,21 @@ def expert_root(data: Path | None) -> Path:
     return data if data is not None else _settings().home / "data" / "expert"
 
 
+def _trajectories(data: Path | None, tasks: str, per_task: int | None, logs: Path | None = None,
+                  env: str = "scienceworld"):
+    """Collected expert trajectories (plus converted server logs); exits with a clear error when none."""
+    from glider.trainer.data.collect import load_collected
+    from glider.trainer.data.logs import trajectories_from_logs
+
+    trajs = load_collected(expert_root(data), env, "train", _tasks(tasks) or None, per_task)
+    if logs is not None:
+        trajs += trajectories_from_logs(logs)
+    if not trajs:
+        console.print("[red]error:[/red] no trajectories found (run `glider data collect` first)")
+        raise typer.Exit(2)
+    return trajs
+
+
 @data_app.command("collect")
 def data_collect(
     env: Annotated[str, typer.Option(help="scienceworld | textworld")] = "scienceworld",
@@ -86,7 +101,6 @@ def data_build(
     llm_model: str | None = None,
 ):
     """Segment trajectories into subgoals and write D^h, D^l and the flat dataset, split by variation."""
-    from glider.trainer.data.collect import load_collected
     from glider.trainer.data.hierarchy import (
         SegmentationConfig,
         annotate,
@@ -97,11 +111,11 @@ def data_build(
 
     if logs is not None:
         trajs = trajectories_from_logs(logs)
+        if not trajs:
+            console.print(f"[red]error:[/red] no episodes in {logs}")
+            raise typer.Exit(2)
     else:
-        trajs = load_collected(expert_root(source), env, "train", _tasks(tasks) or None, per_task)
-    if not trajs:
-        console.print("[red]error:[/red] no trajectories found (run `glider data collect` first)")
-        raise typer.Exit(2)
+        trajs = _trajectories(source, tasks, per_task, env=env)
     seg = SegmentationConfig(method=segmentation, min_len=min_len, max_len=max_len)
     ann = _annotator(annotator, llm_url, llm_model)
     train, val = split_by_group(trajs, val_fraction, seed)
@@ -136,14 +150,10 @@ def train_warmup(
     out: Annotated[Path | None, typer.Option(help="Checkpoints and logs (<home>/runs/warmup).")] = None,
 ):
     """Pre-train the embedded tiny backbone on environment transcripts (real backbones skip this)."""
-    from glider.trainer.data.collect import load_collected
     from glider.trainer.warmup import warmup_backbone
 
     s = _settings(model=model)
-    trajs = load_collected(expert_root(data), "scienceworld", "train", _tasks(tasks) or None, per_task)
-    if not trajs:
-        console.print("[red]error:[/red] no trajectories found (run `glider data collect` first)")
-        raise typer.Exit(2)
+    trajs = _trajectories(data, tasks, per_task)
     cfg = _train_config(epochs, lr, batch_tokens, grad_accum, max_minutes, seed, max_steps)
     info = warmup_backbone(s.model_dir(), trajs, cfg, out or s.home / "runs" / "warmup")
     console.print_json(json.dumps(info, default=str))
@@ -178,21 +188,14 @@ def train_sft(
 ):
     """Behaviour cloning of the planner and executor (or the shared / flat adapter) with LoRA."""
     from glider.server.policy.controller import HierarchyConfig
-    from glider.trainer.data.collect import load_collected
     from glider.trainer.data.hierarchy import SegmentationConfig
-    from glider.trainer.data.logs import trajectories_from_logs
     from glider.trainer.sft import SFTConfig, run_sft, sft_lora
 
     if shared and flat:
         raise typer.BadParameter("--shared and --flat exclude each other")
     mode = "shared" if shared else "flat" if flat else "separate"
     s = _settings(model=model, adapters=adapters)
-    trajs = load_collected(expert_root(data), "scienceworld", "train", _tasks(tasks) or None, per_task)
-    if logs is not None:
-        trajs += trajectories_from_logs(logs)
-    if not trajs:
-        console.print("[red]error:[/red] no trajectories found (run `glider data collect` first)")
-        raise typer.Exit(2)
+    trajs = _trajectories(data, tasks, per_task, logs)
     lora = sft_lora()
     lora.r, lora.alpha = rank, 2 * rank
     cfg = SFTConfig(mode=mode, lora=lora, val_fraction=val_fraction, split_seed=seed,

@@ -236,7 +236,7 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                 optimizer.zero_grad()
             real_tokens += int(mask.sum())
             padded_tokens += mask.numel()
-            target_tokens += sum(s.target_tokens for s in batch)
+            target_tokens += int((labels != IGNORE).sum())
             window.append(float(loss.detach()))
             if not accelerator.sync_gradients:
                 continue
