@@ -33,7 +33,7 @@ from glider.server.policy.prompts import (
     sanitize,
 )
 from glider.server.policy.state import Segment, Turn
-from glider.trainer.data.hierarchy import HierarchicalEpisode
+from glider.trainer.data.hierarchy import HierarchicalEpisode, subgoal_reward
 from glider.trainer.data.schema import Trajectory
 
 IGNORE = -100
@@ -43,6 +43,11 @@ IGNORE = -100
 class Pair:
     prompt: str
     target: str  # " <utterance>\n": what the model generates after the prompt, stop included
+    # what RL needs of the utterance as one decision (ignored by SFT): the reward it earned, whether
+    # its level's episode ended with it, and how many environment steps it spanned (γ^steps)
+    reward: float = 0.0
+    done: bool = False
+    steps: int = 1
 
 
 @dataclass
@@ -50,6 +55,8 @@ class TokenSequence:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     role: str = ""
+    spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) token range of each target
+    weights: list[float] | None = None  # one per target (span): an advantage weight; None = 1 (SFT)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -68,11 +75,12 @@ def planner_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[Pair]:
     task = sanitize(ep.traj.task)
     finished: list[Segment] = []
     pairs = []
-    for seg in ep.segments:
+    for k, seg in enumerate(ep.segments):
         steps = seg.steps(ep.traj)
         observation = steps[0].observation
         prompt = planner_prompt(task, finished, observation, obs_limit=cfg.prompt_observation_chars)
-        pairs.append(Pair(prompt, f" {sanitize(seg.subgoal)}{STOP}"))
+        pairs.append(Pair(prompt, f" {sanitize(seg.subgoal)}{STOP}", reward=sum(s.reward for s in steps),
+                          done=steps[-1].done or k == len(ep.segments) - 1, steps=len(steps)))
         finished.append(Segment(subgoal=seg.subgoal, start_observation=_obs(cfg, observation),
                                 turns=[Turn(observation=_obs(cfg, s.observation), action=sanitize(s.action))
                                        for s in steps], completed=True))
@@ -81,19 +89,25 @@ def planner_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[Pair]:
 
 
 def executor_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[list[Pair]]:
-    """The executor's prompts, one list per segment (its context restarts with each subgoal)."""
+    """The executor's prompts, one list per segment (its context restarts with each subgoal).
+
+    As RL decisions, each segment is one low-level episode ending with the segment, and the
+    reward is D^l's intrinsic r̂ (``subgoal_reward``) on its last step.
+    """
     task = sanitize(ep.traj.task)
     out = []
     for seg in ep.segments:
         steps = seg.steps(ep.traj)
         turns: list[Turn] = []
         pairs = []
+        r_hat = subgoal_reward(ep.traj, seg)
         for i, step in enumerate(steps):
             done = i == len(steps) - 1
             window = turns[-cfg.history_window:] if cfg.history_window else []
             prompt = executor_prompt(task, seg.subgoal, window, step.observation,
                                      obs_limit=cfg.prompt_observation_chars)
-            pairs.append(Pair(prompt, f" {format_executor_target(step.action, done)}{STOP}"))
+            pairs.append(Pair(prompt, f" {format_executor_target(step.action, done)}{STOP}",
+                              reward=r_hat if done else 0.0, done=done))
             turns.append(Turn(observation=_obs(cfg, step.observation), action=sanitize(step.action), done=done))
         out.append(pairs)
     return out
@@ -106,7 +120,7 @@ def flat_pairs(traj: Trajectory, cfg: HierarchyConfig) -> list[Pair]:
     for step in traj.steps:
         window = history[-cfg.history_window:] if cfg.history_window else []
         prompt = flat_prompt(task, window, step.observation, obs_limit=cfg.prompt_observation_chars)
-        pairs.append(Pair(prompt, f" {sanitize(step.action)}{STOP}"))
+        pairs.append(Pair(prompt, f" {sanitize(step.action)}{STOP}", reward=step.reward, done=step.done))
         history.append(Turn(observation=_obs(cfg, step.observation), action=sanitize(step.action)))
     return pairs
 
@@ -150,6 +164,8 @@ class SequenceBuilder:
             if len(seq) + len(ids) > self.max_len:
                 self.truncated += sum(1 for _, target in pieces[n:] if target)
                 break
+            if is_target:
+                seq.spans.append((len(seq), len(seq) + len(ids)))
             seq.input_ids += ids
             seq.labels += ids if is_target else [IGNORE] * len(ids)
         return [seq] if seq.target_tokens else []
@@ -171,6 +187,57 @@ def role_sequences(episodes: Iterable[HierarchicalEpisode], roles: Sequence[str]
             for pieces in chain(flat_pairs(ep.traj, cfg)):
                 out += builder.build(pieces, Role.flat.value)
     return out
+
+
+@dataclass
+class Decision:
+    """One utterance as an RL decision, aligned with the target spans of ``role_decisions``' sequences."""
+
+    reward: float
+    done: bool
+    steps: int = 1
+    next: int = -1  # index of the same level-episode's next decision; -1: none (terminal or cut)
+
+
+def _level_episodes(ep: HierarchicalEpisode, role: str, cfg: HierarchyConfig) -> list[list[Pair]]:
+    """The role's decision sequences in one episode: the planner's whole episode, each executor
+    segment (a low-level episode of its own), or the flat agent's whole episode."""
+    if role == Role.planner.value:
+        return [planner_pairs(ep, cfg)]
+    if role == Role.executor.value:
+        return executor_pairs(ep, cfg)
+    if role == Role.flat.value:
+        return [flat_pairs(ep.traj, cfg)]
+    raise ValueError(f"unknown role {role!r}")
+
+
+def role_decisions(episodes: Iterable[HierarchicalEpisode], role: str, builder: SequenceBuilder,
+                   cfg: HierarchyConfig) -> tuple[list[TokenSequence], list[Decision]]:
+    """The role's training sequences (as ``role_sequences``) and one ``Decision`` per target span,
+    in (sequence, span) order, each linked to its successor where the successor was kept."""
+    seqs: list[TokenSequence] = []
+    decisions: list[Decision] = []
+    for ep in episodes:
+        for pairs in _level_episodes(ep, role, cfg):
+            kept: list[int | None] = []
+            at = 0
+            for pieces in chain(pairs):
+                targets = sum(1 for _, is_target in pieces if is_target)
+                built = builder.build(pieces, role)
+                n_kept = len(built[0].spans) if built else 0
+                seqs += built
+                for j in range(targets):
+                    if j < n_kept:
+                        p = pairs[at + j]
+                        kept.append(len(decisions))
+                        decisions.append(Decision(reward=p.reward, done=p.done, steps=p.steps))
+                    else:
+                        kept.append(None)
+                at += targets
+            for a, b in zip(kept, kept[1:], strict=False):
+                if a is not None and b is not None and not decisions[a].done:
+                    decisions[a].next = b
+    return seqs, decisions
 
 
 def transcript(traj: Trajectory) -> str:

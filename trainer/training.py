@@ -89,6 +89,29 @@ def collate(seqs: Sequence[TokenSequence], pad_id: int):
     return ids, mask, labels
 
 
+def token_weights(seqs: Sequence[TokenSequence], width: int):
+    """Per-token loss weights (batch, width): each target's weight on its tokens, 0 elsewhere."""
+    import torch
+
+    weights = torch.zeros((len(seqs), width), dtype=torch.float32)
+    for row, s in enumerate(seqs):
+        for (start, end), w in zip(s.spans, s.weights or [1.0] * len(s.spans), strict=True):
+            weights[row, start:end] = w
+    return weights
+
+
+def weighted_nll(logits, labels, weights):
+    """Σ_tokens w·(−log π(token)) / number of target tokens: the actor loss of the RL stages, where w
+    is the utterance's weight (exp(A/λ) for AWR, the advantage for policy gradient) on each of its tokens.
+    Dividing by the token count, not by Σw, keeps the weights' scale (a weight of 2 counts twice)."""
+    import torch
+
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:],
+                                            ignore_index=IGNORE, reduction="none")
+    targets = labels[:, 1:] != IGNORE
+    return (nll * weights[:, 1:]).sum() / targets.sum().clamp(min=1)
+
+
 def _schedule(cfg: TrainConfig, total: int):
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -145,7 +168,8 @@ def run_fingerprint(cfg: TrainConfig, sequences: Sequence[TokenSequence], *extra
     import hashlib
 
     key = [cfg.lr, cfg.batch_tokens, cfg.grad_accum, cfg.weight_decay, cfg.seed, len(sequences),
-           sum(len(s) for s in sequences), sum(s.target_tokens for s in sequences), *map(str, extra)]
+           sum(len(s) for s in sequences), sum(s.target_tokens for s in sequences),
+           round(sum(sum(s.weights or ()) for s in sequences), 6), *map(str, extra)]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -168,6 +192,7 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     accelerator.init_trackers(name, config={k: v for k, v in asdict(cfg).items() if v is not None})
     set_seed(cfg.seed)
     lengths = [len(s) for s in sequences]
+    weighted = any(s.weights is not None for s in sequences)  # an RL actor stage, else plain NLL
     per_epoch = math.ceil(len(bucket_batches(lengths, cfg.batch_tokens, cfg.seed, 0))
                           / accelerator.num_processes / cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
@@ -227,7 +252,11 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
             ids, mask, labels = ids.to(accelerator.device), mask.to(accelerator.device), labels.to(
                 accelerator.device)
             with accelerator.accumulate(model):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                if weighted:
+                    weights = token_weights(batch, ids.size(1)).to(accelerator.device)
+                    loss = weighted_nll(model(input_ids=ids, attention_mask=mask).logits, labels, weights)
+                else:
+                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -71,7 +71,8 @@ def segment(traj: Trajectory, cfg: SegmentationConfig = SegmentationConfig()) ->
         return _split_long([(0, n)], cfg.max_len)
     if method == "recorded":
         cuts = [t + 1 for t, s in enumerate(traj.steps[:-1])
-                if s.subgoal_done or traj.steps[t + 1].subgoal != s.subgoal]
+                if s.subgoal_done or traj.steps[t + 1].new_subgoal
+                or traj.steps[t + 1].subgoal != s.subgoal]
         bounds = list(zip([0, *cuts], [*cuts, n], strict=True))
         return _split_long(bounds, cfg.max_len)
     if method != "score":
@@ -243,17 +244,38 @@ def high_level_transitions(ep: HierarchicalEpisode) -> list[dict]:
     return out
 
 
+def subgoal_reward(traj: Trajectory, seg: SubgoalSegment) -> float:
+    """D^l's intrinsic reward r̂ at the segment's end: did the executor complete its subgoal?
+
+    −1 when the episode failed inside the segment (the score went negative: ScienceWorld's
+    wrong ``focus on``); 1 when the subgoal was completed — an expert segment always is (its
+    subgoal names what its actions did), a server-recorded one when the executor declared it
+    done without losing score, any other one (perturbed, or cut by score) when it reached a
+    score milestone; else 0 (it ran out of steps).
+    """
+    steps = seg.steps(traj)
+    if any(s.score < 0 for s in steps):
+        return -1.0
+    if traj.source == "gold":
+        return 1.0
+    if steps[-1].subgoal_done is not None:
+        return 1.0 if steps[-1].subgoal_done and sum(s.reward for s in steps) >= 0 else 0.0
+    return 1.0 if steps[-1].reward > 0 else 0.0
+
+
 def low_level_transitions(ep: HierarchicalEpisode) -> list[dict]:
-    """D^l: one transition per step (g_t, o_t, a_t, r̂_t, o_{t+1}); r̂ = 1 where the subgoal completes."""
+    """D^l: one transition per step (g_t, o_t, a_t, r̂_t, o_{t+1}); r̂ (``subgoal_reward``) on the segment's
+    last step, 0 before it."""
     out = []
     for k, seg in enumerate(ep.segments):
+        r_hat = subgoal_reward(ep.traj, seg)
         for t in range(seg.start, seg.end):
             step = ep.traj.steps[t]
             last = t == seg.end - 1
             out.append({
                 "traj": ep.traj.id, "task": ep.traj.task, "segment": k, "t": t, "subgoal": seg.subgoal,
                 "observation": step.observation, "history": t - seg.start, "action": step.action,
-                "reward": 1.0 if last else 0.0, "env_reward": step.reward,
+                "reward": r_hat if last else 0.0, "env_reward": step.reward,
                 "next_observation": ep.next_observation(t), "subgoal_done": last, "done": step.done,
             })
     return out

@@ -12,8 +12,9 @@ logs both become): one episode of one environment.
 
 ``steps[t]`` holds o_t, a_t, the reward r_t that a_t earned (score delta, 0..1
 scale), the score after a_t and whether the episode ended there.
-``subgoal``/``subgoal_done`` are set on server-recorded episodes (what the planner
-said and the executor's completion marker) and null on expert data.
+``subgoal``/``subgoal_done``/``new_subgoal`` are set on server-recorded episodes (what the
+planner said, the executor's completion marker, whether the planner was asked at this
+step) and null on expert data.
 
 **D^h** (``dh.jsonl``), one transition per subgoal segment (the poster's high level):
 ``{"traj", "task", "segment", "observation": o_t, "context": [finished segments],
@@ -23,7 +24,8 @@ said and the executor's completion marker) and null on expert data.
 ``{"traj", "task", "segment", "subgoal": g_t, "observation": o_t, "history": [turns],
 "action": a_t, "reward": r̂_t, "env_reward": r_t, "next_observation": o_{t+1},
 "subgoal_done", "done"}`` with the intrinsic reward r̂ = 1 on the step that
-completes the subgoal, else 0.
+completes the subgoal, else 0 (−1 if the episode failed in the segment; see
+``hierarchy.subgoal_reward``).
 
 **Flat** (``flat.jsonl``): ``{"traj", "task", "observation", "history", "action",
 "reward", "next_observation", "done"}`` for the no-hierarchy baseline.
@@ -47,6 +49,7 @@ class Step(BaseModel):
     done: bool = False
     subgoal: str | None = None
     subgoal_done: bool | None = None
+    new_subgoal: bool | None = None  # the planner wrote this subgoal at this step (even if same text)
 
 
 class Trajectory(BaseModel):

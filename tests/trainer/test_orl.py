@@ -1,0 +1,206 @@
+"""ORL: the critic's equations against hand values, decisions per level, and a text MDP where RL must beat BC."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from glider.server.policy.controller import HierarchyConfig
+from glider.trainer.critic import (
+    Critic,
+    CriticConfig,
+    Transitions,
+    awr_weights,
+    expectile_loss,
+    polyak_update,
+    td_target,
+)
+from glider.trainer.data.hierarchy import SegmentationConfig, annotate, subgoal_reward
+from glider.trainer.data.schema import Step, Trajectory
+from glider.trainer.sequences import Decision, SequenceBuilder, role_decisions
+
+
+def test_expectile_loss_matches_hand_values():
+    diff = torch.tensor([1.0, -2.0])
+    assert expectile_loss(diff, 0.9).item() == pytest.approx((0.9 * 1 + 0.1 * 4) / 2)
+    assert expectile_loss(diff, 0.5).item() == pytest.approx((0.5 * 1 + 0.5 * 4) / 2)  # τ = 0.5: half the MSE
+    # the minimiser of the τ-expectile over {0, 1} sampled 80/20 is 0.9·0.2 / (0.9·0.2 + 0.1·0.8) = 0.6923
+    v = torch.zeros((), requires_grad=True)
+    opt = torch.optim.SGD([v], lr=0.5)
+    samples = torch.tensor([0.0] * 8 + [1.0] * 2)
+    for _ in range(500):
+        opt.zero_grad()
+        expectile_loss(samples - v, 0.9).backward()
+        opt.step()
+    assert v.item() == pytest.approx(0.18 / 0.26, abs=1e-3)
+
+
+def test_td_target_discounts_and_stops_at_terminals():
+    target = td_target(torch.tensor([1.0, 0.5, 0.0]), torch.tensor([2.0, 3.0, 1.0]), torch.tensor([0.0, 1.0, 0.0]),
+                       torch.tensor([0.9, 0.99, 0.99 ** 3]))
+    assert target.tolist() == pytest.approx([1.0 + 0.9 * 2.0, 0.5, 0.99 ** 3])
+
+
+def test_awr_weights_exponentiate_and_clip():
+    w = awr_weights(torch.tensor([0.0, 0.1, -0.1, 10.0, 1e6]), lam=0.1, max_weight=20.0)
+    assert w.tolist() == pytest.approx([1.0, math.e, 1 / math.e, 20.0, 20.0], rel=1e-5)
+    assert torch.isfinite(w).all()  # a huge advantage is clipped before exp, never inf
+    assert awr_weights(torch.tensor([1.0]), lam=0.1, max_weight=None).item() == pytest.approx(math.exp(10))
+
+
+def test_polyak_moves_the_target_by_rho():
+    source, target = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    torch.nn.init.ones_(source.weight), torch.nn.init.zeros_(target.weight)
+    polyak_update(target, source, 0.2)
+    assert target.weight.detach().flatten().tolist() == pytest.approx([0.2, 0.2])
+    polyak_update(target, source, 0.2)
+    assert target.weight.detach().flatten().tolist() == pytest.approx([0.36, 0.36])
+    assert source.weight.detach().tolist() == [[1.0, 1.0]]  # the online net is untouched
+
+
+def test_critic_learns_a_chain_by_td_and_the_advantage_ranks_actions():
+    """s0 --a--> s1 (r=0) --good--> end (r=1) | --bad--> end (r=0), one-hot features: values by hand."""
+    eye = torch.eye(4)
+    # decisions: 0 = (s0, a), 1 = (s1, good), 2 = (s0, a), 3 = (s1, bad)
+    state = torch.stack([eye[0], eye[1], eye[0], eye[1]])
+    utterance = torch.stack([eye[2], eye[3], eye[2], 0.5 * eye[3] - 0.5 * eye[2]])
+    decisions = [Decision(0.0, False, 1, next=1), Decision(1.0, True), Decision(0.0, False, 1, next=3),
+                 Decision(0.0, True)]
+    data = Transitions.build(state, utterance, decisions, gamma=0.9)
+    critic = Critic(4, CriticConfig(expectile=0.5, steps=3000, lr=3e-3, polyak=0.1, hidden=32, batch_size=4))
+    critic.fit(data)
+    with torch.no_grad():
+        q = critic.q(data.utterance).squeeze(-1)
+        v = critic.v(data.state).squeeze(-1)
+    # τ = 0.5: V(s1) = mean(Q(good), Q(bad)) = 0.5; Q(s0, a) = 0.9 · V(s1) = 0.45 = V(s0)
+    assert q[1].item() == pytest.approx(1.0, abs=0.05) and q[3].item() == pytest.approx(0.0, abs=0.05)
+    assert v[1].item() == pytest.approx(0.5, abs=0.05)
+    assert q[0].item() == pytest.approx(0.45, abs=0.05) and v[0].item() == pytest.approx(0.45, abs=0.05)
+    adv = critic.advantages(data)
+    assert adv[1] > 0.4 and adv[3] < -0.4
+    weights = critic.actor_weights(data)
+    assert weights[1] > 10 * weights[3] and weights.mean().item() == pytest.approx(1.0)
+
+
+def test_ac_critic_uses_the_td_error_as_advantage():
+    eye = torch.eye(2)
+    data = Transitions.build(eye, eye, [Decision(1.0, True), Decision(0.0, True)], gamma=0.99)
+    critic = Critic(2, CriticConfig(kind="ac", steps=0))
+    assert critic.q is None
+    with torch.no_grad():
+        expected = data.reward - critic.v(data.state).squeeze(-1)
+    assert critic.advantages(data).tolist() == pytest.approx(expected.tolist())
+
+
+def test_decisions_per_level_carry_rewards_steps_and_links(gold_trajectory, backbone_dir):
+    from transformers import AutoTokenizer
+
+    ep = annotate(gold_trajectory, cfg=SegmentationConfig(method="score", max_len=10))
+    tok = AutoTokenizer.from_pretrained(backbone_dir)
+    cfg = HierarchyConfig()
+    seqs, planner = role_decisions([ep], "planner", SequenceBuilder(tok, 4096), cfg)
+    assert len(planner) == len(ep.segments) == sum(len(s.spans) for s in seqs)
+    assert sum(d.reward for d in planner) == pytest.approx(sum(s.reward for s in gold_trajectory.steps))
+    assert [d.steps for d in planner] == [seg.end - seg.start for seg in ep.segments]
+    assert [d.next for d in planner] == [*range(1, len(planner)), -1] and planner[-1].done
+    _, executor = role_decisions([ep], "executor", SequenceBuilder(tok, 4096), cfg)
+    assert len(executor) == len(gold_trajectory.steps)
+    ends = [d for d in executor if d.done]
+    assert len(ends) == len(ep.segments) and all(d.reward == 1.0 for d in ends)  # gold: every subgoal completes
+    assert all(d.reward == 0.0 for d in executor if not d.done)
+    # a span's tokens are exactly its target's tokens
+    seq = seqs[0]
+    start, end = seq.spans[0]
+    assert tok.decode(seq.input_ids[start:end]).strip() == ep.segments[0].subgoal
+    # the context cap cuts a chain: its decisions end there (no successor is invented)
+    _, short = role_decisions([ep], "planner", SequenceBuilder(tok, 200), cfg)
+    assert 0 < len(short) < len(planner) and short[-1].next == -1
+
+
+def test_subgoal_reward_marks_failure_and_unfinished_segments():
+    def traj(source, rewards, scores, done_marker=None):
+        return Trajectory(id="x", task="t", source=source, steps=[
+            Step(observation="o", action="a", reward=r, score=s, subgoal_done=done_marker) for r, s in zip(
+                rewards, scores, strict=True)])
+
+    from glider.trainer.data.hierarchy import SubgoalSegment
+
+    seg = SubgoalSegment("g", 0, 2)
+    assert subgoal_reward(traj("perturbed", [0.0, 0.1], [0.0, 0.1]), seg) == 1.0  # reached a milestone
+    assert subgoal_reward(traj("perturbed", [0.0, 0.0], [0.0, 0.0]), seg) == 0.0  # ran out of steps
+    assert subgoal_reward(traj("perturbed", [0.1, -1.1], [0.1, -1.0]), seg) == -1.0  # failed the task
+    assert subgoal_reward(traj("server", [0.0, 0.0], [0.0, 0.0], done_marker=True), seg) == 1.0
+    assert subgoal_reward(traj("server", [0.0, 0.0], [0.0, 0.0], done_marker=False), seg) == 0.0
+
+
+# --- a tiny text MDP where the right answer is known ----------------------------------------------
+TASK = "Your task is to get rich. Take the most valuable thing in the vault."
+HALL = "You are in the hallway. A door leads to the vault."
+VAULT = "You are in the vault. A rock and a coin lie on the floor."
+
+
+def _vault_episode(i: int, coin: bool) -> Trajectory:
+    """go to vault (r=0), then take coin (r=1, rare in the data) or take rock (r=0, frequent)."""
+    reward = 1.0 if coin else 0.0
+    return Trajectory(id=f"vault/{i}", env="synthetic", task_name="vault", variation=i, source="synthetic",
+                      task=TASK, steps=[
+                          Step(observation=HALL, action="go to vault", reward=0.0, score=0.0),
+                          Step(observation=VAULT, action="take coin" if coin else "take rock", reward=reward,
+                               score=reward, done=True)], final_observation="Done.")
+
+
+def _logprob(model, tokenizer, prompt: str, target: str) -> float:
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    t = tokenizer(target, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + t])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float().log_softmax(-1)
+    return float(logits.gather(-1, torch.tensor(t)[:, None]).sum())
+
+
+def _choice_margin(model_dir, adapter_dir) -> float:
+    """log π(take coin) − log π(take rock) in the vault, under the flat prompt the server builds."""
+    from glider.trainer.sequences import flat_pairs
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(adapter_dir)).eval()
+    prompt = flat_pairs(_vault_episode(0, True), HierarchyConfig(mode="flat"))[1].prompt
+    return _logprob(model, tok, prompt, " take coin\n") - _logprob(model, tok, prompt, " take rock\n")
+
+
+def test_orl_prefers_the_high_return_action_where_bc_copies_the_frequent_one(tiny_model_dir, tmp_path):
+    import shutil
+
+    from glider.trainer.orl import ORLConfig, run_orl
+    from glider.trainer.sft import SFTConfig, run_sft
+    from glider.trainer.training import TrainConfig
+    from glider.trainer.warmup import warmup_backbone
+
+    # the world's words, as the real backbone is warmed on its environment's transcripts (both endings
+    # equally often: the warmed model itself has no preference)
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    warmup_backbone(model_dir, [_vault_episode(i, coin=i % 2 == 0) for i in range(8)],
+                    TrainConfig(lr=3e-3, max_steps=80, warmup_steps=5, progress=False, checkpoint_every=1000),
+                    tmp_path / "warmup")
+    data = [_vault_episode(i, coin=i % 5 == 0) for i in range(40)]  # 20% coin, 80% rock
+    train = TrainConfig(lr=3e-3, max_steps=60, batch_tokens=4096, warmup_steps=5, progress=False,
+                        checkpoint_every=1000)
+    sft = SFTConfig(mode="flat", val_fraction=0.0, train=train)
+    sft.lora.r, sft.lora.alpha = 8, 16
+    run_sft(model_dir, data, tmp_path / "sft", sft)
+    bc_margin = _choice_margin(model_dir, tmp_path / "sft" / "flat" / "adapter")
+
+    orl = ORLConfig(mode="flat", init="scratch", actor=train,
+                    critic=CriticConfig(steps=600, lr=3e-3, hidden=64, batch_size=32))
+    orl.lora.r, orl.lora.alpha = 8, 16
+    metrics = run_orl(model_dir, data, tmp_path / "orl", orl, progress=False)
+    orl_margin = _choice_margin(model_dir, tmp_path / "orl" / "flat" / "adapter")
+    stats = metrics["adapters"]["flat"]["roles"]["flat"]
+    assert stats["decisions"] == 80 and stats["reward_sum"] == pytest.approx(8.0)
+    assert bc_margin < 0, f"BC should copy the frequent rock ({bc_margin:.2f})"
+    assert orl_margin > 0, f"ORL should prefer the coin ({orl_margin:.2f}); {stats}"
+    assert (tmp_path / "orl" / "flat" / "critic-flat.safetensors").is_file()

@@ -1,0 +1,185 @@
+"""Stage 2, ORL: offline RL of the planner on D^h and the executor on D^l (and of the flat baseline).
+
+For each adapter of the mode (``glider.trainer.sft.ADAPTER_ROLES``) and each role it plays:
+
+1. **Decisions.**  The role's training sequences (the server's prompts, chained as
+   in SFT) with one decision per target utterance: its reward — Σr over the
+   segment for a subgoal (D^h), the intrinsic r̂ for an action (D^l), the
+   environment's reward for the flat agent — whether its level's episode ended,
+   and the steps it spanned (``sequences.role_decisions``).
+2. **Critic.**  The starting policy (SFT adapter, or a fresh one for the
+   ORL-only ablation) reads every sequence once; the detached hidden states at
+   each prompt's end and utterance's end feed the Q/V heads, trained with TD +
+   expectile losses and Polyak targets (``glider.trainer.critic``).
+3. **Actor.**  Token-level advantage-weighted regression from the starting
+   adapter: the loss −exp(A/λ)·Σ_i log π(w_i | s, w_<i) (clipped, normalised),
+   ``training.weighted_nll``, on the same sequences, in the same training loop
+   as SFT (checkpoints, TensorBoard, accelerate).
+4. **Publish** the adapter (stage ``orl``) with the critic heads beside it.
+
+The data is the mix RL can exploit: expert trajectories plus suboptimal ones
+(the SFT agent's own episodes recorded by the server, perturbed expert
+replays), each with its real environment rewards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from glider.server.adapters.registry import AdapterRegistry, base_model_identity
+from glider.server.policy.controller import HierarchyConfig
+from glider.trainer.critic import CriticConfig
+from glider.trainer.data.hierarchy import Annotator, SegmentationConfig
+from glider.trainer.data.schema import Trajectory
+from glider.trainer.lora import LoraSettings
+from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_decisions
+from glider.trainer.sft import ADAPTER_ROLES, episodes_for, sft_lora
+from glider.trainer.training import TrainConfig, run_fingerprint, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ORLConfig:
+    mode: str = "separate"  # separate | shared | flat (the adapters, as in SFT)
+    init: str = "sft"  # sft: from the registry's current adapters | scratch: a fresh LoRA (the "ORL" ablation)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    actor: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, epochs=2.0, warmup_steps=5))
+    lora: LoraSettings = field(default_factory=sft_lora)  # for init=scratch
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    max_len: int = 2048
+
+
+def load_policy(model_dir: Path, *, adapter: Path | None, lora: LoraSettings, seed: int = 0):
+    """The backbone with a trainable LoRA: ``adapter``'s weights, or a fresh one (B = 0) when None."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+    return get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                           target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
+def attach_weights(sequences: Sequence[TokenSequence], weights) -> None:
+    """Give each sequence its spans' weights from a flat per-decision tensor in (sequence, span) order."""
+    at = 0
+    for seq in sequences:
+        n = len(seq.spans)
+        seq.weights = [float(w) for w in weights[at: at + n]]
+        at += n
+    if at != len(weights):
+        raise ValueError(f"{len(weights)} weights for {at} decisions")
+
+
+def weight_stats(adv, weights, cfg: CriticConfig) -> dict:
+    """What the advantages and actor weights looked like: the numbers to check an RL run by."""
+    import math
+
+    out: dict = {"decisions": int(adv.numel())}
+    if not adv.numel():
+        return out
+    out.update(advantage_mean=float(adv.mean()), advantage_std=float(adv.std()) if adv.numel() > 1 else 0.0,
+               weight_min=float(weights.min()), weight_max=float(weights.max()))
+    if cfg.kind == "glider" and cfg.max_weight is not None:
+        out["clipped_share"] = float((adv / cfg.lam > math.log(cfg.max_weight)).float().mean())
+    return out
+
+
+def critic_and_weights(model, sequences: Sequence[TokenSequence], decisions, pad_id: int, cfg: CriticConfig,
+                       *, progress: bool = True):
+    """Fit a critic on the role's decisions (features from ``model``) and return it with the actor weights."""
+    from glider.trainer.critic import Critic, Transitions, decision_features
+
+    state, utterance = decision_features(model, sequences, pad_id)
+    data = Transitions.build(state, utterance, decisions, cfg.gamma, cfg.reward_scale)
+    critic = Critic(state.size(-1), cfg)
+    losses = critic.fit(data, progress=progress)
+    adv = critic.advantages(data)
+    weights = critic.actor_weights(data)
+    return critic, data, adv, weights, losses
+
+
+def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, cfg: ORLConfig, *,
+            hierarchy: HierarchyConfig | None = None, registry: Path | None = None,
+            annotator: Annotator | None = None, progress: bool = True) -> dict:
+    """Train the mode's adapters with ORL; publish them (stage ``orl``) to ``registry`` when given.
+
+    ``init="sft"`` starts each adapter from the registry's current version of it (run SFT first);
+    ``init="scratch"`` from a fresh LoRA.  Returns the metrics (also ``<out_dir>/orl_metrics.json``).
+    """
+    import time
+
+    from accelerate import PartialState
+    from transformers import AutoTokenizer
+
+    state = PartialState()
+    if cfg.mode not in ADAPTER_ROLES:
+        raise ValueError(f"unknown mode {cfg.mode!r} (separate | shared | flat)")
+    if cfg.init not in ("sft", "scratch"):
+        raise ValueError(f"unknown init {cfg.init!r} (sft | scratch)")
+    if cfg.init == "sft" and registry is None:
+        raise ValueError("init='sft' needs the registry that holds the SFT adapters")
+    hierarchy = hierarchy or HierarchyConfig(mode=cfg.mode)
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    episodes = episodes_for(trajectories, annotator, cfg.segmentation)
+    sources: dict[str, int] = {}
+    for t in trajectories:
+        sources[t.source] = sources.get(t.source, 0) + 1
+    metrics: dict = {"mode": cfg.mode, "init": cfg.init, "trajectories": sources,
+                     "config": {"critic": asdict(cfg.critic), "actor": asdict(cfg.actor)}, "adapters": {}}
+    for name, roles in ADAPTER_ROLES[cfg.mode].items():
+        start_adapter = None
+        if cfg.init == "sft":
+            start = AdapterRegistry(registry).get(name)
+            start_adapter = start.path
+            metrics.setdefault("started_from", {})[name] = start.version
+        model = load_policy(model_dir, adapter=start_adapter, lora=cfg.lora, seed=cfg.actor.seed)
+        entry: dict = {"roles": {}}
+        t0 = time.monotonic()
+        all_seqs: list[TokenSequence] = []
+        for role in roles:
+            builder = SequenceBuilder(tokenizer, cfg.max_len)
+            seqs, decisions = role_decisions(episodes, role, builder, hierarchy)
+            critic, data, adv, weights, losses = critic_and_weights(model, seqs, decisions, tokenizer.pad_token_id,
+                                                                    cfg.critic, progress=progress)
+            attach_weights(seqs, weights)
+            all_seqs += seqs
+            if state.is_main_process:
+                critic.save(out_dir / name / f"critic-{role}.safetensors")
+            entry["roles"][role] = {"sequences": len(seqs), "critic_loss": losses,
+                                    "reward_sum": float(data.reward.sum()), **weight_stats(adv, weights, cfg.critic)}
+            log.info("%s/%s: %d decisions, critic %s, advantage %.3f±%.3f", name, role, len(decisions), losses,
+                     entry["roles"][role].get("advantage_mean", 0.0), entry["roles"][role].get("advantage_std", 0.0))
+        entry["critic_seconds"] = time.monotonic() - t0
+        fingerprint = run_fingerprint(cfg.actor, all_seqs, base_model_identity(model_dir), cfg.init,
+                                      str(start_adapter), name, "orl")
+        result = train(model, all_seqs, cfg.actor, out_dir / name, pad_id=tokenizer.pad_token_id,
+                       name=f"orl-{name}", fingerprint=fingerprint)
+        entry.update(result.as_dict())
+        entry["tokens"] = sum(len(s) for s in all_seqs)
+        if not state.is_main_process:
+            continue
+        adapter_dir = out_dir / name / "adapter"
+        model.save_pretrained(adapter_dir, safe_serialization=True)
+        if registry is not None:
+            from glider.trainer.publish import publish_adapter
+
+            published = publish_adapter(registry, name, adapter_dir, model_dir,
+                                        stage="orl" if cfg.init == "sft" else "orl-scratch",
+                                        metrics={k: v for k, v in entry.items() if isinstance(v, int | float)})
+            entry["published"] = published.version
+        metrics["adapters"][name] = entry
+        del model
+    if state.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "orl_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
