@@ -29,13 +29,20 @@ def expert_root(data: Path | None) -> Path:
     return data if data is not None else _settings().home / "data" / "expert"
 
 
+def perturbed_root(out: Path | None) -> Path:
+    return out if out is not None else _settings().home / "data" / "perturbed"
+
+
 def _trajectories(data: Path | None, tasks: str, per_task: int | None, logs: Path | None = None,
-                  env: str = "scienceworld"):
-    """Collected expert trajectories (plus converted server logs); exits with a clear error when none."""
+                  env: str = "scienceworld", perturbed: Path | None = None):
+    """Collected expert trajectories (plus perturbed replays and converted server logs); exits with a
+    clear error when none."""
     from glider.trainer.data.collect import load_collected
     from glider.trainer.data.logs import trajectories_from_logs
 
     trajs = load_collected(expert_root(data), env, "train", _tasks(tasks) or None, per_task)
+    if perturbed is not None:
+        trajs += load_collected(perturbed, env, "train", _tasks(tasks) or None, per_task)
     if logs is not None:
         trajs += trajectories_from_logs(logs)
     if not trajs:
@@ -54,18 +61,24 @@ def data_collect(
     workers: Annotated[int, typer.Option(help="Environment processes at once.")] = 2,
     max_steps: int = 100,
     offset: Annotated[int, typer.Option(help="Skip the split's first OFFSET variations.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Root of the trajectory cache (<home>/data/expert).")] = None,
+    perturb: Annotated[float, typer.Option(help="ε: take a random valid action before a gold one with this "
+                                                "probability (suboptimal data for ORL; ScienceWorld).")] = 0.0,
+    out: Annotated[Path | None, typer.Option(help="Root of the trajectory cache (<home>/data/expert; with "
+                                                  "--perturb, <home>/data/perturbed).")] = None,
 ):
-    """Replay gold action sequences and cache every step on disk (resumable)."""
+    """Replay gold action sequences and cache every step on disk (resumable); --perturb for suboptimal replays."""
     from glider.trainer.data.collect import collect
 
     if env not in ("scienceworld", "textworld"):
         raise typer.BadParameter("scienceworld | textworld", param_hint="--env")
     if split not in ("train", "dev", "test"):
         raise typer.BadParameter("train | dev | test", param_hint="--split")
-    root = expert_root(out)
+    if not 0.0 <= perturb < 1.0:
+        raise typer.BadParameter("a probability in [0, 1)", param_hint="--perturb")
+    root = perturbed_root(out) if perturb else expert_root(out)
     counts = collect(root, env=env, split=split, tasks=_tasks(tasks) or None, per_task=per_task,
-                     workers=workers, max_steps=max_steps, offset=offset, games_dir=_settings().home / "games")
+                     workers=workers, max_steps=max_steps, offset=offset, games_dir=_settings().home / "games",
+                     perturb=perturb)
     console.print(f"{env} {split}: played {counts['played']} ({counts['steps']} steps), "
                   f"{counts['cached']} cached -> {root / env / split}")
 
@@ -212,3 +225,136 @@ def train_sft(
                       f"{m['first_loss']:.3f}→{m['train_loss']:.3f}",
                       f"{m['val_loss_before']:.3f}→{m['val_loss_after']:.3f}", m.get("published", "-"))
     console.print(table)
+
+
+@train_app.command("orl")
+def train_orl(
+    shared: Annotated[bool, typer.Option("--shared", help="One adapter for both roles.")] = False,
+    flat: Annotated[bool, typer.Option("--flat", help="The no-hierarchy baseline.")] = False,
+    init: Annotated[str, typer.Option(help="sft: start from the registry's SFT adapters | scratch: a fresh "
+                                           "LoRA (the ORL-only ablation).")] = "sft",
+    model: Annotated[Path | None, typer.Option(help="Backbone (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="Registry (GLIDER_ADAPTERS).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
+    perturbed: Annotated[Path | None, typer.Option(help="Perturbed replays (`glider data collect --perturb`; "
+                                                        "default <home>/data/perturbed if it exists).")] = None,
+    logs: Annotated[Path | None, typer.Option(help="Server episode logs (the SFT agent's own episodes).")] = None,
+    tasks: str = "",
+    per_task: int | None = None,
+    expectile: Annotated[float, typer.Option(help="τ of the V loss.")] = 0.9,
+    lam: Annotated[float, typer.Option(help="λ of exp(A/λ).")] = 0.1,
+    max_weight: Annotated[float, typer.Option(help="Clip of exp(A/λ).")] = 20.0,
+    gamma: float = 0.99,
+    polyak: float = 0.05,
+    critic_steps: int = 1500,
+    critic_lr: float = 3e-4,
+    epochs: float = 2.0,
+    lr: Annotated[float, typer.Option(help="Actor learning rate.")] = 5e-4,
+    batch_tokens: int = 8192,
+    grad_accum: int = 1,
+    max_minutes: float | None = None,
+    max_steps: int | None = None,
+    seed: int = 0,
+    publish: Annotated[bool, typer.Option(help="Publish to the registry when done.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Checkpoints, critics, adapters (<home>/runs/orl-<mode>).")]
+    = None,
+):
+    """Offline RL: Q/V critic (TD + expectile) and advantage-weighted actor, per level, on expert + suboptimal data."""
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.critic import CriticConfig
+    from glider.trainer.data.hierarchy import SegmentationConfig
+    from glider.trainer.orl import ORLConfig, run_orl
+
+    if shared and flat:
+        raise typer.BadParameter("--shared and --flat exclude each other")
+    if init not in ("sft", "scratch"):
+        raise typer.BadParameter("sft | scratch", param_hint="--init")
+    mode = "shared" if shared else "flat" if flat else "separate"
+    s = _settings(model=model, adapters=adapters)
+    if perturbed is None and perturbed_root(None).is_dir():
+        perturbed = perturbed_root(None)
+    trajs = _trajectories(data, tasks, per_task, logs, perturbed=perturbed)
+    cfg = ORLConfig(mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
+                    critic=CriticConfig(expectile=expectile, lam=lam, max_weight=max_weight, gamma=gamma,
+                                        polyak=polyak, steps=critic_steps, lr=critic_lr, seed=seed),
+                    actor=_train_config(epochs, lr, batch_tokens, grad_accum, max_minutes, seed, max_steps))
+    hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": mode}))
+    metrics = run_orl(s.model_dir(), trajs, out or s.home / "runs" / f"orl-{mode}", cfg, hierarchy=hierarchy,
+                      registry=s.adapters_dir(), publish=publish)
+    console.print(f"trajectories by source: {metrics['trajectories']}")
+    table = Table("adapter", "role", "decisions", "critic loss", "advantage", "weights min/max", "actor loss",
+                  "published")
+    for name, m in metrics["adapters"].items():
+        for role, r in m["roles"].items():
+            table.add_row(name, role, str(r["decisions"]),
+                          " ".join(f"{k}={v:.4f}" for k, v in r["critic_loss"].items()),
+                          f"{r.get('advantage_mean', 0):.3f}±{r.get('advantage_std', 0):.3f}",
+                          f"{r.get('weight_min', 0):.2f}/{r.get('weight_max', 0):.2f}",
+                          f"{m['first_loss']:.3f}→{m['train_loss']:.3f}", m.get("published", "-"))
+    console.print(table)
+
+
+@train_app.command("o2o")
+def train_o2o(
+    server: Annotated[str, typer.Option(help="The serving server's REST address.")] = "http://127.0.0.1:8000",
+    method: Annotated[str, typer.Option(help="glider | awac | ac")] = "glider",
+    tasks: Annotated[str, typer.Option(help="Online (held-out) task families, comma-separated.")] = "find-plant",
+    split: Annotated[str, typer.Option(help="Whose variations are played online.")] = "train",
+    iterations: int = 6,
+    episodes: Annotated[int, typer.Option(help="Episodes played per iteration.")] = 4,
+    max_steps: int = 30,
+    fifo: Annotated[int, typer.Option(help="Online episodes kept for the updates.")] = 32,
+    updates_per_episode: int = 16,
+    critic_steps: int = 300,
+    adapt_executor: Annotated[bool, typer.Option(help="Also adapt the executor (the paper adapts the planner).")]
+    = False,
+    actor_lr: float = 1e-4,
+    offline: Annotated[bool, typer.Option(help="Interleave the expert data (--data) with the online episodes.")]
+    = True,
+    data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
+    offline_tasks: Annotated[str, typer.Option(help="Offline task families (default: all but --tasks).")] = "",
+    per_task: int | None = 3,
+    parallel: int = 2,
+    model: Annotated[Path | None, typer.Option(help="Backbone (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="The registry the server watches (GLIDER_ADAPTERS).")]
+    = None,
+    records: Annotated[Path | None, typer.Option(help="The server's episode logs (GLIDER_RECORD_DIR).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Adapters per iteration and curve.json.")] = None,
+    seed: int = 0,
+):
+    """Offline-to-online: play through the server, learn from what it recorded, publish, hot-swap, repeat."""
+    from glider.clients.envs.scienceworld import TASK_FAMILIES
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.critic import CriticConfig
+    from glider.trainer.o2o import O2OConfig, OnlineLearner, area_under_curve, run_o2o
+
+    if method not in ("glider", "awac", "ac"):
+        raise typer.BadParameter("glider | awac | ac", param_hint="--method")
+    online = _tasks(tasks)
+    unknown = [t for t in online if t not in TASK_FAMILIES]
+    if not online or unknown:
+        raise typer.BadParameter(f"unknown task families {unknown}" if unknown else "at least one",
+                                 param_hint="--tasks")
+    s = _settings(model=model, adapters=adapters)
+    mode = getattr(s.mode, "value", s.mode)
+    offline_trajs = []
+    if offline:
+        keep = _tasks(offline_tasks) or [t for t in TASK_FAMILIES if t not in online]
+        offline_trajs = _trajectories(data, ",".join(keep), per_task)
+    cfg = O2OConfig(method=method, tasks=online, split=split, iterations=iterations, episodes_per_iteration=episodes,
+                    max_steps=max_steps, fifo_episodes=fifo, updates_per_episode=updates_per_episode,
+                    critic_steps=critic_steps, adapt_executor=adapt_executor, actor_lr=actor_lr,
+                    critic=CriticConfig(seed=seed), parallel=parallel, seed=seed)
+    learner = OnlineLearner(s.model_dir(), s.adapters_dir(), cfg, mode=mode, offline=offline_trajs,
+                            hierarchy=HierarchyConfig.from_settings(s), out_dir=out)
+    table = Table("iteration", "episodes", "score", "published", "play s", "train s", "swap s")
+
+    def show(point: dict) -> None:
+        console.print(f"iteration {point['iteration']}: score {100 * point['score']:.1f} -> {point['versions']}")
+        table.add_row(str(point["iteration"]), str(point["episodes"]), f"{100 * point['score']:.1f}",
+                      " ".join(f"{k}@{v}" for k, v in point["versions"].items()), f"{point['play_s']:.0f}",
+                      f"{point['train_s']:.0f}", f"{point['swap_s']:.1f}")
+
+    curve = run_o2o(server, records or s.episodes_dir(), learner, games_dir=s.home / "games", on_iteration=show)
+    console.print(table)
+    console.print(f"area under the curve ({method}): {area_under_curve(curve):.2f}")

@@ -109,11 +109,14 @@ def critic_and_weights(model, sequences: Sequence[TokenSequence], decisions, pad
 
 def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, cfg: ORLConfig, *,
             hierarchy: HierarchyConfig | None = None, registry: Path | None = None,
-            annotator: Annotator | None = None, progress: bool = True) -> dict:
-    """Train the mode's adapters with ORL; publish them (stage ``orl``) to ``registry`` when given.
+            annotator: Annotator | None = None, publish: bool = True, make_current: bool = True,
+            start_versions: dict[str, str] | None = None, progress: bool = True) -> dict:
+    """Train the mode's adapters with ORL; publish them (stage ``orl``) to ``registry`` when given and
+    ``publish``.
 
-    ``init="sft"`` starts each adapter from the registry's current version of it (run SFT first);
-    ``init="scratch"`` from a fresh LoRA.  Returns the metrics (also ``<out_dir>/orl_metrics.json``).
+    ``init="sft"`` starts each adapter from the registry's current version of it (run SFT first), or
+    the version ``start_versions`` names; ``init="scratch"`` from a fresh LoRA.  ``make_current=False``
+    publishes without serving (an experiment switches versions itself).  Returns the metrics (also ``<out_dir>/orl_metrics.json``).
     """
     import time
 
@@ -139,7 +142,7 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
     for name, roles in ADAPTER_ROLES[cfg.mode].items():
         start_adapter = None
         if cfg.init == "sft":
-            start = AdapterRegistry(registry).get(name)
+            start = AdapterRegistry(registry).get(name, (start_versions or {}).get(name))
             start_adapter = start.path
             metrics.setdefault("started_from", {})[name] = start.version
         model = load_policy(model_dir, adapter=start_adapter, lora=cfg.lora, seed=cfg.actor.seed)
@@ -170,10 +173,10 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
             continue
         adapter_dir = out_dir / name / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
-        if registry is not None:
+        if registry is not None and publish:
             from glider.trainer.publish import publish_adapter
 
-            published = publish_adapter(registry, name, adapter_dir, model_dir,
+            published = publish_adapter(registry, name, adapter_dir, model_dir, make_current=make_current,
                                         stage="orl" if cfg.init == "sft" else "orl-scratch",
                                         metrics={k: v for k, v in entry.items() if isinstance(v, int | float)})
             entry["published"] = published.version

@@ -112,6 +112,17 @@ def weighted_nll(logits, labels, weights):
     return (nll * weights[:, 1:]).sum() / targets.sum().clamp(min=1)
 
 
+def batch_loss(model, batch: Sequence[TokenSequence], pad_id: int, device, weighted: bool):
+    """The training loss of one batch: plain NLL on targets, or the RL actor's ``weighted_nll``.
+    Returns (loss, attention mask, labels) for the caller's token accounting."""
+    ids, mask, labels = collate(batch, pad_id)
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+    if weighted:
+        weights = token_weights(batch, ids.size(1)).to(device)
+        return weighted_nll(model(input_ids=ids, attention_mask=mask).logits, labels, weights), mask, labels
+    return model(input_ids=ids, attention_mask=mask, labels=labels).loss, mask, labels
+
+
 def _schedule(cfg: TrainConfig, total: int):
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -248,15 +259,8 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
         batches = batches[accelerator.process_index:: accelerator.num_processes]
         for b_index in range(progress["batch"] if epoch == progress["epoch"] else 0, len(batches)):
             batch = [sequences[i] for i in batches[b_index]]
-            ids, mask, labels = collate(batch, pad_id)
-            ids, mask, labels = ids.to(accelerator.device), mask.to(accelerator.device), labels.to(
-                accelerator.device)
             with accelerator.accumulate(model):
-                if weighted:
-                    weights = token_weights(batch, ids.size(1)).to(accelerator.device)
-                    loss = weighted_nll(model(input_ids=ids, attention_mask=mask).logits, labels, weights)
-                else:
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss, mask, labels = batch_loss(model, batch, pad_id, accelerator.device, weighted)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

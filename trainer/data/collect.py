@@ -1,5 +1,11 @@
 """Expert data: replay gold action sequences and record every step as a ``Trajectory``.
 
+With ``perturb=ε`` the same replay becomes suboptimal data for offline RL: before
+each gold action, with probability ε the agent takes a random valid action
+instead (a detour to another room, a look, a pick-up, or a wrong ``focus on``
+that fails the task), then carries on with the gold path, which may no longer
+fit the world; the environment's real rewards label what came of it.
+
 ScienceWorld gives a gold path per variation (``env.load(..., generateGoldPath=True)``
 then ``get_gold_action_sequence()``); TextWorld games (generated offline with
 ``tw-make``) carry a walkthrough.  Each trajectory is one JSON file under
@@ -40,12 +46,26 @@ def _write(path: Path, traj: Trajectory) -> None:
 _ENV = None
 
 
+#: a perturbation draws a kind of mistake first, then an action of that kind (valid actions are
+#: mostly nonsense like "connect agent to air": a uniform draw would almost never be a plausible detour)
+PERTURB_KINDS = (("go to", "open door"), ("look around", "look at"), ("pick up", "move"), ("focus on",))
+
+
+def perturbed_action(valid: list[str], rng) -> str | None:
+    kinds = [[a for a in valid if a.startswith(prefixes)] for prefixes in PERTURB_KINDS]
+    kinds = [k for k in kinds if k]
+    return rng.choice(rng.choice(kinds)) if kinds else None
+
+
 def _scienceworld_gold(job: tuple) -> tuple[str, int, int]:
-    """Play one gold path (in a worker process); returns (task, variation, steps)."""
+    """Play one gold path (in a worker process), perturbed when ε > 0; returns (task, variation, steps)."""
     global _ENV
+    import random
+
     from glider.clients.envs.scienceworld import ObservationFormatter, open_env
 
-    root, task, split, variation, max_steps = job
+    root, task, split, variation, max_steps, epsilon = job
+    rng = random.Random(f"{task}/{split}/{variation}/{epsilon}")
     if _ENV is None:
         _ENV = open_env(step_limit=max_steps + 10)
     env = _ENV
@@ -53,12 +73,19 @@ def _scienceworld_gold(job: tuple) -> tuple[str, int, int]:
     obs, info = env.reset()
     observe = ObservationFormatter()
     gold = list(env.get_gold_action_sequence())[:max_steps]
-    traj = Trajectory(id=f"scienceworld/{task}/{split}/{variation}", env="scienceworld", task_name=task,
-                      split=split, variation=variation, source="gold", task=env.get_task_description(),
-                      initial_score=float(info.get("score", 0)) / 100)
+    source = f"perturbed-{epsilon:g}" if epsilon else "gold"
+    traj = Trajectory(id=f"scienceworld/{task}/{split}/{variation}" + (f"/{source}" if epsilon else ""),
+                      env="scienceworld", task_name=task, split=split, variation=variation, source=source,
+                      task=env.get_task_description(), initial_score=float(info.get("score", 0)) / 100)
     observation = observe(obs, info)
     score = traj.initial_score
-    for action in gold:
+    actions = list(gold)
+    while actions and len(traj.steps) < max_steps:
+        action = actions[0]
+        if epsilon and rng.random() < epsilon:
+            action = perturbed_action(list(env.get_valid_action_object_combinations()), rng) or action
+        if action == actions[0]:
+            actions.pop(0)
         obs, _, done, info = env.step(action)
         new_score = float(info.get("score", 0)) / 100
         done = bool(done) or new_score < 0
@@ -74,7 +101,7 @@ def _scienceworld_gold(job: tuple) -> tuple[str, int, int]:
 
 
 def scienceworld_jobs(root: Path, split: str, tasks: list[str] | None, per_task: int, max_steps: int,
-                      offset: int = 0) -> tuple[list[tuple], int]:
+                      offset: int = 0, perturb: float = 0.0) -> tuple[list[tuple], int]:
     """The (task, variation) pairs still to collect, and how many are cached already."""
     from glider.clients.envs.scienceworld import SPLITS, open_env
 
@@ -88,7 +115,7 @@ def scienceworld_jobs(root: Path, split: str, tasks: list[str] | None, per_task:
                 if trajectory_path(root, "scienceworld", split, task, var).is_file():
                     cached += 1
                 else:
-                    jobs.append((Path(root), task, split, var, max_steps))
+                    jobs.append((Path(root), task, split, var, max_steps, perturb))
     finally:
         env.close()
     return jobs, cached
@@ -138,12 +165,17 @@ def textworld_jobs(root: Path, split: str, families: list[str] | None, per_task:
 # --- driver --------------------------------------------------------------------------
 def collect(root: Path, *, env: str = "scienceworld", split: str = "train", tasks: list[str] | None = None,
             per_task: int = 5, workers: int = 2, max_steps: int = 100, offset: int = 0,
-            games_dir: Path = Path(".glider/games"), progress: bool = True) -> dict:
-    """Collect expert trajectories (resuming), return counts {"played", "cached", "steps"}."""
+            games_dir: Path = Path(".glider/games"), perturb: float = 0.0, progress: bool = True) -> dict:
+    """Collect expert trajectories (resuming), return counts {"played", "cached", "steps"}.
+
+    ``perturb`` = ε > 0 collects perturbed replays instead (ScienceWorld; keep them under their own ``root``).
+    """
     from tqdm import tqdm
 
+    if perturb and env != "scienceworld":
+        raise ValueError("perturbed replays are collected from ScienceWorld")
     if env == "scienceworld":
-        jobs, cached = scienceworld_jobs(root, split, tasks, per_task, max_steps, offset)
+        jobs, cached = scienceworld_jobs(root, split, tasks, per_task, max_steps, offset, perturb)
         work = _scienceworld_gold
     elif env == "textworld":
         jobs, cached = textworld_jobs(root, split, tasks, per_task, max_steps, games_dir, offset)

@@ -1,0 +1,44 @@
+"""One O2O iteration against the real server: record -> train -> publish -> swap -> next episode on the new version."""
+
+from __future__ import annotations
+
+import pytest
+from glider.clients.envs.scienceworld import ScienceWorld
+from glider.clients.play import play_episode
+from glider.clients.sdk import GliderClient
+from glider.server.adapters.registry import AdapterRegistry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("method", ["glider", "ac"])
+def test_one_o2o_iteration_is_served_by_the_next_episode(method, swap_server, swap_registry, backbone_dir,
+                                                         scienceworld, gold_trajectory, tmp_path):
+    from glider.trainer.critic import CriticConfig
+    from glider.trainer.o2o import O2OConfig, OnlineLearner, area_under_curve, run_o2o
+
+    registry = AdapterRegistry(swap_registry)
+    before = {name: registry.current_version(name) for name in ("planner", "executor")}
+    cfg = O2OConfig(method=method, tasks=["find-plant"], iterations=1, episodes_per_iteration=1, max_steps=4,
+                    updates_per_episode=2, critic_steps=20, parallel=1, batch_tokens=2048,
+                    critic=CriticConfig(steps=20))
+    learner = OnlineLearner(backbone_dir, swap_registry, cfg, offline=[gold_trajectory], out_dir=tmp_path)
+    assert set(learner.roles) == {"planner"}  # the executor stays frozen unless adapt_executor
+    curve = run_o2o(swap_server.url, swap_server.record_dir, learner)
+
+    point = curve[0]
+    # the trainer consumed the episode the server recorded: its planner decisions reached the critic
+    assert point["episodes"] == 1 and point["roles"]["planner"]["decisions"] >= 1 + len(
+        [d for d in learner.offline["planner"].decisions])
+    assert point["planner"]["actor_steps"] == 2
+    new = point["versions"]["planner"]
+    assert new != before["planner"] and registry.current_version("planner") == new
+    assert registry.get("planner").manifest["stage"] == f"o2o-{method}"
+    assert registry.current_version("executor") == before["executor"]
+    assert 0.0 <= area_under_curve(curve) <= 100.0
+    # the loop returned only once the server had swapped: the next episode is served by the new planner
+    with GliderClient(swap_server.url) as client:
+        reply = client.act(observation=gold_trajectory.steps[0].observation, task=gold_trajectory.task)
+        assert reply.adapter_versions["planner"] == new
+        report = play_episode(client, ScienceWorld("find-plant", 1, env=scienceworld), max_steps=2)
+    assert len(report.steps) == 2

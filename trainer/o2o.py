@@ -1,0 +1,307 @@
+"""Stage 3, O2O: offline-to-online fine-tuning in a live loop with the server.
+
+One iteration:
+
+1. the runner plays episodes on the online task families through the server
+   (``glider.clients.play``), and the server records every step;
+2. the trainer reads the new episodes from the server's logs
+   (``glider.trainer.data.logs``; segmented by the subgoals the planner really
+   served), turns them into decisions per adapted role, and computes their
+   features with the current actor;
+3. it updates the critic on a FIFO of recent online episodes (and the offline
+   data, when given), then the actor, at most ``updates_per_episode`` steps per
+   new episode, on batches drawn from the FIFO and, ``offline_share`` of the
+   time, from the offline data;
+4. publishes the adapters; the server's watcher hot-swaps them, and the next
+   iteration is served by the new versions (the loop waits until ``/readyz``
+   reports them).
+
+The update rule is ``CriticConfig.kind``: ``glider`` (expectile V, clipped
+exp(A/λ) weights), ``awac`` (mean V, batch-normalised exp(A/λ)) or ``ac``
+(V critic, TD-error policy gradient); everything else — data, budget, the
+schedule of episodes — is shared, so their curves compare.  The executor
+stays frozen unless ``adapt_executor`` (the paper adapts the high level).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from glider.server.policy.controller import HierarchyConfig
+from glider.trainer.critic import CriticConfig
+from glider.trainer.data.hierarchy import SegmentationConfig
+from glider.trainer.data.schema import Trajectory
+from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_decisions
+from glider.trainer.sft import ADAPTER_ROLES, episodes_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class O2OConfig:
+    method: str = "glider"  # glider | awac | ac
+    tasks: list[str] = field(default_factory=lambda: ["find-plant"])  # the online (held-out) task families
+    split: str = "train"  # whose variations are played online; each iteration plays new ones
+    iterations: int = 6
+    episodes_per_iteration: int = 4
+    max_steps: int = 30
+    fifo_episodes: int = 32
+    updates_per_episode: int = 16  # actor steps per new online episode
+    critic_steps: int = 300  # critic updates per iteration (the first iteration: CriticConfig.steps)
+    adapt_executor: bool = False
+    actor_lr: float = 1e-4
+    batch_tokens: int = 4096
+    offline_share: float = 0.5  # share of actor batches from the offline data (when there is any)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    transport: str = "rest"
+    parallel: int = 2
+    swap_timeout_s: float = 60.0
+    seed: int = 0
+    max_len: int = 2048
+
+    def schedule(self, iteration: int) -> list[tuple[str, int]]:
+        """(task family, variation position) of the iteration's episodes: new variations each iteration,
+        the same schedule for every method."""
+        out = []
+        for i in range(self.episodes_per_iteration):
+            k = iteration * self.episodes_per_iteration + i
+            out.append((self.tasks[k % len(self.tasks)], k // len(self.tasks)))
+        return out
+
+
+@dataclass
+class RoleData:
+    """A role's decisions with features, for the critic, and its sequences, for the actor."""
+
+    sequences: list[TokenSequence]
+    decisions: list
+    state: object  # torch.Tensor (N, H)
+    utterance: object
+
+    def transitions(self, gamma: float, reward_scale: float = 1.0):
+        from glider.trainer.critic import Transitions
+
+        return Transitions.build(self.state, self.utterance, self.decisions, gamma, reward_scale)
+
+
+def _concat(parts: Sequence[RoleData], gamma: float, reward_scale: float):
+    from glider.trainer.critic import Transitions
+
+    return Transitions.concat([p.transitions(gamma, reward_scale) for p in parts])
+
+
+class OnlineLearner:
+    """The trainer side of the loop: one actor per adapted adapter and one critic per adapted role."""
+
+    def __init__(self, model_dir: Path, registry: Path, cfg: O2OConfig, *, mode: str = "separate",
+                 hierarchy: HierarchyConfig | None = None, offline: Sequence[Trajectory] = (),
+                 out_dir: Path | None = None):
+        import torch
+        from glider.server.adapters.registry import AdapterRegistry
+        from glider.trainer.critic import Critic
+        from glider.trainer.orl import load_policy
+        from transformers import AutoTokenizer
+
+        if cfg.method not in ("glider", "awac", "ac"):
+            raise ValueError(f"unknown O2O method {cfg.method!r} (glider | awac | ac)")
+        self.cfg = cfg
+        self.model_dir, self.registry = Path(model_dir), Path(registry)
+        self.hierarchy = hierarchy or HierarchyConfig(mode=mode)
+        self.out_dir = Path(out_dir) if out_dir is not None else self.registry.parent / "runs" / f"o2o-{cfg.method}"
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.segmentation = SegmentationConfig(method="recorded", max_len=self.hierarchy.c_max)
+        roles = {name: [r for r in rs if cfg.adapt_executor or r != "executor"]
+                 for name, rs in ADAPTER_ROLES[mode].items()}
+        self.roles = {name: rs for name, rs in roles.items() if rs}  # adapter -> the roles it learns from
+        reg = AdapterRegistry(self.registry)
+        self.models, self.optimizers, self.start_versions = {}, {}, {}
+        for name in self.roles:
+            start = reg.get(name)
+            self.start_versions[name] = start.version
+            self.models[name] = load_policy(self.model_dir, adapter=start.path, lora=None, seed=cfg.seed)
+            params = [p for p in self.models[name].parameters() if p.requires_grad]
+            self.optimizers[name] = torch.optim.AdamW(params, lr=cfg.actor_lr)
+        critic_cfg = CriticConfig(**{**asdict(cfg.critic), "kind": cfg.method})
+        dim = next(iter(self.models.values())).config.hidden_size
+        self.critics = {role: Critic(dim, critic_cfg) for rs in self.roles.values() for role in rs}
+        self.fifo: dict[str, deque[RoleData]] = {role: deque(maxlen=cfg.fifo_episodes) for role in self.critics}
+        self.offline: dict[str, RoleData] = {}
+        self.rng = random.Random(cfg.seed)
+        self.seen: set[str] = set()
+        if offline:
+            episodes = episodes_for(offline, seg=SegmentationConfig(max_len=self.hierarchy.c_max))
+            for name, rs in self.roles.items():
+                for role in rs:
+                    self.offline[role] = self._role_data(name, role, episodes)
+                    self.critics[role].fit(self.offline[role].transitions(critic_cfg.gamma, critic_cfg.reward_scale))
+
+    def _role_data(self, name: str, role: str, episodes) -> RoleData:
+        from glider.trainer.critic import decision_features
+
+        seqs, decisions = role_decisions(episodes, role, SequenceBuilder(self.tokenizer, self.cfg.max_len),
+                                         self.hierarchy)
+        state, utterance = decision_features(self.models[name], seqs, self.tokenizer.pad_token_id)
+        return RoleData(seqs, decisions, state, utterance)
+
+    # -- one update from new episodes --------------------------------------------------------
+    def update(self, trajectories: Sequence[Trajectory]) -> dict:
+        """Critic and actor updates from newly recorded episodes; returns what happened."""
+        from glider.trainer.orl import attach_weights
+
+        new = [t for t in trajectories if t.id not in self.seen and t.steps]
+        self.seen.update(t.id for t in new)
+        if not new:
+            return {"episodes": 0}
+        episodes = episodes_for(new, seg=self.segmentation)
+        stats: dict = {"episodes": len(new), "roles": {}}
+        for name, rs in self.roles.items():
+            for role in rs:
+                for ep in episodes:  # one FIFO entry per episode
+                    self.fifo[role].append(self._role_data(name, role, [ep]))
+            pools = []
+            for role in rs:
+                critic = self.critics[role]
+                c = critic.cfg
+                online = list(self.fifo[role])
+                data = _concat(online + ([self.offline[role]] if role in self.offline else []), c.gamma,
+                               c.reward_scale)
+                losses = critic.fit(data, self.cfg.critic_steps)
+                weights = critic.actor_weights(data)
+                at = 0
+                for part in online + ([self.offline[role]] if role in self.offline else []):
+                    n = len(part.decisions)
+                    attach_weights(part.sequences, weights[at: at + n])
+                    at += n
+                pools.append(([s for part in online for s in part.sequences],
+                              self.offline[role].sequences if role in self.offline else []))
+                stats["roles"][role] = {"decisions": len(data), "critic_loss": losses,
+                                        "advantage_std": float(critic.advantages(data).std())
+                                        if len(data) > 1 else 0.0}
+            online_seqs = [s for on, _ in pools for s in on]
+            offline_seqs = [s for _, off in pools for s in off]
+            stats[name] = self._actor_steps(name, online_seqs, offline_seqs,
+                                            self.cfg.updates_per_episode * len(new))
+        return stats
+
+    def _actor_steps(self, name: str, online: list[TokenSequence], offline: list[TokenSequence], steps: int
+                     ) -> dict:
+        import torch
+        from glider.trainer.training import batch_loss, bucket_batches
+
+        model, optimizer = self.models[name], self.optimizers[name]
+        device = next(model.parameters()).device
+        pools = [p for p in (online, offline) if p]
+        batches = {id(p): bucket_batches([len(s) for s in p], self.cfg.batch_tokens, self.rng.randrange(10**6), 0)
+                   for p in pools}
+        model.train()
+        losses = []
+        for _ in range(steps):
+            pool = offline if offline and (not online or self.rng.random() < self.cfg.offline_share) else online
+            batch = [pool[i] for i in self.rng.choice(batches[id(pool)])]
+            loss, _, _ = batch_loss(model, batch, self.tokenizer.pad_token_id, device, weighted=True)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        return {"actor_steps": steps, "actor_loss": sum(losses) / max(1, len(losses))}
+
+    def publish(self, iteration: int) -> dict[str, str]:
+        from glider.trainer.publish import publish_adapter
+
+        versions = {}
+        for name, model in self.models.items():
+            adapter_dir = self.out_dir / f"iter-{iteration:03d}" / name
+            model.save_pretrained(adapter_dir, safe_serialization=True)
+            versions[name] = publish_adapter(self.registry, name, adapter_dir, self.model_dir,
+                                             stage=f"o2o-{self.cfg.method}",
+                                             metrics={"iteration": iteration}).version
+        return versions
+
+
+# --- the loop ------------------------------------------------------------------------
+def wait_for_versions(server: str, versions: dict[str, str], timeout: float) -> float:
+    """Block until the server's /readyz reports ``versions``; returns the seconds it took."""
+    from glider.clients.sdk import GliderClient
+
+    t0 = time.monotonic()
+    with GliderClient(server) as client:
+        while True:
+            health = client.ready()
+            if health is not None and all(health.adapters.get(n) == v for n, v in versions.items()):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"server {server} did not swap to {versions} within {timeout:.0f}s "
+                                   f"(it serves {health.adapters if health else 'nothing'})")
+            time.sleep(0.2)
+
+
+def read_episodes(record_dir: Path, episode_ids: Sequence[str], timeout: float = 30.0) -> list[Trajectory]:
+    """The recorded trajectories of ``episode_ids``, once the server's writer has flushed their closing
+    records (each episode ends with a ``done`` record)."""
+    from glider.trainer.data.logs import log_files, read_records, trajectories_from_records
+
+    wanted = set(episode_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for r in read_records(log_files(record_dir, include_open=True)) if r["episode_id"] in wanted]
+        closed = {r["episode_id"] for r in records if r.get("done")}
+        if closed >= wanted or time.monotonic() > deadline:
+            if closed < wanted:
+                log.warning("episodes %s not closed in the logs after %.0fs; using what is there",
+                            sorted(wanted - closed), timeout)
+            return trajectories_from_records(records)
+        time.sleep(0.2)
+
+
+def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir: Path = Path(".glider/games"),
+            on_iteration=None) -> list[dict]:
+    """Play → record → update → publish → swap, ``cfg.iterations`` times; returns the learning curve."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from glider.clients.play import play_job
+
+    cfg = learner.cfg
+    curve: list[dict] = []
+    played = 0
+    learner.out_dir.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
+        for it in range(cfg.iterations):
+            t0 = time.monotonic()
+            jobs = [("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir))
+                    for task, pos in cfg.schedule(it)]
+            reports = list(pool.map(play_job, jobs))
+            played += len(reports)
+            play_s = time.monotonic() - t0
+            trajs = read_episodes(record_dir, [r.episode_id for r in reports])
+            t1 = time.monotonic()
+            stats = learner.update(trajs)
+            versions = learner.publish(it + 1)
+            train_s = time.monotonic() - t1
+            swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)
+            point = {"iteration": it, "episodes": played,
+                     "score": sum(max(0.0, r.score) for r in reports) / len(reports),
+                     "best": sum(max(0.0, r.max_score) for r in reports) / len(reports),
+                     "tasks": {r.task_name: max(0.0, r.score) for r in reports},
+                     "versions": versions, "play_s": play_s, "train_s": train_s, "swap_s": swap_s, **stats}
+            curve.append(point)
+            (learner.out_dir / "curve.json").write_text(json.dumps(curve, indent=2, default=str))
+            log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,
+                     point["score"], len(reports), versions, swap_s)
+            if on_iteration is not None:
+                on_iteration(point)
+    return curve
+
+
+def area_under_curve(curve: Sequence[dict]) -> float:
+    """Mean score over the online episodes played (the curve's area per episode), ×100."""
+    total = sum(p["score"] * (p["episodes"] - (curve[i - 1]["episodes"] if i else 0)) for i, p in enumerate(curve))
+    return 100 * total / max(1, curve[-1]["episodes"]) if curve else float("nan")
