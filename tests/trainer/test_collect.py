@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from glider.clients.cli import app
 from glider.trainer.data.collect import collect, load_collected
 from glider.trainer.data.hierarchy import annotate, high_level_transitions
@@ -40,3 +41,33 @@ def test_data_build_command_writes_the_datasets(expert_root, tmp_path):
     bad = CliRunner().invoke(app, ["data", "build", "--out", str(out), "--source", str(expert_root),
                                    "--annotator", "llm"])
     assert bad.exit_code == 2 and "--llm-url" in bad.output
+
+
+def test_perturbed_replays_take_detours_and_keep_real_rewards(tmp_path, expert_root, gold_trajectory):
+    import random
+
+    from glider.trainer.data.collect import PERTURB_KINDS, perturbed_action
+
+    valid = ["connect agent to air", "go to kitchen", "open door to hallway", "look around", "focus on apple",
+             "pick up apple", "eat apple"]
+    draws = {perturbed_action(valid, random.Random(i)) for i in range(200)}
+    assert draws == {a for a in valid if a.startswith(tuple(p for k in PERTURB_KINDS for p in k))}
+    assert perturbed_action(["connect agent to air"], random.Random(0)) is None
+
+    counts = collect(tmp_path / "perturbed", tasks=["find-plant"], per_task=1, workers=1, perturb=0.5,
+                     max_steps=30, progress=False)
+    assert counts["played"] == 1
+    (traj,) = load_collected(tmp_path / "perturbed")
+    assert traj.source == "perturbed-0.5" and traj.id.endswith("/perturbed-0.5")
+    gold = [s.action for s in gold_trajectory.steps]
+    detours = [s.action for s in traj.steps if s.action not in gold]
+    assert detours, "ε = 0.5 takes random valid actions"
+    # rewards are the environment's own score deltas, whatever the detours did
+    score = traj.initial_score
+    for step in traj.steps:
+        assert step.reward == pytest.approx(step.score - score, abs=1e-6)
+        score = step.score
+    assert len(traj.steps) <= 30
+    # the same replay again is cached, not replayed
+    assert collect(tmp_path / "perturbed", tasks=["find-plant"], per_task=1, workers=1, perturb=0.5,
+                   progress=False)["cached"] == 1

@@ -204,3 +204,20 @@ def test_orl_prefers_the_high_return_action_where_bc_copies_the_frequent_one(tin
     assert bc_margin < 0, f"BC should copy the frequent rock ({bc_margin:.2f})"
     assert orl_margin > 0, f"ORL should prefer the coin ({orl_margin:.2f}); {stats}"
     assert (tmp_path / "orl" / "flat" / "critic-flat.safetensors").is_file()
+
+
+def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
+    from glider.clients.cli import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    bad_init = runner.invoke(app, ["train", "orl", "--init", "nope", "--data", str(tmp_path)])
+    assert bad_init.exit_code == 2 and "sft | scratch" in bad_init.output
+    no_data = runner.invoke(app, ["train", "orl", "--data", str(tmp_path), "--perturbed", str(tmp_path)])
+    assert no_data.exit_code == 2 and "glider data collect" in no_data.output
+    bad_method = runner.invoke(app, ["train", "o2o", "--method", "ppo"])
+    assert bad_method.exit_code == 2 and "glider | awac | ac" in bad_method.output
+    bad_tasks = runner.invoke(app, ["train", "o2o", "--tasks", "find-unicorn"])
+    assert bad_tasks.exit_code == 2 and "find-unicorn" in bad_tasks.output
+    bad_eps = runner.invoke(app, ["data", "collect", "--perturb", "1.5", "--out", str(tmp_path)])
+    assert bad_eps.exit_code == 2 and "[0, 1)" in bad_eps.output
