@@ -143,16 +143,18 @@ class Transitions:
 
 
 @torch.no_grad()
-def decision_features(model, sequences: Sequence[TokenSequence], pad_id: int, batch_tokens: int = 8192
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def decision_features(model, sequences: Sequence[TokenSequence], pad_id: int, batch_tokens: int = 8192,
+                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(state, utterance) hidden states of every target span, in (sequence, span) order; no gradient."""
     from glider.trainer.training import bucket_batches, collate
+    from tqdm import tqdm
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     per_seq: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for batch in bucket_batches([len(s) for s in sequences], batch_tokens, 0, 0):
+    batches = bucket_batches([len(s) for s in sequences], batch_tokens, 0, 0)
+    for batch in tqdm(batches, desc="critic features", unit="batch", disable=not progress):
         ids, mask, _ = collate([sequences[i] for i in batch], pad_id)
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
         hidden = out.hidden_states[-1].float().cpu()

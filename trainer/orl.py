@@ -98,7 +98,7 @@ def critic_and_weights(model, sequences: Sequence[TokenSequence], decisions, pad
     """Fit a critic on the role's decisions (features from ``model``) and return it with the actor weights."""
     from glider.trainer.critic import Critic, Transitions, decision_features
 
-    state, utterance = decision_features(model, sequences, pad_id)
+    state, utterance = decision_features(model, sequences, pad_id, progress=progress)
     data = Transitions.build(state, utterance, decisions, cfg.gamma, cfg.reward_scale)
     critic = Critic(state.size(-1), cfg)
     losses = critic.fit(data, progress=progress)
