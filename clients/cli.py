@@ -225,12 +225,16 @@ def play(
     tasks = [t for t in task.split(",") if t]
     if server is None:
         server = "127.0.0.1:50051" if transport == "grpc" else "http://127.0.0.1:8000"
-    with Progress(console=console) as progress:
-        bar = progress.add_task("episodes", total=len(tasks) * len(positions))
-        reports = play_many(tasks, split, positions, transport=transport, server=server,
-                            parallel=parallel, max_steps=max_steps, env=env,
-                            games_dir=_settings().home / "games",
-                            on_done=lambda r: progress.advance(bar))
+    try:
+        with Progress(console=console) as progress:
+            bar = progress.add_task("episodes", total=len(tasks) * len(positions))
+            reports = play_many(tasks, split, positions, transport=transport, server=server,
+                                parallel=parallel, max_steps=max_steps, env=env,
+                                games_dir=_settings().home / "games",
+                                on_done=lambda r: progress.advance(bar))
+    except ValueError as exc:  # a variation the split does not have, an unknown task family
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     table = Table("task", "episodes", "score ×100", "best ×100", "steps", "subgoals")
     for name in tasks:
         rs = [r for r in reports if r.task_name == name]

@@ -37,3 +37,6 @@ def test_play_command_prints_a_summary(vllm_server):
     assert "boil" in result.output and "score ×100" in result.output
     bad = CliRunner().invoke(app, ["play", "--variations", "nope"])
     assert bad.exit_code == 2 and "dev:0-9" in bad.output
+    beyond = CliRunner().invoke(app, ["play", "--task", "identify-life-stages-1", "--variations", "train:40",
+                                      "--server", vllm_server.url, "--parallel", "1", "--max-steps", "1"])
+    assert beyond.exit_code == 2 and "train variations, not 41" in beyond.output, beyond.output
