@@ -76,11 +76,13 @@ class Agent:
         self.adapters.start_watching()
 
     async def close(self) -> None:
-        await self.adapters.close()
-        await self.backend.close()
-        await self.store.close()
-        if self.recorder is not None:
-            self.recorder.close()
+        try:
+            await self.adapters.close()
+            await self.backend.close()
+            await self.store.close()
+        finally:  # the trainer reads only sealed logs: seal them even if an engine shutdown fails
+            if self.recorder is not None:
+                self.recorder.close()
 
     @property
     def ready(self) -> bool:
