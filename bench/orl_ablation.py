@@ -85,12 +85,15 @@ def main() -> None:
     p.add_argument("--modes", default="flat,separate")
     p.add_argument("--inits", default="sft,scratch")
     p.add_argument("--actor-epochs", type=float, default=1.0)
-    p.add_argument("--actor-minutes", type=float, default=6.0, help="time cap per adapter set and init")
+    p.add_argument("--actor-minutes", type=float, default=6.0,
+                   help="actor time budget per mode and init (shared by a mode's adapters by data size)")
     p.add_argument("--lr", type=float, default=5e-4, help="actor lr from SFT")
     p.add_argument("--scratch-lr", type=float, default=2e-3, help="actor lr from a fresh LoRA (SFT's)")
     p.add_argument("--expectile", type=float, default=0.9)
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--eval-tasks", default="", help="families to evaluate (default: every trained one); "
+                                                    "'half' = every other one in sorted order")
     p.add_argument("--max-steps", type=int, default=50)
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--step-bench", type=int, default=10, help="steps per side of the step-time comparison (0: skip)")
@@ -106,6 +109,10 @@ def main() -> None:
     rollouts = trajectories_from_logs(args.logs, include_open=True) if args.logs.is_dir() else []
     trajs = expert + perturbed + rollouts
     tasks = sorted({t.task_name for t in expert})
+    if args.eval_tasks == "half":
+        tasks = tasks[::2]
+    elif args.eval_tasks:
+        tasks = [t for t in args.eval_tasks.split(",") if t]
     args.out.mkdir(parents=True, exist_ok=True)
     state_file = args.out / "versions.json"
     versions: dict = json.loads(state_file.read_text()) if args.reuse and state_file.is_file() else {}

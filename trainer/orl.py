@@ -137,9 +137,13 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
     sources: dict[str, int] = {}
     for t in trajectories:
         sources[t.source] = sources.get(t.source, 0) + 1
+    # every adapter's decisions up front: the actor's time budget is shared by data size, as in SFT
+    jobs = {name: {role: role_decisions(episodes, role, SequenceBuilder(tokenizer, cfg.max_len), hierarchy)
+                   for role in roles} for name, roles in ADAPTER_ROLES[cfg.mode].items()}
+    total_tokens = sum(len(s) for per_role in jobs.values() for seqs, _ in per_role.values() for s in seqs)
     metrics: dict = {"mode": cfg.mode, "init": cfg.init, "trajectories": sources,
                      "config": {"critic": asdict(cfg.critic), "actor": asdict(cfg.actor)}, "adapters": {}}
-    for name, roles in ADAPTER_ROLES[cfg.mode].items():
+    for name, per_role in jobs.items():
         start_adapter = None
         if cfg.init == "sft":
             start = AdapterRegistry(registry).get(name, (start_versions or {}).get(name))
@@ -149,9 +153,7 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         entry: dict = {"roles": {}}
         t0 = time.monotonic()
         all_seqs: list[TokenSequence] = []
-        for role in roles:
-            builder = SequenceBuilder(tokenizer, cfg.max_len)
-            seqs, decisions = role_decisions(episodes, role, builder, hierarchy)
+        for role, (seqs, decisions) in per_role.items():
             critic, data, adv, weights, losses = critic_and_weights(model, seqs, decisions, tokenizer.pad_token_id,
                                                                     cfg.critic, progress=progress)
             attach_weights(seqs, weights)
@@ -163,9 +165,13 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
             log.info("%s/%s: %d decisions, critic %s, advantage %.3f±%.3f", name, role, len(decisions), losses,
                      entry["roles"][role].get("advantage_mean", 0.0), entry["roles"][role].get("advantage_std", 0.0))
         entry["critic_seconds"] = time.monotonic() - t0
-        fingerprint = run_fingerprint(cfg.actor, all_seqs, base_model_identity(model_dir), cfg.init,
+        actor_cfg = cfg.actor
+        if actor_cfg.max_minutes is not None:  # the stage's budget, shared by the adapters by data size
+            actor_cfg = TrainConfig(**{**asdict(actor_cfg), "max_minutes": actor_cfg.max_minutes * sum(
+                len(s) for s in all_seqs) / max(1, total_tokens)})
+        fingerprint = run_fingerprint(actor_cfg, all_seqs, base_model_identity(model_dir), cfg.init,
                                       str(start_adapter), name, "orl")
-        result = train(model, all_seqs, cfg.actor, out_dir / name, pad_id=tokenizer.pad_token_id,
+        result = train(model, all_seqs, actor_cfg, out_dir / name, pad_id=tokenizer.pad_token_id,
                        name=f"orl-{name}", fingerprint=fingerprint)
         entry.update(result.as_dict())
         entry["tokens"] = sum(len(s) for s in all_seqs)
