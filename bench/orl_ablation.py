@@ -83,7 +83,8 @@ def main() -> None:
     p.add_argument("--logs", type=Path, default=ROOT / ".glider" / "orl" / "episodes")
     p.add_argument("--per-task", type=int, default=6)
     p.add_argument("--modes", default="flat,separate")
-    p.add_argument("--inits", default="sft,scratch")
+    p.add_argument("--runs", default="flat:sft,flat:scratch,separate:sft,separate:scratch",
+                   help="which ORL trainings (mode:init) to run; the grid shows what exists")
     p.add_argument("--actor-epochs", type=float, default=1.0)
     p.add_argument("--actor-minutes", type=float, default=6.0,
                    help="actor time budget per mode and init (shared by a mode's adapters by data size)")
@@ -131,8 +132,9 @@ def main() -> None:
                  f"{sum(t.final_score for t in rollouts) / max(1, len(rollouts)):.2f}")
     print(data_line, flush=True)
     train_rows = []
+    runs = [tuple(r.split(":")) for r in args.runs.split(",") if r]
     for mode in [m for m in args.modes.split(",") if m]:
-        for init in [i for i in args.inits.split(",") if i]:
+        for init in [i for m, i in runs if m == mode]:
             key = f"{'SFT+ORL' if init == 'sft' else 'ORL'}/{mode}"
             metrics_file = args.home / "runs" / f"orl-{mode}-{init}" / "orl_metrics.json"
             if key not in versions or not metrics_file.is_file():
@@ -172,17 +174,23 @@ def main() -> None:
                 if key not in versions:
                     continue
                 wanted = {n: v for n, v in versions[key].items() if n in ADAPTER_ROLES[mode]}
+                label = f"{LABEL[mode]} {stage}"
+                run_out = args.out / f"{mode}-{stage.replace('+', '-')}"
+                done = run_out / "summary.json"
+                if args.reuse and done.is_file() and json.loads(done.read_text()).get("meta", {}).get(
+                        "versions") == wanted and json.loads(done.read_text()).get("meta", {}).get("tasks") == tasks:
+                    summaries[label] = json.loads(done.read_text())
+                    tables.append(f"### {label} ({wanted}; earlier run)\n\n" + table_markdown(summaries[label]))
+                    continue
                 with GliderClient(server.url) as client:
                     for name, version in wanted.items():
                         client.load_adapter(name, version, token=ADMIN_TOKEN)
                 cfg = EvalConfig(server=server.url, transport="rest", tasks=tasks, episodes_per_task=args.episodes,
                                  max_steps=args.max_steps, parallel=args.parallel)
                 t0 = time.monotonic()
-                label = f"{LABEL[mode]} {stage}"
                 with tqdm(total=len(plan_episodes(cfg)), desc=label, unit="episode") as bar:
                     results = run_episodes(cfg, on_done=lambda r: bar.update(1))
-                summary = write_report(results, args.out / f"{mode}-{stage.replace('+', '-')}", label=label,
-                                       meta={"versions": wanted})
+                summary = write_report(results, run_out, label=label, meta={"versions": wanted, "tasks": tasks})
                 summaries[label] = summary
                 tables.append(f"### {label} ({wanted}; {(time.monotonic() - t0) / 60:.1f} min)\n\n"
                               + table_markdown(summary))
