@@ -212,16 +212,23 @@ class Critic(nn.Module):
             return {}
         gen = torch.Generator().manual_seed(self.cfg.seed)
         last: dict[str, float] = {}
-        for _ in tqdm(range(steps), desc=f"critic ({self.cfg.kind})", disable=not progress, unit="step"):
-            idx = torch.randperm(len(data), generator=gen)[: self.cfg.batch_size]
-            losses = self.losses(data, idx)
-            self.optimizer.zero_grad()
-            sum(losses.values()).backward()
-            self.optimizer.step()
-            polyak_update(self.v_target, self.v, self.cfg.polyak)
-            if self.q is not None:
-                polyak_update(self.q_target, self.q, self.cfg.polyak)
-            last = {k: float(v.detach()) for k, v in losses.items()}
+        # the heads' ops are tiny: one thread is as fast, and immune to the OpenMP spin-waiting that makes
+        # them ~100x slower when another process (a server, a training run) shares the cores
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for _ in tqdm(range(steps), desc=f"critic ({self.cfg.kind})", disable=not progress, unit="step"):
+                idx = torch.randperm(len(data), generator=gen)[: self.cfg.batch_size]
+                losses = self.losses(data, idx)
+                self.optimizer.zero_grad()
+                sum(losses.values()).backward()
+                self.optimizer.step()
+                polyak_update(self.v_target, self.v, self.cfg.polyak)
+                if self.q is not None:
+                    polyak_update(self.q_target, self.q, self.cfg.polyak)
+                last = {k: float(v.detach()) for k, v in losses.items()}
+        finally:
+            torch.set_num_threads(threads)
         return last
 
     @torch.no_grad()
