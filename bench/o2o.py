@@ -74,12 +74,24 @@ def main() -> None:
     p.add_argument("--actor-lr", type=float, default=2e-4)
     p.add_argument("--offline-per-task", type=int, default=2, help="expert trajectories interleaved per family")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--report-only", action="store_true", help="redraw the report from an earlier run's curves.json")
     args = p.parse_args()
 
     online = [t for t in args.online.split(",") if t]
     offline_tasks = [t for t in TASK_FAMILIES if t not in online and t not in SLOW_TASKS]
     out = args.out or args.home / "report"
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        curves = json.loads((out / "curves.json").read_text())
+        for curve in curves.values():  # curves written before the key fix held per-iteration counts
+            if len(curve) > 1 and curve[1]["episodes"] <= curve[0]["episodes"]:
+                for i, pt in enumerate(curve):
+                    pt["episodes"] = (i + 1) * args.episodes
+        timings = {m: sum(pt["play_s"] + pt["train_s"] + pt["swap_s"] for pt in c) / 60 for m, c in curves.items()}
+        trajs = load_collected(args.data, "scienceworld", "train", offline_tasks, args.per_task)
+        offline = load_collected(args.data, "scienceworld", "train", offline_tasks, args.offline_per_task)
+        report(curves, timings, out, args, online, offline_tasks, trajs, offline)
+        return
     model = args.home / "backbone"
     if not model.is_dir():
         args.home.mkdir(parents=True, exist_ok=True)
@@ -124,7 +136,10 @@ def main() -> None:
             timings[method] = (time.monotonic() - t0) / 60
         finally:
             server.close()
+    report(curves, timings, out, args, online, offline_tasks, trajs, offline)
 
+
+def report(curves, timings, out: Path, args, online, offline_tasks, trajs, offline) -> None:
     plot(curves, out / "curves.png")
     (out / "curves.json").write_text(json.dumps(curves, indent=2, default=str))
     lines = [f"# O2O on held-out families ({machine()})\n",

@@ -158,9 +158,9 @@ class OnlineLearner:
         new = [t for t in trajectories if t.id not in self.seen and t.steps]
         self.seen.update(t.id for t in new)
         if not new:
-            return {"episodes": 0}
+            return {"new_episodes": 0}
         episodes = episodes_for(new, seg=self.segmentation)
-        stats: dict = {"episodes": len(new), "roles": {}}
+        stats: dict = {"new_episodes": len(new), "roles": {}}
         for name, rs in self.roles.items():
             for role in rs:
                 for ep in episodes:  # one FIFO entry per episode
@@ -287,11 +287,11 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
             versions = learner.publish(it + 1)
             train_s = time.monotonic() - t1
             swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)
-            point = {"iteration": it, "episodes": played,
+            point = {**stats, "iteration": it, "episodes": played,  # cumulative online episodes
                      "score": sum(max(0.0, r.score) for r in reports) / len(reports),
                      "best": sum(max(0.0, r.max_score) for r in reports) / len(reports),
                      "tasks": {r.task_name: max(0.0, r.score) for r in reports},
-                     "versions": versions, "play_s": play_s, "train_s": train_s, "swap_s": swap_s, **stats}
+                     "versions": versions, "play_s": play_s, "train_s": train_s, "swap_s": swap_s}
             curve.append(point)
             (learner.out_dir / "curve.json").write_text(json.dumps(curve, indent=2, default=str))
             log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,

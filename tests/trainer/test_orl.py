@@ -221,3 +221,11 @@ def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
     assert bad_tasks.exit_code == 2 and "find-unicorn" in bad_tasks.output
     bad_eps = runner.invoke(app, ["data", "collect", "--perturb", "1.5", "--out", str(tmp_path)])
     assert bad_eps.exit_code == 2 and "[0, 1)" in bad_eps.output
+
+
+def test_area_under_the_curve_weights_each_iteration_by_its_episodes():
+    from glider.trainer.o2o import area_under_curve
+
+    curve = [{"episodes": 4, "score": 0.1}, {"episodes": 8, "score": 0.3}, {"episodes": 16, "score": 0.5}]
+    assert area_under_curve(curve) == pytest.approx(100 * (0.1 * 4 + 0.3 * 4 + 0.5 * 8) / 16)
+    assert math.isnan(area_under_curve([]))
