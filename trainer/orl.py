@@ -54,7 +54,7 @@ class ORLConfig:
     max_len: int = 2048
 
 
-def load_policy(model_dir: Path, *, adapter: Path | None, lora: LoraSettings, seed: int = 0):
+def load_policy(model_dir: Path, *, adapter: Path | None, lora: LoraSettings | None, seed: int = 0):
     """The backbone with a trainable LoRA: ``adapter``'s weights, or a fresh one (B = 0) when None."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -64,6 +64,8 @@ def load_policy(model_dir: Path, *, adapter: Path | None, lora: LoraSettings, se
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter is not None:
         return PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+    if lora is None:
+        raise ValueError("a fresh adapter needs its LoRA settings")
     return get_peft_model(base, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
 
