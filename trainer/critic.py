@@ -239,9 +239,10 @@ class Critic(nn.Module):
         return self.q_target(data.utterance).squeeze(-1) - self.v(data.state).squeeze(-1)
 
     @torch.no_grad()
-    def actor_weights(self, data: Transitions) -> torch.Tensor:
-        """Per-decision actor weights under this critic's update rule."""
-        adv = self.advantages(data)
+    def actor_weights(self, data: Transitions, advantage: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-decision actor weights under this critic's update rule (from ``advantage`` when the
+        caller has it already)."""
+        adv = self.advantages(data) if advantage is None else advantage
         cfg = self.cfg
         if cfg.kind == "ac":
             return adv / adv.std().clamp(min=1e-6) if adv.numel() > 1 else adv

@@ -170,20 +170,17 @@ class OnlineLearner:
                 critic = self.critics[role]
                 c = critic.cfg
                 online = list(self.fifo[role])
-                data = _concat(online + ([self.offline[role]] if role in self.offline else []), c.gamma,
-                               c.reward_scale)
+                offline = [self.offline[role]] if role in self.offline else []
+                data = _concat(online + offline, c.gamma, c.reward_scale)
                 losses = critic.fit(data, self.cfg.critic_steps)
-                weights = critic.actor_weights(data)
-                at = 0
-                for part in online + ([self.offline[role]] if role in self.offline else []):
-                    n = len(part.decisions)
-                    attach_weights(part.sequences, weights[at: at + n])
-                    at += n
+                adv = critic.advantages(data)
+                # the transitions are the parts' decisions in order, as are their sequences' spans
+                attach_weights([s for part in online + offline for s in part.sequences],
+                               critic.actor_weights(data, adv))
                 pools.append(([s for part in online for s in part.sequences],
-                              self.offline[role].sequences if role in self.offline else []))
+                              [s for part in offline for s in part.sequences]))
                 stats["roles"][role] = {"decisions": len(data), "critic_loss": losses,
-                                        "advantage_std": float(critic.advantages(data).std())
-                                        if len(data) > 1 else 0.0}
+                                        "advantage_std": float(adv.std()) if len(data) > 1 else 0.0}
             online_seqs = [s for on, _ in pools for s in on]
             offline_seqs = [s for _, off in pools for s in off]
             stats[name] = self._actor_steps(name, online_seqs, offline_seqs,

@@ -105,7 +105,7 @@ def critic_and_weights(model, sequences: Sequence[TokenSequence], decisions, pad
     critic = Critic(state.size(-1), cfg)
     losses = critic.fit(data, progress=progress)
     adv = critic.advantages(data)
-    weights = critic.actor_weights(data)
+    weights = critic.actor_weights(data, adv)
     return critic, data, adv, weights, losses
 
 
