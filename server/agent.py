@@ -28,7 +28,7 @@ from glider.server.policy import (
 )
 from glider.server.policy.controller import PolicyGeneration
 from glider.server.settings import Settings
-from glider.server.store.base import EpisodeStore, StoreFull
+from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ class Agent:
     async def start(self) -> None:
         if self.recorder is not None:
             self.recorder.start()
+        try:  # a store that is down now may be up by the first step: say so, do not die
+            await self.store.check()
+        except StoreUnavailable as exc:
+            log.warning("%s; steps will answer 503 until it is reachable", exc)
         await self.backend.start()
         await self.adapters.start()
         self.adapters.start_watching()

@@ -19,7 +19,7 @@ from glider.server.api.rest import BodyLimit, create_app
 from glider.server.backends.base import create_backend
 from glider.server.metrics import Metrics
 from glider.server.settings import Settings
-from glider.server.store.memory import MemoryEpisodeStore
+from glider.server.store import create_store
 from glider.server.store.recorder import TrajectoryRecorder
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def build_agent(settings: Settings) -> Agent:
     return Agent(
         settings=settings,
         backend=create_backend(settings),
-        store=MemoryEpisodeStore(ttl_s=settings.episode_ttl_s, max_episodes=settings.max_episodes),
+        store=create_store(settings),
         registry=AdapterRegistry(settings.adapters_dir()),
         metrics=metrics,
         recorder=recorder,

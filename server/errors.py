@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from glider.server.adapters.registry import AdapterNotFound, InvalidAdapter
 from glider.server.backends.base import BackendError
-from glider.server.store.base import EpisodeBusy, EpisodeExists, EpisodeNotFound, StoreFull
+from glider.server.store.base import (
+    EpisodeBusy,
+    EpisodeExists,
+    EpisodeNotFound,
+    StoreFull,
+    StoreUnavailable,
+)
 
 
 class GliderError(Exception):
@@ -45,6 +51,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (Unauthorized, "unauthorized", 401, "UNAUTHENTICATED"),
     (Forbidden, "forbidden", 403, "PERMISSION_DENIED"),
     (BackendError, "backend_unavailable", 503, "UNAVAILABLE"),
+    (StoreUnavailable, "store_unavailable", 503, "UNAVAILABLE"),
 ]
 
 

@@ -20,6 +20,13 @@ class BackendKind(str, Enum):
     hf = "hf"
 
 
+class StoreKind(str, Enum):
+    """Where episode state lives: this process (``memory``) or Redis, shared by replicas."""
+
+    memory = "memory"
+    redis = "redis"
+
+
 class PolicyMode(str, Enum):
     """How the planner and the executor map onto adapters.
 
@@ -96,6 +103,15 @@ class Settings(BaseSettings):
     )
     episode_ttl_s: float = Field(3600.0, gt=0)
     max_episodes: int = Field(10000, ge=1)
+    store: StoreKind = StoreKind.memory
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis of the episode store (may hold a password, so never logged).")
+    redis_prefix: str = Field("glider:", description="Key prefix, to share one Redis database.")
+    redis_timeout_s: float = Field(5.0, gt=0, description="Redis connect and command timeout.")
+    step_lease_s: float = Field(
+        120.0, gt=0, description="Longest a step may hold its episode (Redis store) before "
+        "another step may take it, so a replica that dies mid-step blocks no episode for good.")
 
     def model_dir(self) -> Path:
         return self.model if self.model is not None else self.home / "backbone"

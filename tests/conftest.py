@@ -114,12 +114,17 @@ def swap_registry(adapters_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def servers(backbone_dir, adapters_dir, swap_registry, tmp_path_factory):
-    """The real servers, started together so their model loads overlap."""
+def servers(backbone_dir, adapters_dir, swap_registry, redis_server, tmp_path_factory):
+    """The real servers, started together so their model loads overlap.
+
+    ``vllm`` and ``hf`` are two replicas of one deployment: same adapters, episodes in one Redis,
+    so an episode may move between them; ``vllm_swap`` keeps its episodes in memory.
+    """
     logs = tmp_path_factory.mktemp("logs")
+    shared = {"GLIDER_STORE": "redis", "GLIDER_REDIS_URL": redis_server.url_of(1)}
     procs = {
-        "vllm": ServerProcess("vllm", backbone_dir, adapters_dir, logs / "vllm.log"),
-        "hf": ServerProcess("hf", backbone_dir, adapters_dir, logs / "hf.log"),
+        "vllm": ServerProcess("vllm", backbone_dir, adapters_dir, logs / "vllm.log", **shared),
+        "hf": ServerProcess("hf", backbone_dir, adapters_dir, logs / "hf.log", **shared),
         "vllm_swap": ServerProcess("vllm", backbone_dir, swap_registry, logs / "vllm_swap.log",
                                    GLIDER_ADMIN_TOKEN=ADMIN_TOKEN, GLIDER_ADAPTER_POLL_S="0.2"),
     }
@@ -200,3 +205,20 @@ def tiny_model_dir(backbone_dir, gold_trajectory, tmp_path_factory):
                            tmp_path_factory.mktemp("warmup"))
     assert info["train_loss"] < info["first_loss"] and warmup_info(out)["steps"] == 150
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the session; tests that stop or restart it start their own."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_server.flush()
+    return redis_server.url

@@ -30,6 +30,10 @@ class StoreFull(RuntimeError):
     pass
 
 
+class StoreUnavailable(RuntimeError):
+    """The store's backing service (Redis) cannot be reached: the step can be retried."""
+
+
 class EpisodeStore(ABC):
     @abstractmethod
     async def create(self, state: EpisodeState) -> None: ...
@@ -51,6 +55,9 @@ class EpisodeStore(ABC):
 
     @abstractmethod
     async def count(self) -> int: ...
+
+    async def check(self) -> None:  # noqa: B027 - optional hook
+        """Raise ``StoreUnavailable`` when the backing service cannot be reached."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         pass

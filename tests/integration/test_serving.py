@@ -108,3 +108,19 @@ def test_metrics_count_steps_and_roles(server):
                    'glider_generations_total{role="executor"}', "glider_generated_tokens_total",
                    "glider_active_episodes", 'glider_request_latency_seconds_bucket{le="0.1",route="/act"}'):
         assert needle in text, needle
+
+
+def test_an_episode_moves_between_replicas_that_share_redis(vllm_server, hf_server):
+    """Two server processes on one Redis: each step may land on either, as behind a Service."""
+    with GliderClient(vllm_server.url) as a, GliderClient(hf_server.url) as b:
+        first = a.act(observation="obs-0", task="find a plant")
+        eid = first.episode_id
+        for i, replica in enumerate([b, a, b], start=1):
+            assert replica.act(observation=f"obs-{i}", episode_id=eid, step=i).step == i
+        with pytest.raises(GliderAPIError) as stale:  # a step already answered, on the other replica
+            a.act(observation="again", episode_id=eid, step=2)
+        assert stale.value.status == 409
+        view_a, view_b = a.get_episode(eid), b.get_episode(eid)
+    assert view_a == view_b and view_a.step == 4
+    turns = [t for seg in view_a.finished for t in seg.turns] + (view_a.current.turns if view_a.current else [])
+    assert [t.observation for t in turns] == [f"obs-{i}" for i in range(4)]

@@ -47,8 +47,17 @@ class ControlledBackend(Backend):
         return [GenerationResult("look around; false", self._handle(s.adapter).version, 10, 4) for s in specs]
 
 
-@pytest.fixture
-async def api(tmp_path):
+def make_store(kind: str, request):
+    if kind == "redis":
+        from glider.server.store.redis_store import RedisEpisodeStore
+
+        return RedisEpisodeStore(request.getfixturevalue("redis_url"))
+    return MemoryEpisodeStore()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def api(tmp_path, request):
+    """The app on the controlled backend, with each episode store (the rules must not depend on it)."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -63,11 +72,12 @@ async def api(tmp_path):
     reg = AdapterRegistry(tmp_path / "adapters")
     settings = Settings(max_observation_chars=1000, max_body_bytes=4096, model=model, adapter_poll_s=0)
     backend = ControlledBackend()
-    agent = Agent(settings, backend, MemoryEpisodeStore(), reg)
+    agent = Agent(settings, backend, make_store(request.param, request), reg)
     await agent.start()
     app = BodyLimit(create_app(agent), limit=settings.max_body_bytes)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         yield client, backend, agent
+    await agent.close()
 
 
 async def test_bad_input_is_refused_and_changes_nothing(api):
@@ -132,3 +142,34 @@ async def test_episode_lifecycle_and_metrics(api):
     assert (await client.delete("/episodes/run-1:ep.0")).status_code == 204
     error_of(await client.get("/episodes/run-1:ep.0"), 404)
     assert (await client.get("/readyz")).json()["adapters"] == {"planner": "v0001", "executor": "v0001"}
+
+
+async def test_redis_outage_is_503_and_the_episode_goes_on_when_it_returns(tmp_path):
+    from glider.server.store.redis_store import RedisEpisodeStore
+
+    from tests.conftest import free_port
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", free_port()).start()
+    backend = ControlledBackend()
+    agent = Agent(Settings(model=tmp_path, adapter_poll_s=0), backend,
+                  RedisEpisodeStore(server.url, timeout_s=1.0), AdapterRegistry(tmp_path / "none"))
+    backend.ready = True
+    app = create_app(agent)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            backend.adapters = {n: AdapterHandle(n, "v1", tmp_path) for n in ("planner", "executor")}
+            eid = (await start_episode(client))["episode_id"]
+            before = await snapshot(client, eid)
+            server.stop()
+            r = await client.post("/act", json={"episode_id": eid, "observation": "x", "step": 1})
+            assert error_of(r, 503)["code"] == "store_unavailable"
+            assert "redis://" not in r.text  # the URL (and any password in it) stays on the server
+            error_of(await client.get(f"/episodes/{eid}"), 503)
+            server.start()
+            assert await snapshot(client, eid) == before
+            r = await client.post("/act", json={"episode_id": eid, "observation": "x", "step": 1})
+            assert r.status_code == 200 and r.json()["step"] == 1
+    finally:
+        await agent.close()
+        server.stop()
