@@ -43,11 +43,12 @@ def read_records(paths: Iterable[Path]) -> list[dict]:
 
 
 def log_files(directory: Path, *, include_open: bool = False) -> list[Path]:
-    """Sealed log files; ``include_open`` adds the ones a running server is still appending to
-    (a partly written last line is skipped by ``read_records``)."""
-    files = list(Path(directory).glob("*.jsonl"))
+    """Sealed log files under ``directory``, in sub-folders too (one per replica on a shared
+    volume); ``include_open`` adds the ones a running server is still appending to (a partly
+    written last line is skipped by ``read_records``)."""
+    files = list(Path(directory).rglob("*.jsonl"))
     if include_open:
-        files += Path(directory).glob("*.jsonl.open")
+        files += Path(directory).rglob("*.jsonl.open")
     return sorted(files)
 
 
