@@ -320,9 +320,14 @@ def train_o2o(
     = None,
     records: Annotated[Path | None, typer.Option(help="The server's episode logs (GLIDER_RECORD_DIR).")] = None,
     out: Annotated[Path | None, typer.Option(help="Adapters per iteration and curve.json.")] = None,
+    leader_lock: Annotated[bool, typer.Option(
+        help="Train only while holding the trainer lock in GLIDER_REDIS_URL (one trainer per deployment; "
+             "the others wait to take over).")] = False,
     seed: int = 0,
 ):
-    """Offline-to-online: play through the server, learn from what it recorded, publish, hot-swap, repeat."""
+    """Offline-to-online: play through the server, learn from what it recorded, publish, hot-swap, repeat.
+
+    --iterations 0 runs until stopped (the trainer sidecar)."""
     from glider.clients.envs.scienceworld import TASK_FAMILIES
     from glider.server.policy.controller import HierarchyConfig
     from glider.trainer.critic import CriticConfig
@@ -335,7 +340,15 @@ def train_o2o(
     if not online or unknown:
         raise typer.BadParameter(f"unknown task families {unknown}" if unknown else "at least one",
                                  param_hint="--tasks")
+    if iterations < 0:
+        raise typer.BadParameter("0 (until stopped) or more", param_hint="--iterations")
     s = _settings(model=model, adapters=adapters)
+    lock = None
+    if leader_lock:  # before loading anything: a waiting replica holds no memory
+        from glider.trainer.leader import LeaderLock
+
+        lock = LeaderLock(s.redis_url.get_secret_value(), prefix=s.redis_prefix)
+        lock.acquire()
     mode = getattr(s.mode, "value", s.mode)
     offline_trajs = []
     if offline:
@@ -355,6 +368,16 @@ def train_o2o(
                       " ".join(f"{k}@{v}" for k, v in point["versions"].items()), f"{point['play_s']:.0f}",
                       f"{point['train_s']:.0f}", f"{point['swap_s']:.1f}")
 
-    curve = run_o2o(server, records or s.episodes_dir(), learner, games_dir=s.home / "games", on_iteration=show)
+    from glider.trainer.leader import LeadershipLost
+
+    try:
+        curve = run_o2o(server, records or s.episodes_dir(), learner, games_dir=s.home / "games",
+                        on_iteration=show, before_publish=lock.check if lock else None)
+    except LeadershipLost as exc:
+        console.print(f"[red]stopped before publishing: {exc}[/red]")
+        raise typer.Exit(3) from None
+    finally:
+        if lock is not None:
+            lock.close()
     console.print(table)
     console.print(f"area under the curve ({method}): {area_under_curve(curve):.2f}")

@@ -92,8 +92,12 @@ def make_client(transport: str, server: str):
 TEXTWORLD_SPLIT_SEED = {"train": 0, "dev": 100_000, "seen": 100_000, "test": 200_000, "unseen": 200_000}
 
 
-def open_environment(env: str, task: str, split: str, position: int, max_steps: int, games_dir: Path):
-    """The environment for one (task, split position), reusing this process's JVM for ScienceWorld."""
+def open_environment(env: str, task: str, split: str, position: int, max_steps: int, games_dir: Path,
+                     wrap: bool = False):
+    """The environment for one (task, split position), reusing this process's JVM for ScienceWorld.
+
+    ``wrap``: a ScienceWorld position past the split's variations starts over from the first
+    (an online learner that plays without end); otherwise it is an error."""
     global _ENV
     if env == "scienceworld":
         from glider.clients.envs.scienceworld import ScienceWorld, open_env
@@ -102,6 +106,8 @@ def open_environment(env: str, task: str, split: str, position: int, max_steps: 
             _ENV = open_env(step_limit=max_steps + 10)
         world = ScienceWorld(task, 0, env=_ENV)
         variations = world.variations(split)
+        if wrap:
+            position %= len(variations)
         if position >= len(variations):
             raise ValueError(f"{task} has {len(variations)} {split} variations, not {position + 1}")
         world.variation = variations[position]
@@ -118,9 +124,10 @@ def open_environment(env: str, task: str, split: str, position: int, max_steps: 
 
 
 def play_job(job: tuple) -> EpisodeReport:
-    """One episode in a worker process; the job is a plain tuple so it pickles across spawn."""
-    env, task, split, position, transport, server, max_steps, games_dir = job
-    world = open_environment(env, task, split, position, max_steps, games_dir)
+    """One episode in a worker process; the job is a plain tuple so it pickles across spawn
+    (an optional ninth element is ``open_environment``'s ``wrap``)."""
+    env, task, split, position, transport, server, max_steps, games_dir, *wrap = job
+    world = open_environment(env, task, split, position, max_steps, games_dir, wrap=bool(wrap and wrap[0]))
     try:
         with make_client(transport, server) as client:
             report = play_episode(client, world, max_steps=max_steps)

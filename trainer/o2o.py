@@ -259,8 +259,11 @@ def read_episodes(record_dir: Path, episode_ids: Sequence[str], timeout: float =
 
 
 def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir: Path = Path(".glider/games"),
-            on_iteration=None) -> list[dict]:
-    """Play → record → update → publish → swap, ``cfg.iterations`` times; returns the learning curve."""
+            on_iteration=None, before_publish=None) -> list[dict]:
+    """Play → record → update → publish → swap, ``cfg.iterations`` times (0: until stopped); returns
+    the learning curve.  ``before_publish()`` may raise to stop before anything is published (a
+    trainer that lost its leader lock)."""
+    import itertools
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -270,17 +273,21 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
     curve: list[dict] = []
     played = 0
     learner.out_dir.mkdir(parents=True, exist_ok=True)
+    iterations = itertools.count() if cfg.iterations == 0 else range(cfg.iterations)
     with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
-        for it in range(cfg.iterations):
+        for it in iterations:
             t0 = time.monotonic()
-            jobs = [("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir))
-                    for task, pos in cfg.schedule(it)]
+            # variations wrap around: a long (or endless) run replays the split from its start
+            jobs = [("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir),
+                     True) for task, pos in cfg.schedule(it)]
             reports = list(pool.map(play_job, jobs))
             played += len(reports)
             play_s = time.monotonic() - t0
             trajs = read_episodes(record_dir, [r.episode_id for r in reports])
             t1 = time.monotonic()
             stats = learner.update(trajs)
+            if before_publish is not None:
+                before_publish()
             versions = learner.publish(it + 1)
             train_s = time.monotonic() - t1
             swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)

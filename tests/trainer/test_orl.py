@@ -219,6 +219,8 @@ def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
     assert bad_method.exit_code == 2 and "glider | awac | ac" in bad_method.output
     bad_tasks = runner.invoke(app, ["train", "o2o", "--tasks", "find-unicorn"])
     assert bad_tasks.exit_code == 2 and "find-unicorn" in bad_tasks.output
+    bad_iterations = runner.invoke(app, ["train", "o2o", "--iterations", "-1"])
+    assert bad_iterations.exit_code == 2 and "until stopped" in bad_iterations.output
     bad_eps = runner.invoke(app, ["data", "collect", "--perturb", "1.5", "--out", str(tmp_path)])
     assert bad_eps.exit_code == 2 and "[0, 1)" in bad_eps.output
 
