@@ -320,6 +320,7 @@ def train_o2o(
     = None,
     records: Annotated[Path | None, typer.Option(help="The server's episode logs (GLIDER_RECORD_DIR).")] = None,
     out: Annotated[Path | None, typer.Option(help="Adapters per iteration and curve.json.")] = None,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server's /readyz.")] = 1800.0,
     leader_lock: Annotated[bool, typer.Option(
         help="Train only while holding the trainer lock in GLIDER_REDIS_URL (one trainer per deployment; "
              "the others wait to take over).")] = False,
@@ -368,8 +369,11 @@ def train_o2o(
                       " ".join(f"{k}@{v}" for k, v in point["versions"].items()), f"{point['play_s']:.0f}",
                       f"{point['train_s']:.0f}", f"{point['swap_s']:.1f}")
 
+    from glider.clients.sdk import GliderClient
     from glider.trainer.leader import LeadershipLost
 
+    with GliderClient(server) as client:  # a sidecar starts beside a server that is still loading
+        client.wait_ready(timeout=ready_timeout)
     try:
         curve = run_o2o(server, records or s.episodes_dir(), learner, games_dir=s.home / "games",
                         on_iteration=show, before_publish=lock.check if lock else None)
