@@ -344,12 +344,6 @@ def train_o2o(
     if iterations < 0:
         raise typer.BadParameter("0 (until stopped) or more", param_hint="--iterations")
     s = _settings(model=model, adapters=adapters)
-    lock = None
-    if leader_lock:  # before loading anything: a waiting replica holds no memory
-        from glider.trainer.leader import LeaderLock
-
-        lock = LeaderLock(s.redis_url.get_secret_value(), prefix=s.redis_prefix)
-        lock.acquire()
     mode = getattr(s.mode, "value", s.mode)
     offline_trajs = []
     if offline:
@@ -359,8 +353,6 @@ def train_o2o(
                     max_steps=max_steps, fifo_episodes=fifo, updates_per_episode=updates_per_episode,
                     critic_steps=critic_steps, adapt_executor=adapt_executor, actor_lr=actor_lr,
                     critic=CriticConfig(seed=seed), parallel=parallel, seed=seed)
-    learner = OnlineLearner(s.model_dir(), s.adapters_dir(), cfg, mode=mode, offline=offline_trajs,
-                            hierarchy=HierarchyConfig.from_settings(s), out_dir=out)
     table = Table("iteration", "episodes", "score", "published", "play s", "train s", "swap s")
 
     def show(point: dict) -> None:
@@ -370,11 +362,16 @@ def train_o2o(
                       f"{point['train_s']:.0f}", f"{point['swap_s']:.1f}")
 
     from glider.clients.sdk import GliderClient
-    from glider.trainer.leader import LeadershipLost
+    from glider.trainer.leader import LeaderLock, LeadershipLost
 
-    with GliderClient(server) as client:  # a sidecar starts beside a server that is still loading
-        client.wait_ready(timeout=ready_timeout)
+    lock = LeaderLock(s.redis_url.get_secret_value(), prefix=s.redis_prefix) if leader_lock else None
+    if lock is not None:  # before loading the model: a waiting replica holds no memory
+        lock.acquire()
     try:
+        learner = OnlineLearner(s.model_dir(), s.adapters_dir(), cfg, mode=mode, offline=offline_trajs,
+                                hierarchy=HierarchyConfig.from_settings(s), out_dir=out)
+        with GliderClient(server) as client:  # a sidecar starts beside a server that is still loading
+            client.wait_ready(timeout=ready_timeout)
         curve = run_o2o(server, records or s.episodes_dir(), learner, games_dir=s.home / "games",
                         on_iteration=show, before_publish=lock.check if lock else None)
     except LeadershipLost as exc:
