@@ -26,8 +26,10 @@ from pathlib import Path
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MANIFEST = "manifest.json"
 CURRENT = "current"
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_VERSION_RE = re.compile(r"^v\d{4,}$")
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
+VERSION_PATTERN = r"^v\d{4,}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+_VERSION_RE = re.compile(VERSION_PATTERN)
 
 
 class AdapterNotFound(LookupError):

@@ -8,15 +8,20 @@ admin API is off (403 for everyone).  Tokens are compared in constant time.
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from glider.server.adapters.registry import NAME_PATTERN, VERSION_PATTERN
 from glider.server.agent import Agent
 from glider.server.api.schemas import ErrorResponse
 from glider.server.errors import Forbidden, Unauthorized
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 _bearer = HTTPBearer(auto_error=False, description="GLIDER_ADMIN_TOKEN")
+# names and versions are documented with the registry's own patterns, so the contract says what
+# the server accepts (and nothing that resolves outside the registry can be asked for)
+AdapterName = Annotated[str, Path(pattern=NAME_PATTERN, description="planner | executor | shared | flat")]
 
 
 class AdapterInfo(BaseModel):
@@ -34,7 +39,8 @@ class AdapterList(BaseModel):
 
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str | None = Field(None, description="Version to serve; omit for the registry's current.")
+    version: str | None = Field(None, pattern=VERSION_PATTERN,
+                                description="Version to serve; omit for the registry's current.")
 
 
 class SwapResponse(BaseModel):
@@ -78,7 +84,7 @@ def admin_router(agent: Agent) -> APIRouter:
     async def require_admin(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
         check_admin(token, creds.scheme if creds else None, creds.credentials if creds else None)
 
-    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 422, 503)}
+    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 503)}
     router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                        responses=errors)
     manager = agent.adapters
@@ -88,13 +94,13 @@ def admin_router(agent: Agent) -> APIRouter:
         return await adapter_list(agent)
 
     @router.post("/adapters/{name}/load", response_model=SwapResponse)
-    async def load(name: str, body: LoadRequest | None = None) -> SwapResponse:
+    async def load(name: AdapterName, body: LoadRequest | None = None) -> SwapResponse:
         r = await manager.load(name, body.version if body else None, make_current=True)
         return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
                             seconds=r.seconds)
 
     @router.post("/adapters/{name}/rollback", response_model=SwapResponse)
-    async def rollback(name: str) -> SwapResponse:
+    async def rollback(name: AdapterName) -> SwapResponse:
         r = await manager.rollback(name)
         return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
                             seconds=r.seconds)

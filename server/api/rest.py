@@ -12,7 +12,8 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from glider.server.agent import Agent
 from glider.server.api.admin import admin_router
 from glider.server.api.schemas import (
@@ -158,6 +159,9 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not read the body (e.g. not UTF-8): bad input, as always
+            metrics.errors.labels("invalid_input").inc()
+            return _error(422, "invalid_input", f"request body could not be parsed: {exc.detail}")
         return _error(exc.status_code, "http_error", str(exc.detail))
 
     async def _domain(request: Request, exc: Exception):
@@ -218,7 +222,26 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
                       mode=agent.mode, adapters=agent.backend.adapter_versions())
         return JSONResponse(body.model_dump(), status_code=200 if agent.ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    def openapi() -> dict:
+        """The generated schema plus this server's configured limits, so the contract is exact."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            limits = agent.settings
+            models = schema["components"]["schemas"]
+            models["ActRequest"]["properties"]["observation"]["maxLength"] = limits.max_observation_chars
+            for model in ("ActRequest", "EpisodeCreate"):
+                task = models[model]["properties"]["task"]
+                for option in task.get("anyOf", [task]):
+                    if option.get("type") == "string":
+                        option["maxLength"] = limits.max_task_chars
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)",
+             response_class=PlainTextResponse)
     async def prometheus() -> Response:
         metrics.active_episodes.set(await agent.store.count())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

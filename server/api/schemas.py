@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EPISODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
@@ -11,17 +11,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+# a task must say something: at least one character that is not white space
+TASK_PATTERN = r"\S"
+
+
 class ActRequest(_Strict):
     """One environment step: the observation the last action produced (or the first one)."""
+
+    # the cross-field rule, in the contract too: an episode to continue, or a task to start one
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["episode_id"], "properties": {"episode_id": {"type": "string"}}},
+        {"required": ["task"], "properties": {"task": {"type": "string"}}},
+    ]})
 
     observation: str = Field(description="What the environment shows now.")
     episode_id: str | None = Field(None, pattern=EPISODE_ID_PATTERN,
                                    description="Continue this episode; omit to start a new one.")
-    task: str | None = Field(None, description="Task description; required to start an episode.")
+    task: str | None = Field(None, pattern=TASK_PATTERN,
+                             description="Task description; required to start an episode.")
     reward: float = Field(0.0, description="Reward the last action earned.")
     done: bool = Field(False, description="The environment ended the episode; no action is returned.")
     step: int | None = Field(None, ge=0, description="Expected step index; a mismatch is refused (409).")
     score: float | None = Field(None, description="The environment's own score now, if it keeps one (recorded).")
+
+    @model_validator(mode="after")
+    def _episode_or_task(self) -> ActRequest:
+        if self.episode_id is None and self.task is None:
+            raise ValueError("task is required to start an episode (or give episode_id to continue one)")
+        return self
 
 
 class ActResponse(BaseModel):
@@ -38,7 +55,7 @@ class ActResponse(BaseModel):
 
 
 class EpisodeCreate(_Strict):
-    task: str
+    task: str = Field(pattern=TASK_PATTERN)
     episode_id: str | None = Field(None, pattern=EPISODE_ID_PATTERN)
 
 

@@ -55,9 +55,8 @@ def make_store(kind: str, request):
     return MemoryEpisodeStore()
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def api(tmp_path, request):
-    """The app on the controlled backend, with each episode store (the rules must not depend on it)."""
+def make_agent(tmp_path, store, **overrides) -> tuple[Agent, ControlledBackend]:
+    """An Agent on the controlled backend, with a registry holding a tiny planner and executor."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -70,11 +69,18 @@ async def api(tmp_path, request):
                   str(src / "adapter_model.safetensors"))
         publish_adapter(tmp_path / "adapters", name, src, model, stage="test")
     reg = AdapterRegistry(tmp_path / "adapters")
-    settings = Settings(max_observation_chars=1000, max_body_bytes=4096, model=model, adapter_poll_s=0)
+    settings = Settings(**{"max_observation_chars": 1000, "max_body_bytes": 4096, "model": model,
+                           "adapter_poll_s": 0, **overrides})
     backend = ControlledBackend()
-    agent = Agent(settings, backend, make_store(request.param, request), reg)
+    return Agent(settings, backend, store, reg), backend
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def api(tmp_path, request):
+    """The app on the controlled backend, with each episode store (the rules must not depend on it)."""
+    agent, backend = make_agent(tmp_path, make_store(request.param, request))
     await agent.start()
-    app = BodyLimit(create_app(agent), limit=settings.max_body_bytes)
+    app = BodyLimit(create_app(agent), limit=agent.settings.max_body_bytes)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         yield client, backend, agent
     await agent.close()
