@@ -18,6 +18,8 @@ from glider.server.errors import InvalidInput, classify
 from glider.server.policy.state import EpisodeState
 from glider.v1 import agent_pb2 as pb
 from glider.v1 import agent_pb2_grpc as pb_grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -185,6 +187,58 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
         return self._swap(result)
 
 
+class _Malformed:
+    """What a frame that does not parse as its message type becomes (instead of an exception that
+    grpc would report as UNKNOWN, with a traceback in the log)."""
+
+    def __init__(self, type_name: str, error: Exception):
+        self.message = f"malformed {type_name}: {error}"
+
+
+def _lenient(cls):
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return _Malformed(cls.DESCRIPTOR.name, exc)
+
+    return parse
+
+
+def _add_service(server, servicer, service, metrics) -> None:
+    """Register ``servicer`` for ``service`` like the generated ``add_*_to_server``, except that a
+    malformed frame is answered INVALID_ARGUMENT with what failed to parse."""
+    handlers = {}
+    for method in service.methods:
+        impl = getattr(servicer, method.name)
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        if method.client_streaming and method.server_streaming:
+            async def behavior(requests, context, impl=impl):  # grpc wants an async generator function
+                async def checked():
+                    async for request in requests:
+                        if isinstance(request, _Malformed):
+                            raise InvalidInput(request.message)
+                        yield request
+
+                async for reply in impl(checked(), context):
+                    yield reply
+
+            make = grpc.stream_stream_rpc_method_handler
+        elif not method.client_streaming and not method.server_streaming:
+            async def behavior(request, context, impl=impl):
+                if isinstance(request, _Malformed):
+                    await _abort(context, InvalidInput(request.message), metrics)
+                return await impl(request, context)
+
+            make = grpc.unary_unary_rpc_method_handler
+        else:  # pragma: no cover - the contract has no such methods
+            raise NotImplementedError(f"{method.full_name}: one-sided streaming")
+        handlers[method.name] = make(behavior, request_deserializer=_lenient(request_cls),
+                                     response_serializer=response_cls.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 class GrpcServer:
     """The gRPC server of one Agent, started and stopped by the app's lifespan."""
 
@@ -194,8 +248,9 @@ class GrpcServer:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         self.server = grpc.aio.server(options=options)
-        pb_grpc.add_AgentServicer_to_server(AgentServicer(agent), self.server)
-        pb_grpc.add_AdapterAdminServicer_to_server(AdminServicer(agent), self.server)
+        _add_service(self.server, AgentServicer(agent), pb.DESCRIPTOR.services_by_name["Agent"], agent.metrics)
+        _add_service(self.server, AdminServicer(agent), pb.DESCRIPTOR.services_by_name["AdapterAdmin"],
+                     agent.metrics)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

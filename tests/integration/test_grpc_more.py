@@ -43,7 +43,7 @@ def test_malformed_bytes_are_refused_and_the_server_keeps_serving(vllm_server):
         raw = ch.unary_unary("/glider.v1.Agent/Act", request_serializer=None, response_deserializer=None)
         with pytest.raises(grpc.RpcError) as err:
             raw(b"\xff\xff\xff\x0f garbage", timeout=30)
-        assert err.value.code() != grpc.StatusCode.OK
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed ActRequest" in err.value.details()
         wrong_type = ch.unary_unary("/glider.v1.Agent/Act",
                                     request_serializer=pb.GetEpisodeRequest.SerializeToString,
                                     response_deserializer=pb.ActResponse.FromString)
