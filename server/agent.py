@@ -7,12 +7,13 @@ episodes, limits) lives here, so both transports behave the same.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import AdapterRegistry
@@ -27,6 +28,7 @@ from glider.server.policy import (
     PolicyRequest,
 )
 from glider.server.policy.controller import PolicyGeneration
+from glider.server.policy.state import LastAnswer
 from glider.server.settings import Settings
 from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
@@ -34,6 +36,15 @@ from glider.server.store.recorder import TrajectoryRecorder
 log = logging.getLogger(__name__)
 
 EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def _request_digest(observation: str, reward: float, done: bool, score: float | None) -> str:
+    """Identifies a step's request, so a retry is told apart from a different step at that index."""
+    return hashlib.blake2b(repr((observation, reward, done, score)).encode(), digest_size=16).hexdigest()
+
+
+def _answer_fields(items: list[tuple]) -> dict:
+    return {k: v for k, v in items if k != "latency_ms"}
 
 
 @dataclass
@@ -133,9 +144,14 @@ class Agent:
             episode_id = (await self.create_episode(task)).id
         elif task is not None:
             self._check_task(task)
+        digest = _request_digest(observation, reward, done, score)
         state = await self.store.acquire(episode_id)
         committed = False
         try:
+            last = state.last_answer
+            if step is not None and last is not None and step == last.result["step"] and last.digest == digest:
+                self.metrics.replays.inc()  # a retry of the step just answered: the same answer
+                return StepResult(**last.result, latency_ms=(time.perf_counter() - t0) * 1000)
             if state.status is EpisodeStatus.finished:
                 raise EpisodeFinished(f"episode {episode_id!r} is finished; start a new one")
             if step is not None and step != state.step:
@@ -147,14 +163,28 @@ class Agent:
             except Exception as exc:  # an engine failure of any kind: state is untouched
                 log.exception("step failed for episode %s", episode_id)
                 raise BackendError(f"generation failed: {exc}") from exc
-            await self.store.commit(decision.state, state.version)
+            new = decision.state
+            result = StepResult(
+                episode_id=episode_id,
+                step=state.step,
+                action=decision.action,
+                subgoal=decision.subgoal,
+                new_subgoal=decision.new_subgoal,
+                subgoal_done=decision.subgoal_done,
+                subgoal_index=max(0, new.subgoal_count - 1),
+                done=new.status is EpisodeStatus.finished,
+                adapter_versions=decision.adapter_versions,
+                fallback=decision.fallback,
+            )
+            new.last_answer = LastAnswer(digest=digest, result=asdict(result, dict_factory=_answer_fields))
+            await self.store.commit(new, state.version)
             committed = True
         finally:
             if not committed:
                 await self.store.release(episode_id)
                 if created:  # the client never learnt this id: leave nothing behind
                     await self.store.delete(episode_id)
-        new = decision.state
+        result.latency_ms = (time.perf_counter() - t0) * 1000
         m = self.metrics
         if decision.action is not None:
             m.steps.labels(self.mode).inc()
@@ -162,19 +192,6 @@ class Agent:
             m.subgoals.inc()
         if decision.fallback:
             m.fallbacks.inc()
-        result = StepResult(
-            episode_id=episode_id,
-            step=state.step,
-            action=decision.action,
-            subgoal=decision.subgoal,
-            new_subgoal=decision.new_subgoal,
-            subgoal_done=decision.subgoal_done,
-            subgoal_index=max(0, new.subgoal_count - 1),
-            done=new.status is EpisodeStatus.finished,
-            adapter_versions=decision.adapter_versions,
-            fallback=decision.fallback,
-            latency_ms=(time.perf_counter() - t0) * 1000,
-        )
         if self.recorder is not None:
             self.recorder.record({
                 "time": time.time(), "episode_id": episode_id, "task": new.task, "mode": self.mode,

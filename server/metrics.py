@@ -29,6 +29,9 @@ class Metrics:
         self.fallbacks = Counter(
             "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
         self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)
+        self.replays = Counter(
+            "glider_step_replays_total", "Retries of an answered step, given the same answer again.",
+            registry=r)
         self.active_episodes = Gauge("glider_active_episodes", "Episodes in the store.", registry=r)
         self.adapter_swaps = Counter(
             "glider_adapter_swaps_total", "Adapter swaps by result (loaded / rejected / rolled_back).",

@@ -46,6 +46,11 @@ async def check_all(client: httpx.AsyncClient, max_observation_chars: int) -> No
                           headers={"content-type": "application/json"})
     error_of(r, 422)
     error_of(await client.post("/act", json=["not", "an", "object"]), 422)
+    # a boolean is not a number (lax parsing would read false as step 0); a body that is not UTF-8
+    assert "step" in error_of(await client.post("/act", json={"episode_id": eid, "observation": "x",
+                                                               "step": False}), 422)["message"]
+    r = await client.post("/act", content=b'{"observation": "\xff\xfe"}', headers={"content-type": "application/json"})
+    assert error_of(r, 422)["code"] == "invalid_input"
     # a new episode needs a task; episode ids have a shape
     assert error_of(await client.post("/act", json={"observation": "x"}), 422)["code"] == "invalid_input"
     error_of(await client.post("/act", json={"episode_id": "../../etc", "observation": "x"}), 422)

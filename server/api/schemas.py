@@ -10,6 +10,18 @@ EPISODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, data):
+        """Lax validation reads a JSON ``false`` as the number 0 (a ``step`` of 0); the schema says
+        a number, so a boolean is refused. (Strict mode would refuse ``3.0`` for an integer, which
+        JSON Schema allows.)"""
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and info.annotation is not bool:
+                    raise ValueError(f"{name} must be a number, not {str(data[name]).lower()}")
+        return data
+
 
 # a task must say something: at least one character that is not white space
 TASK_PATTERN = r"\S"

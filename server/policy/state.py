@@ -36,6 +36,14 @@ class Segment(BaseModel):
     adapter_version: str | None = None  # planner version that wrote the subgoal
 
 
+class LastAnswer(BaseModel):
+    """The answer to the episode's latest step, kept so that a client that retries that step (its
+    reply was lost) gets the same answer again instead of a 409 or a second generation."""
+
+    digest: str  # of the request's observation, reward, done and score
+    result: dict
+
+
 class EpisodeState(BaseModel):
     id: str
     task: str
@@ -52,6 +60,7 @@ class EpisodeState(BaseModel):
     total_reward: float = 0.0
     last_reward: float = 0.0
     adapter_versions: dict[str, str] = Field(default_factory=dict)  # role -> last version used
+    last_answer: LastAnswer | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
 

@@ -179,3 +179,35 @@ async def test_redis_outage_is_503_and_the_episode_goes_on_when_it_returns(tmp_p
     finally:
         await agent.close()
         server.stop()
+
+
+async def test_a_retried_step_gets_the_same_answer_once_and_a_different_one_is_refused(api):
+    """At-least-once clients: the reply to step k was lost, so step k is sent again."""
+    client, backend, agent = api
+    eid = (await start_episode(client))["episode_id"]
+    calls = 0
+    generate = backend.generate
+
+    async def counting(specs):
+        nonlocal calls
+        calls += 1
+        return await generate(specs)
+
+    backend.generate = counting
+    body = {"episode_id": eid, "observation": "kitchen", "reward": 0.5, "step": 1}
+    first = await client.post("/act", json=body)
+    assert first.status_code == 200 and calls == 1
+    state = await snapshot(client, eid)
+    again = await client.post("/act", json=body)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert calls == 1 and await snapshot(client, eid) == state  # no second generation, no second step
+    # the same index with another observation is another step, not a retry
+    other = await client.post("/act", json={**body, "observation": "garden"})
+    assert error_of(other, 409)["code"] == "step_mismatch"
+    # the closing step too: the retry gets done again, not "episode finished"
+    end = {"episode_id": eid, "observation": "the end", "done": True, "step": 2}
+    closing = await client.post("/act", json=end)
+    assert closing.json()["done"] is True
+    assert (await client.post("/act", json=end)).json() == closing.json()
+    assert error_of(await client.post("/act", json={**end, "step": 3}), 409)["code"] == "episode_finished"
+    assert "glider_step_replays_total 2.0" in (await client.get("/metrics")).text
