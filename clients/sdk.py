@@ -10,6 +10,8 @@ Errors come back as ``GliderAPIError`` with the server's status, code and messag
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from glider.server.api.schemas import ActRequest, ActResponse, EpisodeCreate, EpisodeView, Health
@@ -150,15 +152,39 @@ class GliderGrpcError(GliderAPIError):
         self.grpc_code = err.code()
 
 
+@dataclass
+class TLS:
+    """Client side of gRPC over TLS: the CA that signed the server's certificate (None: the system's
+    roots) and, for mutual TLS, the client's own certificate chain and key (PEM bytes)."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    @classmethod
+    def from_files(cls, ca: str | None = None, cert: str | None = None, key: str | None = None) -> TLS:
+        def read(path):
+            return Path(path).read_bytes() if path else None
+
+        return cls(read(ca), read(cert), read(key))
+
+    def credentials(self):
+        import grpc
+
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)
+
+
 class GliderGrpcClient:
     """Blocking gRPC client with the REST client's method names (``act``, ``get_episode``, ...)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0):
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None):
         import grpc
         from glider.v1 import agent_pb2_grpc
 
         self._grpc = grpc
-        self._channel = grpc.insecure_channel(target)
+        self._channel = (grpc.secure_channel(target, tls.credentials()) if tls is not None
+                         else grpc.insecure_channel(target))
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
         self.timeout = timeout
 
@@ -202,12 +228,13 @@ class GliderGrpcClient:
 class AsyncGliderGrpcClient:
     """asyncio gRPC client: the same method names, plus ``episode()`` for a whole-episode stream."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0):
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None):
         import grpc
         from glider.v1 import agent_pb2_grpc
 
         self._grpc = grpc
-        self._channel = grpc.aio.insecure_channel(target)
+        self._channel = (grpc.aio.secure_channel(target, tls.credentials()) if tls is not None
+                         else grpc.aio.insecure_channel(target))
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
         self.timeout = timeout
 

@@ -50,7 +50,8 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
         if settings.grpc_enabled:
             from glider.server.api.grpc import GrpcServer
 
-            grpc_server = GrpcServer(agent, settings.host, settings.grpc_port, settings.max_body_bytes)
+            grpc_server = GrpcServer(agent, settings.host, settings.grpc_port, settings.max_body_bytes,
+                                     tls=settings.grpc_tls())
             await grpc_server.start()
         app.state.grpc = grpc_server
 

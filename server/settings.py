@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".glider")
@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     port: int = 8000
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port on the same host.")
     grpc_enabled: bool = True
+    grpc_tls_cert: Path | None = Field(
+        None, description="PEM certificate chain: serve gRPC over TLS (with grpc_tls_key).")
+    grpc_tls_key: Path | None = Field(None, description="PEM private key of grpc_tls_cert.")
+    grpc_tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certificates signed by it (mutual TLS).")
     log_level: str = "info"
 
     # --- policy -------------------------------------------------------------
@@ -112,6 +117,21 @@ class Settings(BaseSettings):
     step_lease_s: float = Field(
         120.0, gt=0, description="Longest a step may hold its episode (Redis store) before "
         "another step may take it, so a replica that dies mid-step blocks no episode for good.")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("GLIDER_GRPC_TLS_CERT and GLIDER_GRPC_TLS_KEY go together")
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError("GLIDER_GRPC_TLS_CLIENT_CA needs GLIDER_GRPC_TLS_CERT and _KEY (mutual TLS)")
+        return self
+
+    def grpc_tls(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(certificate chain, key, client CA or None) read from the configured files, or None."""
+        if self.grpc_tls_cert is None or self.grpc_tls_key is None:
+            return None
+        ca = self.grpc_tls_client_ca.read_bytes() if self.grpc_tls_client_ca else None
+        return self.grpc_tls_cert.read_bytes(), self.grpc_tls_key.read_bytes(), ca
 
     def model_dir(self) -> Path:
         return self.model if self.model is not None else self.home / "backbone"

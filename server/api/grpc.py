@@ -242,7 +242,9 @@ def _add_service(server, servicer, service, metrics) -> None:
 class GrpcServer:
     """The gRPC server of one Agent, started and stopped by the app's lifespan."""
 
-    def __init__(self, agent: Agent, host: str, port: int, max_message_bytes: int):
+    def __init__(self, agent: Agent, host: str, port: int, max_message_bytes: int,
+                 tls: tuple[bytes, bytes, bytes | None] | None = None):
+        """``tls``: (certificate chain, private key, client CA) in PEM; a client CA makes it mutual TLS."""
         self.agent = agent
         self.address = f"{host}:{port}"
         options = [("grpc.max_receive_message_length", max_message_bytes),
@@ -255,7 +257,13 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (AGENT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.port = self.server.add_insecure_port(self.address)
+        if tls is None:
+            self.port = self.server.add_insecure_port(self.address)
+        else:
+            chain, key, client_ca = tls
+            credentials = grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
+                                                      require_client_auth=client_ca is not None)
+            self.port = self.server.add_secure_port(self.address, credentials)
 
     async def start(self) -> None:
         await self.set_serving(False)
