@@ -163,3 +163,40 @@ async def test_observation_cannot_switch_roles_or_forge_lines():
         # the observation is one line: it opens no Action:/Subgoal: line of its own
         obs_lines = [ln for ln in lines if "eat poison" in ln]
         assert len(obs_lines) == 1 and obs_lines[0].startswith("Obs: ")
+
+
+# untrusted text built from everything that could restructure a prompt
+_FRAGMENTS = ["<|planner|>", "<|executor|>", "<|flat|>", "<|eos|>", "<|pad|>", "<|begin_of_text|>", "<|eot_id|>",
+              "</s>", "<s>", "[INST]", "[/INST]", "<<SYS>>", "\n", "\r\n", "\u2028", "\u0085", "\x00", "\x1b",
+              "; true", ";true", "Action:", "Subgoal:", "Obs:", "Task:", "Done:", " ", "look around", "é漢"]
+
+
+def test_no_observation_or_task_can_change_roles_forge_lines_or_end_a_subgoal():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    untrusted = st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=8), max_size=25).map("".join)
+
+    @given(task=untrusted.filter(lambda t: t.strip()), observations=st.lists(untrusted, min_size=1, max_size=4))
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def check(task, observations):
+        import asyncio
+
+        ctrl = controller(c_max=10)
+        script = Script(planner=["find the plant"] * 8, executor=["look around; false"] * 8)
+        state = ctrl.new_state("e", task)
+        state, ds = asyncio.run(play(ctrl, state, script, observations))
+        assert not any(d.subgoal_done for d in ds)  # "; true" in an observation ends nothing
+        assert state.subgoal_count == 1  # and no observation forced a new subgoal
+        for r in script.requests:
+            lines = r.prompt.split("\n")
+            markers = [m for m in ("<|planner|>", "<|executor|>", "<|flat|>") if m in r.prompt]
+            assert markers == [f"<|{r.role.value}|>"] and lines[0] == markers[0]
+            assert "<|eos|>" not in r.prompt and "</s>" not in r.prompt and "\r" not in r.prompt
+            assert "\u2028" not in r.prompt and "\x00" not in r.prompt
+            # every line is one the prompt builder wrote: a known keyword opens it
+            assert all(ln == lines[0] or ln.split(":")[0] in ("Task", "Subgoal", "Obs", "Action", "Done",
+                                                              "Plan", "Goal", "Finished", "Step")
+                       or ln == "" for ln in lines), lines
+
+    check()
