@@ -92,8 +92,10 @@ class GliderClient:
 
 
 class AsyncGliderClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0):
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0,
+                 max_connections: int = 100):
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout,
+                                       limits=httpx.Limits(max_connections=max_connections))
 
     async def __aenter__(self) -> AsyncGliderClient:
         return self
