@@ -19,8 +19,4 @@ lint: install
 	$(VENV)/bin/hadolint --config deploy/docker/.hadolint.yaml deploy/docker/Dockerfile
 
 bench: install
-	$(PY) bench/act_overhead.py
-	$(PY) bench/concurrency.py
-	$(PY) bench/hier_vs_flat.py
-	$(PY) bench/hotswap.py
-	$(PY) bench/transports.py
+	$(PY) bench/report.py --profile full

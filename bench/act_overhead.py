@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import httpx
-from common import InProcessServer, free_port, machine, median, pct, settings
+from common import InProcessServer, free_port, machine, median, pct, result, settings
 
 
 async def run_phase(srv, client, args) -> dict[str, list[float]]:
@@ -145,6 +145,8 @@ async def main(args) -> None:
                                           for n in stores) + " |")
     for n in stores:
         print(f"ratio /act / direct (p50, {n}): {median(results[n]['act']) / median(results[n]['direct']):.3f}")
+        server = median(results[n]["server"])
+        result(f"/act server-side overhead p50, ms ({n} store)", server, "≤ 2 ms", met=server <= 2.0)
     if len(stores) > 1:
         base = stores[0]
         for n in stores[1:]:

@@ -26,6 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def result(figure: str, value: float, target: str = "", *, met: bool | None = None) -> None:
+    """One headline figure, on a line of its own that bench/report.py collects into its table."""
+    import json
+
+    print("RESULT " + json.dumps({"figure": figure, "value": round(float(value), 4), "target": target,
+                                  "met": met}), flush=True)
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 

@@ -13,7 +13,7 @@ import asyncio
 import time
 
 import httpx
-from common import ServerProcess, machine, settings
+from common import ServerProcess, machine, result, settings
 
 
 async def episode(client, k, steps, latencies):
@@ -54,6 +54,8 @@ def main(args) -> None:
     print("|---|---|---|---|")
     for n, rate, p50 in rows:
         print(f"| {n} | {rate:.1f} | {rate / base:.2f} | {p50:.1f} |")
+    n, rate, _ = rows[-1]
+    result(f"env-steps/s at {n} concurrent episodes ÷ 1 episode", rate / base, "≥ 3×", met=rate / base >= 3)
 
 
 if __name__ == "__main__":

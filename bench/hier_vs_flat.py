@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from common import machine, settings
+from common import machine, result, settings
 from glider.clients.envs.scienceworld import ScienceWorld, open_env
 
 
@@ -66,6 +66,8 @@ async def main(args):
     (s_steps, _, s_gen, s_prompt), (f_steps, _, f_gen, f_prompt) = rows["separate"], rows["flat"]
     print(f"ratio hierarchical/flat: generated tokens/step {s_gen / s_steps / (f_gen / f_steps):.2f}, "
           f"prompt tokens/step {s_prompt / s_steps / (f_prompt / f_steps):.2f}")
+    result("generated tokens per env step, hierarchical ÷ flat", s_gen / s_steps / (f_gen / f_steps), "")
+    result("prompt tokens per env step, hierarchical ÷ flat", s_prompt / s_steps / (f_prompt / f_steps), "")
 
 
 if __name__ == "__main__":

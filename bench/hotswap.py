@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import ServerProcess, machine, median, pct, settings
+from common import ServerProcess, machine, median, pct, result, settings
 
 
 async def first_served(client, eid_box, name, version, timeout=30.0) -> float:
@@ -122,6 +122,10 @@ async def main(args):
     print(f"| no swaps | {a:.2f} |")
     print(f"| a swap every {args.every:g} s | {b:.2f} |")
     print(f"ratio swapping / no swaps: {b / a:.3f}; failed requests: {len(failures)}")
+    result("publish → first /act on the new adapter, p95 s", pct(latencies, 95), "≤ 2 s",
+           met=pct(latencies, 95) <= 2)
+    result("failed requests during swaps", len(failures), "0", met=not failures)
+    result("env-steps/s swapping ÷ not swapping", b / a, "")
 
 
 if __name__ == "__main__":

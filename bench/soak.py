@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 
 import psutil
-from common import ServerProcess, free_port, machine, settings
+from common import ServerProcess, free_port, machine, result, settings
 from glider.clients.loadtest import run_load
 
 
@@ -58,6 +58,11 @@ def main(args) -> None:
                                           concurrency=args.episodes, sample=sample, sample_every_s=30))
             print(f"## load: {args.episodes} concurrent episodes x {args.steps} steps\n")
             print(report.markdown() + "\n", flush=True)
+            bad = report.lost_steps + report.cross_episode_errors + sum(report.errors.values())
+            result(f"lost steps + cross-episode errors + errors, {args.episodes} episodes x {args.steps} steps",
+                   bad, "0", met=bad == 0)
+            for t in ("rest", "grpc"):
+                result(f"{t} step latency p99 ÷ p50 under load", report.percentile(t, 99) / report.percentile(t, 50))
         if args.minutes:
             report = asyncio.run(run_load(server.url, target, episodes=None, steps=args.steps,
                                           concurrency=args.concurrency, duration_s=args.minutes * 60,
@@ -69,6 +74,8 @@ def main(args) -> None:
             if half:
                 first, second = sum(rss[:half]) / half, sum(rss[half:]) / (len(rss) - half)
                 print(f"\nRSS mean, second half / first half: {second / first:.3f}")
+                result(f"server RSS, second half ÷ first half of a {args.minutes:g}-min soak", second / first,
+                       "≈ 1 (flat)", met=second / first < 1.1)
     finally:
         server.close()
         if redis is not None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 import httpx
-from common import ServerProcess, machine, median, settings
+from common import ServerProcess, machine, median, result, settings
 from glider.v1 import agent_pb2 as pb
 from glider.v1 import agent_pb2_grpc as pb_grpc
 
@@ -128,6 +128,9 @@ async def main(args):
     on, off = sum(recording[True]) / args.rounds, sum(recording[False]) / args.rounds
     print(f"recording on / off, REST, {args.concurrent} episodes, {args.rounds} alternated rounds: "
           f"{on:.2f} / {off:.2f} = {on / off:.3f}")
+    result(f"gRPC ÷ REST env-steps/s at {args.concurrent} episodes", rows["grpc"][1] / rows["rest"][1], "")
+    result("gRPC ÷ REST per-step transport overhead", overhead["grpc"] / overhead["rest"], "")
+    result("env-steps/s recording on ÷ off", on / off, "")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""Run the benchmark suite and write one Markdown report: the machine, a table of every headline
+figure (each a ratio or a count measured side by side within its bench), and each bench's output.
+
+    .venv/bin/python bench/report.py [--profile quick|full] [--out bench/REPORT.md] [--only NAME,...]
+
+`quick` runs each serving bench with smaller counts (about 30 minutes on 2 cores); `full` uses
+each bench's own defaults and adds the 20-minute soak. The training benches (sft_modes,
+orl_ablation, o2o) train for tens of minutes each and report in the README's Results sections;
+`--only` runs any subset by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+
+# name -> (quick arguments, full arguments)
+SUITE: dict[str, tuple[list[str], list[str]]] = {
+    "act_overhead": (["--steps", "100"], []),
+    "concurrency": (["--levels", "1,8,32,64", "--steps", "6"], []),
+    "hier_vs_flat": (["--variations", "1"], []),
+    "hotswap": (["--swaps", "5", "--rounds", "1"], []),
+    "transports": (["--rounds", "1"], []),
+    "soak": (["--episodes", "48", "--steps", "20", "--minutes", "3", "--concurrency", "32",
+              "--sample-every", "30"], []),
+}
+
+
+def describe_machine() -> list[str]:
+    import psutil
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    versions = {}
+    for module in ("vllm", "torch", "transformers", "peft", "grpc", "fastapi", "redis"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 - a missing optional piece is reported, not fatal
+            versions[module] = "absent"
+    return [
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        f"- CPU: {cpu}, {os.cpu_count()} cores; memory {psutil.virtual_memory().total / 2**30:.1f} GiB",
+        f"- OS: {platform.platform()}; Python {platform.python_version()}",
+        "- " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "- shared and noisy: compare the ratios (each measured side by side in one run), not absolute times",
+    ]
+
+
+def run(name: str, args: list[str], log: Path) -> tuple[int, float, str, list[dict]]:
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], cwd=BENCH.parent,
+                          stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    text = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("RESULT "))
+    return done.returncode, time.monotonic() - t0, text, results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--profile", choices=["quick", "full"], default="quick")
+    p.add_argument("--out", type=Path, default=BENCH / "REPORT.md")
+    p.add_argument("--only", default="", help="comma-separated bench names (default: the serving suite)")
+    a = p.parse_args()
+    names = [n for n in a.only.split(",") if n] or list(SUITE)
+    logs = a.out.parent / "report-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    rows, sections, failed = [], [], []
+    for name in names:
+        args = SUITE.get(name, ([], []))[0 if a.profile == "quick" else 1]
+        print(f"==> {name} {' '.join(args)}", flush=True)
+        code, seconds, text, results = run(name, args, logs / f"{name}.log")
+        if code != 0:
+            failed.append(name)
+        for r in results:
+            met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+            rows.append(f"| {name} | {r['figure']} | {r['value']:.3f} | {r['target']} | {met} |")
+        sections += [f"## {name} (`{' '.join(['python bench/' + name + '.py', *args])}`, {seconds:.0f} s"
+                     f"{', FAILED with exit ' + str(code) + ': see ' + str(logs / (name + '.log')) if code else ''})",
+                     "", text.strip(), ""]
+        print(text, flush=True)
+    report = ["# GLIDER benchmark report", "", f"Profile `{a.profile}`: `python bench/report.py --profile {a.profile}`.",
+              "", *describe_machine(), "",
+              "| bench | figure | measured | target | met |", "|---|---|---|---|---|", *rows, "", *sections]
+    a.out.write_text("\n".join(report) + "\n")
+    print(f"==> wrote {a.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
