@@ -122,6 +122,9 @@ class AdapterRegistry:
     def get(self, name: str, version: str | None = None) -> AdapterVersion:
         version = version or self.current_version(name)
         path = self._dir(name, version)
+        if path.is_symlink() or self._dir(name).is_symlink():  # a link could point anywhere on disk
+            raise InvalidAdapter(f"adapter {name}@{version} is a symbolic link; the registry holds only "
+                                 "real directories")
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise AdapterNotFound(f"adapter {name}@{version} not found")
@@ -139,6 +142,8 @@ class AdapterRegistry:
             f = adapter.path / fname
             if Path(fname).name != fname or not f.is_file():
                 raise InvalidAdapter(f"{label}: {fname} is missing")
+            if f.is_symlink():
+                raise InvalidAdapter(f"{label}: {fname} is a symbolic link, not a file of the registry")
             if _sha256(f) != digest:
                 raise InvalidAdapter(f"{label}: {fname} does not match its checksum (corrupt or truncated)")
 

@@ -57,3 +57,25 @@ def test_publish_refuses_a_directory_that_is_not_an_adapter(tmp_path):
         reg.publish("planner", tmp_path / "empty")
     assert reg.versions("planner") == []
     assert not os.path.exists(tmp_path / "reg" / "planner" / "current")
+
+
+def test_symbolic_links_cannot_lead_out_of_the_registry(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg")
+    v = reg.publish("planner", fake_peft(tmp_path))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for f in v.path.iterdir():
+        (outside / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "reg" / "planner" / "v0002").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InvalidAdapter, match="symbolic link"):
+        reg.get("planner", "v0002")
+    # a file inside a real version directory that links elsewhere (same bytes: the checksum passes)
+    weights = v.path / "adapter_model.safetensors"
+    weights.unlink()
+    weights.symlink_to(outside / "adapter_model.safetensors")
+    with pytest.raises(InvalidAdapter, match="symbolic link"):
+        reg.verify(reg.get("planner", "v0001"))
+    # `current` names a version by its last path component only, so ../../ leads nowhere
+    os.remove(tmp_path / "reg" / "planner" / "current")
+    os.symlink("../../../outside/v0001", tmp_path / "reg" / "planner" / "current")
+    assert reg.current_version("planner") == "v0001"
