@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.agent import Agent
-from glider.server.api.rest import BodyLimit, create_app
+from glider.server.api.rest import BodyLimit, ConcurrencyLimit, create_app
 from glider.server.backends.base import create_backend
 from glider.server.metrics import Metrics
 from glider.server.settings import Settings
@@ -51,7 +51,7 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
             from glider.server.api.grpc import GrpcServer
 
             grpc_server = GrpcServer(agent, settings.host, settings.grpc_port, settings.max_body_bytes,
-                                     tls=settings.grpc_tls())
+                                     tls=settings.grpc_tls(), max_concurrent_rpcs=settings.max_concurrent_requests)
             await grpc_server.start()
         app.state.grpc = grpc_server
 
@@ -85,6 +85,8 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
     app = create_app(agent, lifespan=lifespan)
     app.state.agent = agent
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.max_concurrent_requests is not None:
+        app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests, metrics=agent.metrics)
     return app
 
 

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     prompt_observation_chars: int = Field(
         600, ge=16, description="Characters of each observation that go into a prompt."
     )
+    max_concurrent_requests: int | None = Field(
+        None, ge=1, description="Most requests in flight per transport; past it REST answers 503 "
+        "overloaded (probes and /metrics exempt) and gRPC RESOURCE_EXHAUSTED. Unset: no limit.")
     episode_ttl_s: float = Field(3600.0, gt=0)
     max_episodes: int = Field(10000, ge=1)
     store: StoreKind = StoreKind.memory

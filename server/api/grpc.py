@@ -243,13 +243,14 @@ class GrpcServer:
     """The gRPC server of one Agent, started and stopped by the app's lifespan."""
 
     def __init__(self, agent: Agent, host: str, port: int, max_message_bytes: int,
-                 tls: tuple[bytes, bytes, bytes | None] | None = None):
+                 tls: tuple[bytes, bytes, bytes | None] | None = None, max_concurrent_rpcs: int | None = None):
         """``tls``: (certificate chain, private key, client CA) in PEM; a client CA makes it mutual TLS."""
         self.agent = agent
         self.address = f"{host}:{port}"
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
-        self.server = grpc.aio.server(options=options)
+        # past max_concurrent_rpcs, grpc itself answers RESOURCE_EXHAUSTED
+        self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
         _add_service(self.server, AgentServicer(agent), pb.DESCRIPTOR.services_by_name["Agent"], agent.metrics)
         _add_service(self.server, AdminServicer(agent), pb.DESCRIPTOR.services_by_name["AdapterAdmin"],
                      agent.metrics)

@@ -112,6 +112,33 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class ConcurrencyLimit:
+    """At most ``limit`` requests in flight; past it, 503 ``overloaded`` with Retry-After at once,
+    instead of a queue that grows until every client times out. Probes and metrics are exempt, so
+    a busy pod is not restarted or taken out of its Service for being busy."""
+
+    EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def __init__(self, app, limit: int, metrics=None):
+        self.app, self.limit, self.metrics = app, limit, metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            if self.metrics is not None:
+                self.metrics.errors.labels("overloaded").inc()
+            response = _error(503, "overloaded", f"more than {self.limit} requests in flight; retry shortly")
+            response.headers["Retry-After"] = "1"
+            return await response(scope, receive, send)
+        self.in_flight += 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 class Observe:
     """Latency and status per route template (pure ASGI: no per-request Request/Response copies)."""
 
