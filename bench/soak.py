@@ -23,16 +23,17 @@ from common import ServerProcess, free_port, machine, result, settings
 from glider.clients.loadtest import run_load
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of the server and every process under it (vLLM's engine core, workers)."""
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of the server's own process, and of every process under it (vLLM's engine
+    core and workers), so a growth can be placed."""
     proc = psutil.Process(pid)
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    engine = 0
+    for p in proc.children(recursive=True):
         try:
-            total += p.memory_info().rss
+            engine += p.memory_info().rss
         except psutil.NoSuchProcess:
             pass
-    return total / 2**20
+    return proc.memory_info().rss / 2**20, engine / 2**20
 
 
 def main(args) -> None:
@@ -49,7 +50,8 @@ def main(args) -> None:
         server.wait_ready()
 
         def sample() -> dict:
-            return {"server RSS MiB": tree_rss_mb(server.proc.pid)}
+            api, engine = rss_mb(server.proc.pid)
+            return {"server RSS MiB": api + engine, "API process MiB": api, "engine processes MiB": engine}
 
         target = f"127.0.0.1:{server.grpc_port}"
         print(f"# load and soak ({machine()}, vLLM-CPU, store={args.store}, embedded backbone)\n")

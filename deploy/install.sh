@@ -13,12 +13,14 @@ PYTHON=${PYTHON:-python3}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# From the Debian packages, where missing: Java (ScienceWorld's JVM); redis-server and kubectl,
+# From the Debian packages, where missing: Java (ScienceWorld's JVM), tcmalloc; redis-server and kubectl,
 # which the tests use (a real Redis episode store; kustomize renders of deploy/k8s).
 missing=()
 command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
+# the CPU engine's allocator (server/backends/vllm.py preloads it: under glibc malloc its memory grows)
+ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || missing+=(libtcmalloc-minimal4)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     $SUDO apt-get update -qq

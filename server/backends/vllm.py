@@ -30,6 +30,27 @@ from glider.server.settings import Settings
 log = logging.getLogger(__name__)
 
 
+TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+def _preload_tcmalloc() -> None:
+    """Run vLLM's CPU engine processes on tcmalloc, as vLLM's CPU guide asks.
+
+    Under glibc malloc the engine's memory grew without bound on variable-length batches (bench/soak.py:
+    +2.4 GiB in a 6-minute soak at 64 episodes) while with tcmalloc it levels off within 3 minutes,
+    and steps ran 1.37x faster. The engine core and its workers are started as new interpreters, so
+    LD_PRELOAD set here reaches them; this process keeps its allocator.
+    """
+    if "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    lib = next((p for p in TCMALLOC if os.path.exists(p)), None)
+    if lib is None:
+        log.warning("libtcmalloc_minimal.so.4 not found (Debian: libtcmalloc-minimal4): the CPU engine's memory "
+                    "grows under glibc malloc on long runs")
+        return
+    os.environ["LD_PRELOAD"] = ":".join(filter(None, [lib, os.environ.get("LD_PRELOAD")]))
+
+
 def _is_cuda() -> bool:
     try:
         import torch
@@ -60,6 +81,8 @@ class VLLMBackend(Backend):
 
         s = self.settings
         cuda = _is_cuda()
+        if not cuda:
+            _preload_tcmalloc()
         # float32 is the CPU default; on a GPU let vLLM pick the model's dtype unless asked
         dtype = "auto" if cuda and s.dtype == "float32" else s.dtype
         args = AsyncEngineArgs(
