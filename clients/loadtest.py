@@ -33,6 +33,17 @@ class LoadReport:
     samples: list[dict] = field(default_factory=list)  # {"t": s, "active": n, ...sampler's fields}
     wall_s: float = 0.0
 
+    def check(self, transport: str, t0: float, reply, episode_id: str | None, index: int, steps: int) -> str:
+        """Count one reply (its latency since ``t0``): it must be for this episode, at this step.
+        Returns the episode's id (the first reply names it)."""
+        self.latency_ms[transport].append((time.perf_counter() - t0) * 1000)
+        episode_id = episode_id or reply.episode_id
+        if reply.episode_id != episode_id or reply.step != index:
+            self.cross_episode_errors += 1
+        if index < steps:  # the closing `done` event is not an env step
+            self.steps += 1
+        return episode_id
+
     def percentile(self, transport: str, q: float) -> float:
         values = sorted(self.latency_ms[transport])
         if not values:
@@ -70,12 +81,7 @@ async def _rest_episode(client: AsyncGliderClient, k: int, steps: int, report: L
         t0 = time.perf_counter()
         reply = await client.act(obs, episode_id=eid, task=None if eid else f"task {k}",
                                  step=None if eid is None else i, done=i == steps)
-        report.latency_ms["rest"].append((time.perf_counter() - t0) * 1000)
-        eid = eid or reply.episode_id
-        if reply.episode_id != eid or reply.step != i:
-            report.cross_episode_errors += 1
-        if i < steps:
-            report.steps += 1
+        eid = report.check("rest", t0, reply, eid, i, steps)
     return eid
 
 
@@ -98,12 +104,7 @@ async def _grpc_episode(stub, k: int, steps: int, report: LoadReport) -> str:
         t0 = time.perf_counter()
         await queue.put(event)
         reply = await call.read()
-        report.latency_ms["grpc"].append((time.perf_counter() - t0) * 1000)
-        eid = eid or reply.episode_id
-        if reply.episode_id != eid or reply.step != i:
-            report.cross_episode_errors += 1
-        if i < steps:
-            report.steps += 1
+        eid = report.check("grpc", t0, reply, eid, i, steps)
     await queue.put(None)
     return eid
 
