@@ -36,8 +36,8 @@ TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarc
 def _preload_tcmalloc() -> None:
     """Run vLLM's CPU engine processes on tcmalloc, as vLLM's CPU guide asks.
 
-    Under glibc malloc the engine's memory grew without bound on variable-length batches (bench/soak.py:
-    +2.4 GiB in a 6-minute soak at 64 episodes) while with tcmalloc it levels off within 3 minutes,
+    Under glibc malloc the engine's memory kept growing on variable-length batches (bench/soak.py:
+    3.3 -> 5.8 GiB in a 6-minute soak at 64 episodes) while with tcmalloc it levels off within 3 minutes,
     and steps ran 1.37x faster. The engine core and its workers are started as new interpreters, so
     LD_PRELOAD set here reaches them; this process keeps its allocator.
     """
