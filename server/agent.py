@@ -216,6 +216,7 @@ class Agent:
             self.metrics.generations.labels(r.role.value).inc()
             self.metrics.generated_tokens.labels(r.role.value).inc(g.completion_tokens)
             self.metrics.prompt_tokens.labels(r.role.value).inc(g.prompt_tokens)
+            self.metrics.cached_prompt_tokens.labels(r.role.value).inc(g.cached_tokens)
             out.append(PolicyGeneration(text=g.text, adapter_version=g.adapter_version,
                                         prompt_tokens=g.prompt_tokens,
                                         completion_tokens=g.completion_tokens))

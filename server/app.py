@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.agent import Agent
-from glider.server.api.rest import BodyLimit, ConcurrencyLimit, create_app
+from glider.server.api.ratelimit import ClientRateLimiter
+from glider.server.api.rest import BodyLimit, ConcurrencyLimit, RateLimit, create_app
 from glider.server.backends.base import create_backend
 from glider.server.metrics import Metrics
 from glider.server.settings import Settings
@@ -43,6 +44,8 @@ def build_agent(settings: Settings) -> Agent:
 
 def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=None):
     agent = agent or build_agent(settings)
+    # one limiter for both transports: a client's budget covers REST and gRPC together
+    limiter = ClientRateLimiter(settings.rate_limit, settings.rate_limit_client_header) if settings.rate_limit else None
 
     @asynccontextmanager
     async def lifespan(app):
@@ -51,7 +54,8 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
             from glider.server.api.grpc import GrpcServer
 
             grpc_server = GrpcServer(agent, settings.host, settings.grpc_port, settings.max_body_bytes,
-                                     tls=settings.grpc_tls(), max_concurrent_rpcs=settings.max_concurrent_requests)
+                                     tls=settings.grpc_tls(), max_concurrent_rpcs=settings.max_concurrent_requests,
+                                     rate_limiter=limiter)
             await grpc_server.start()
         app.state.grpc = grpc_server
 
@@ -87,6 +91,8 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if settings.max_concurrent_requests is not None:
         app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests, metrics=agent.metrics)
+    if limiter is not None:
+        app.add_middleware(RateLimit, limiter=limiter, metrics=agent.metrics)
     return app
 
 

@@ -37,6 +37,14 @@ class Forbidden(GliderError):
     pass
 
 
+class RateLimited(GliderError):
+    """The client is over ``GLIDER_RATE_LIMIT``; ``retry_after`` seconds until it has room again."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 # exception type -> (stable error code, HTTP status, gRPC status name)
 ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (InvalidInput, "invalid_input", 422, "INVALID_ARGUMENT"),
@@ -48,6 +56,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (StepMismatch, "step_mismatch", 409, "FAILED_PRECONDITION"),
     (EpisodeFinished, "episode_finished", 409, "FAILED_PRECONDITION"),
     (StoreFull, "too_many_episodes", 429, "RESOURCE_EXHAUSTED"),
+    (RateLimited, "rate_limited", 429, "RESOURCE_EXHAUSTED"),
     (Unauthorized, "unauthorized", 401, "UNAUTHENTICATED"),
     (Forbidden, "forbidden", 403, "PERMISSION_DENIED"),
     (BackendError, "backend_unavailable", 503, "UNAVAILABLE"),

@@ -17,6 +17,13 @@ class Metrics:
         self.requests = Counter(
             "glider_requests_total", "API requests by route and status.", ["route", "status"],
             registry=r)
+        # gRPC: a unary call's latency, or one step of an Episode stream (event in to reply out)
+        self.grpc_latency = Histogram(
+            "glider_grpc_latency_seconds", "Latency of gRPC calls, and of each step of an episode stream.",
+            ["method"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.grpc_requests = Counter(
+            "glider_grpc_requests_total", "gRPC calls (a stream once, when it ends) by method and status code.",
+            ["method", "code"], registry=r)
         self.steps = Counter("glider_env_steps_total", "Environment steps answered.", ["mode"], registry=r)
         self.generations = Counter(
             "glider_generations_total", "Model calls by policy role (planner / executor / flat).",
@@ -26,6 +33,10 @@ class Metrics:
         self.prompt_tokens = Counter(
             "glider_prompt_tokens_total", "Prompt tokens sent to the engine by policy role.", ["role"],
             registry=r)
+        # with glider_prompt_tokens_total, the prefix-cache hit rate of each role's prompts
+        self.cached_prompt_tokens = Counter(
+            "glider_prompt_cached_tokens_total", "Prompt tokens found in the engine's prefix cache, by policy role.",
+            ["role"], registry=r)
         self.fallbacks = Counter(
             "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
         self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)

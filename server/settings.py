@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".glider")
@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     max_concurrent_requests: int | None = Field(
         None, ge=1, description="Most requests in flight per transport; past it REST answers 503 "
         "overloaded (probes and /metrics exempt) and gRPC RESOURCE_EXHAUSTED. Unset: no limit.")
+    rate_limit: str = Field(
+        "", description="Per-client request rate over REST and gRPC together, in the `limits` "
+        "library's notation (\"20/second;600/minute\"); past it REST answers 429 rate_limited with "
+        "Retry-After and gRPC RESOURCE_EXHAUSTED. Counted per replica. Empty: no limit.")
+    rate_limit_client_header: str = Field(
+        "", description="Header (gRPC: metadata key) naming the client for the rate limit, for "
+        "servers behind an ingress that sets it (X-Real-IP); empty: the peer address.")
     episode_ttl_s: float = Field(3600.0, gt=0)
     max_episodes: int = Field(10000, ge=1)
     store: StoreKind = StoreKind.memory
@@ -120,6 +127,15 @@ class Settings(BaseSettings):
     step_lease_s: float = Field(
         120.0, gt=0, description="Longest a step may hold its episode (Redis store) before "
         "another step may take it, so a replica that dies mid-step blocks no episode for good.")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        from limits import parse_many
+
+        if value.strip():
+            parse_many(value)  # ValueError names what it could not read
+        return value.strip()
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:

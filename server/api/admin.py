@@ -84,7 +84,7 @@ def admin_router(agent: Agent) -> APIRouter:
     async def require_admin(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
         check_admin(token, creds.scheme if creds else None, creds.credentials if creds else None)
 
-    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 503)}
+    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
     router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                        responses=errors)
     manager = agent.adapters

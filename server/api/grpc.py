@@ -10,11 +10,12 @@ generic client (grpcurl, grpcui) discover the services without stubs.
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from glider.server.agent import Agent, StepResult
 from glider.server.api.admin import adapter_list, check_admin
-from glider.server.errors import InvalidInput, classify
+from glider.server.errors import InvalidInput, RateLimited, classify
 from glider.server.policy.state import EpisodeState
 from glider.v1 import agent_pb2 as pb
 from glider.v1 import agent_pb2_grpc as pb_grpc
@@ -205,31 +206,70 @@ def _lenient(cls):
     return parse
 
 
-def _add_service(server, servicer, service, metrics) -> None:
+def _admit(limiter, context) -> None:
+    """Count one request (a unary call, or one event of a stream) against the client's rate limit."""
+    if limiter is None:
+        return
+    wait = limiter.retry_after(limiter.grpc_client(context))
+    if wait is not None:
+        context.set_trailing_metadata((("retry-after", str(wait)),))
+        raise RateLimited(limiter.message(wait), wait)
+
+
+def _count(metrics, method: str, context) -> None:
+    code = context.code()  # None unless the call was aborted or a code was set
+    if code is None and context.cancelled():
+        code = grpc.StatusCode.CANCELLED
+    metrics.grpc_requests.labels(method, (code or grpc.StatusCode.OK).name).inc()
+
+
+def _add_service(server, servicer, service, metrics, limiter=None) -> None:
     """Register ``servicer`` for ``service`` like the generated ``add_*_to_server``, except that a
-    malformed frame is answered INVALID_ARGUMENT with what failed to parse."""
+    malformed frame is answered INVALID_ARGUMENT with what failed to parse, and each request (each
+    event of a stream) is counted against the client's rate limit, if one is set: past it the call
+    ends RESOURCE_EXHAUSTED with a ``retry-after`` trailer, the episode as its last answered step left it."""
     handlers = {}
     for method in service.methods:
         impl = getattr(servicer, method.name)
+        latency = metrics.grpc_latency.labels(method.name)
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
         if method.client_streaming and method.server_streaming:
-            async def behavior(requests, context, impl=impl):  # grpc wants an async generator function
+            async def behavior(requests, context, impl=impl, latency=latency, name=method.name):
+                # grpc wants an async generator function
+                received = 0.0
+
                 async def checked():
+                    nonlocal received
                     async for request in requests:
                         if isinstance(request, _Malformed):
                             raise InvalidInput(request.message)
+                        _admit(limiter, context)
+                        received = time.perf_counter()
                         yield request
 
-                async for reply in impl(checked(), context):
-                    yield reply
+                try:
+                    async for reply in impl(checked(), context):
+                        latency.observe(time.perf_counter() - received)
+                        yield reply
+                finally:
+                    _count(metrics, name, context)
 
             make = grpc.stream_stream_rpc_method_handler
         elif not method.client_streaming and not method.server_streaming:
-            async def behavior(request, context, impl=impl):
-                if isinstance(request, _Malformed):
-                    await _abort(context, InvalidInput(request.message), metrics)
-                return await impl(request, context)
+            async def behavior(request, context, impl=impl, latency=latency, name=method.name):
+                t0 = time.perf_counter()
+                try:
+                    try:
+                        if isinstance(request, _Malformed):
+                            raise InvalidInput(request.message)
+                        _admit(limiter, context)
+                    except Exception as exc:
+                        await _abort(context, exc, metrics)
+                    return await impl(request, context)
+                finally:
+                    latency.observe(time.perf_counter() - t0)
+                    _count(metrics, name, context)
 
             make = grpc.unary_unary_rpc_method_handler
         else:  # pragma: no cover - the contract has no such methods
@@ -243,7 +283,8 @@ class GrpcServer:
     """The gRPC server of one Agent, started and stopped by the app's lifespan."""
 
     def __init__(self, agent: Agent, host: str, port: int, max_message_bytes: int,
-                 tls: tuple[bytes, bytes, bytes | None] | None = None, max_concurrent_rpcs: int | None = None):
+                 tls: tuple[bytes, bytes, bytes | None] | None = None, max_concurrent_rpcs: int | None = None,
+                 rate_limiter=None):
         """``tls``: (certificate chain, private key, client CA) in PEM; a client CA makes it mutual TLS."""
         self.agent = agent
         self.address = f"{host}:{port}"
@@ -251,9 +292,8 @@ class GrpcServer:
                    ("grpc.max_send_message_length", max_message_bytes)]
         # past max_concurrent_rpcs, grpc itself answers RESOURCE_EXHAUSTED
         self.server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_concurrent_rpcs)
-        _add_service(self.server, AgentServicer(agent), pb.DESCRIPTOR.services_by_name["Agent"], agent.metrics)
-        _add_service(self.server, AdminServicer(agent), pb.DESCRIPTOR.services_by_name["AdapterAdmin"],
-                     agent.metrics)
+        for servicer, service in ((AgentServicer(agent), "Agent"), (AdminServicer(agent), "AdapterAdmin")):
+            _add_service(self.server, servicer, pb.DESCRIPTOR.services_by_name[service], agent.metrics, rate_limiter)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -139,6 +139,26 @@ class ConcurrencyLimit:
             self.in_flight -= 1
 
 
+class RateLimit:
+    """Per-client rate limit (``ClientRateLimiter``): past it, 429 ``rate_limited`` with Retry-After.
+    Probes and metrics are exempt, like ConcurrencyLimit's."""
+
+    def __init__(self, app, limiter, metrics=None):
+        self.app, self.limiter, self.metrics = app, limiter, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in ConcurrencyLimit.EXEMPT:
+            return await self.app(scope, receive, send)
+        wait = self.limiter.retry_after(self.limiter.rest_client(scope))
+        if wait is None:
+            return await self.app(scope, receive, send)
+        if self.metrics is not None:
+            self.metrics.errors.labels("rate_limited").inc()
+        response = _error(429, "rate_limited", self.limiter.message(wait))
+        response.headers["Retry-After"] = str(wait)
+        return await response(scope, receive, send)
+
+
 class Observe:
     """Latency and status per route template (pure ASGI: no per-request Request/Response copies)."""
 

@@ -39,6 +39,7 @@ class GenerationResult:
     adapter_version: str | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache already held
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,7 @@ class VLLMBackend(Backend):
             adapter_version=handle.version if handle else None,
             prompt_tokens=len(final.prompt_token_ids or ()),
             completion_tokens=len(completion.token_ids),
+            cached_tokens=final.num_cached_tokens or 0,
         )
 
     async def close(self) -> None:

@@ -110,6 +110,29 @@ def test_metrics_count_steps_and_roles(server):
         assert needle in text, needle
 
 
+def _role_samples(url: str, metric: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.labels["role"]: s.value for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+            for s in family.samples if s.name == metric}
+
+
+def test_prefix_cache_hits_are_counted_on_vllm(vllm_server):
+    """An episode's executor prompts grow by one turn per step, so from the second step on vLLM's prefix
+    cache holds most of each prompt; the server counts those tokens per role."""
+    before = _role_samples(vllm_server.url, "glider_prompt_cached_tokens_total")
+    prompts_before = _role_samples(vllm_server.url, "glider_prompt_tokens_total")
+    with GliderClient(vllm_server.url) as client:
+        reply = client.act(observation="You are in the kitchen. " * 20, task="boil water, then focus on the steam")
+        for i in range(3):
+            reply = client.act(observation=f"You see a stove and a pot {i}.", episode_id=reply.episode_id)
+    after = _role_samples(vllm_server.url, "glider_prompt_cached_tokens_total")
+    prompts = _role_samples(vllm_server.url, "glider_prompt_tokens_total")
+    cached = after["executor"] - before.get("executor", 0.0)
+    sent = prompts["executor"] - prompts_before.get("executor", 0.0)
+    assert 0 < cached < sent
+
+
 def test_an_episode_moves_between_replicas_that_share_redis(vllm_server, hf_server):
     """Two server processes on one Redis: each step may land on either, as behind a Service."""
     with GliderClient(vllm_server.url) as a, GliderClient(hf_server.url) as b:

@@ -1,14 +1,19 @@
 """GLIDER_MAX_CONCURRENT_REQUESTS: past the limit a request is refused at once (REST 503 with
-Retry-After, gRPC RESOURCE_EXHAUSTED) instead of queueing; probes still answer; nothing is lost."""
+Retry-After, gRPC RESOURCE_EXHAUSTED) instead of queueing; probes still answer; nothing is lost.
+GLIDER_RATE_LIMIT: the same, per client and over time (REST 429)."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import grpc
 import httpx
+import pytest
 from glider.server.api.grpc import GrpcServer
-from glider.server.api.rest import ConcurrencyLimit, create_app
+from glider.server.api.ratelimit import ClientRateLimiter, peer_host
+from glider.server.api.rest import ConcurrencyLimit, RateLimit, create_app
+from glider.server.settings import Settings
 from glider.server.store import MemoryEpisodeStore
 from glider.v1 import agent_pb2 as pb
 from glider.v1 import agent_pb2_grpc as pb_grpc
@@ -62,3 +67,84 @@ async def test_grpc_refuses_past_the_limit_with_resource_exhausted(tmp_path):
     finally:
         await server.stop(0)
         await agent.close()
+
+
+def _sample(agent, name: str, **labels) -> float:
+    return agent.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_rest_rate_limit_is_per_client_and_refused_requests_leave_nothing(tmp_path):
+    agent, _ = make_agent(tmp_path, MemoryEpisodeStore())
+    await agent.start()
+    limiter = ClientRateLimiter("3/minute", client_header="X-Real-IP")
+    app = RateLimit(create_app(agent), limiter=limiter, metrics=agent.metrics)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        alice, bob = {"x-real-ip": "10.0.0.1"}, {"x-real-ip": "10.0.0.2"}
+        first = (await client.post("/act", json={"task": "t", "observation": "o"}, headers=alice)).json()
+        eid = first["episode_id"]
+        for i in (1, 2):
+            assert (await client.post("/act", json={"episode_id": eid, "observation": f"o{i}"},
+                                      headers=alice)).status_code == 200
+        before = copy.deepcopy(await agent.store.get(eid))
+        over = await client.post("/act", json={"episode_id": eid, "observation": "o3"}, headers=alice)
+        assert error_of(over, 429)["code"] == "rate_limited"
+        assert 1 <= int(over.headers["retry-after"]) <= 60
+        assert await agent.store.get(eid) == before  # the refused step changed nothing
+        assert (await client.get("/healthz", headers=alice)).status_code == 200  # probes are exempt
+        # another client has its own budget; the header names the client, not the (shared) peer
+        assert (await client.post("/act", json={"task": "t", "observation": "o"}, headers=bob)).status_code == 200
+        assert _sample(agent, "glider_errors_total", code="rate_limited") == 1.0
+    await agent.close()
+
+
+async def test_grpc_rate_limit_counts_calls_and_stream_events_and_shares_the_rest_budget(tmp_path):
+    agent, _ = make_agent(tmp_path, MemoryEpisodeStore())
+    await agent.start()
+    limiter = ClientRateLimiter("4/minute")
+    server = GrpcServer(agent, "127.0.0.1", free_port(), 1 << 20, rate_limiter=limiter)
+    await server.start()
+    rest = RateLimit(create_app(agent), limiter=limiter, metrics=agent.metrics)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=rest, client=("127.0.0.1", 5000)),
+                                     base_url="http://t") as client:
+            assert (await client.post("/act", json={"task": "t", "observation": "o"})).status_code == 200
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AgentStub(channel)
+            assert (await stub.Act(pb.ActRequest(task="t", observation="o"), timeout=10)).step == 0
+            call = stub.Episode()
+            await call.write(pb.EpisodeEvent(start=pb.EpisodeStart(task="t", observation="o")))
+            eid = (await call.read()).episode_id
+            await call.write(pb.EpisodeEvent(step=pb.EpisodeStep(observation="o1")))
+            assert (await call.read()).step == 1  # REST 1 + Act 1 + 2 events: the budget of 4 is spent
+            before = copy.deepcopy(await agent.store.get(eid))
+            await call.write(pb.EpisodeEvent(step=pb.EpisodeStep(observation="o2")))
+            try:
+                await call.read()
+                raise AssertionError("the fifth request was not refused")
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "rate limit" in exc.details()
+                assert 1 <= int(dict(exc.trailing_metadata())["retry-after"]) <= 60
+            assert await agent.store.get(eid) == before  # resumable where it was
+            try:
+                await stub.Act(pb.ActRequest(episode_id=eid, observation="o2"), timeout=10)
+                raise AssertionError("a unary call past the limit was not refused")
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _sample(agent, "glider_grpc_requests_total", method="Act", code="OK") == 1.0
+        assert _sample(agent, "glider_grpc_requests_total", method="Act", code="RESOURCE_EXHAUSTED") == 1.0
+        assert _sample(agent, "glider_grpc_requests_total", method="Episode", code="RESOURCE_EXHAUSTED") == 1.0
+        # a latency per unary call and per answered stream step
+        assert _sample(agent, "glider_grpc_latency_seconds_count", method="Act") == 2.0
+        assert _sample(agent, "glider_grpc_latency_seconds_count", method="Episode") == 2.0
+    finally:
+        await server.stop(0)
+        await agent.close()
+
+
+def test_rate_limit_settings_and_peer_addresses():
+    with pytest.raises(ValueError, match="rate limit"):
+        Settings(rate_limit="fast please")
+    assert Settings(rate_limit=" 20/second;600/minute ").rate_limit == "20/second;600/minute"
+    assert peer_host("ipv4:10.0.0.7:51234") == "10.0.0.7"
+    assert peer_host("ipv6:[::1]:51234") == "::1"
+    assert peer_host("unix:/tmp/glider.sock") == "unix:/tmp/glider.sock"
