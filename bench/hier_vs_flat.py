@@ -1,4 +1,5 @@
-"""Planner calls and tokens per env step, hierarchical vs flat, on real ScienceWorld episodes.
+"""Planner calls, tokens per env step and prefix-cache hit rate, hierarchical vs flat, on real
+ScienceWorld episodes.
 
 The same episodes (task families × variations, fixed step budget) are played
 through the Agent in ``separate`` mode and in ``flat`` mode on the same engine
@@ -43,9 +44,10 @@ async def run_mode(mode, args, env):
         calls = {ro: counter(agent, "glider_generations_total", ro) for ro in roles}
         gen = sum(counter(agent, "glider_generated_tokens_total", ro) for ro in roles)
         prompt = sum(counter(agent, "glider_prompt_tokens_total", ro) for ro in roles)
+        cached = sum(counter(agent, "glider_prompt_cached_tokens_total", ro) for ro in roles)
     finally:
         await agent.close()
-    return steps, calls, gen, prompt
+    return steps, calls, gen, prompt, cached
 
 
 async def main(args):
@@ -58,16 +60,23 @@ async def main(args):
         env.close()
     print(f"# hierarchical vs flat ({args.backend}, tasks {args.tasks}, {args.variations} variation(s), "
           f"≤{args.steps} steps, {machine()})")
-    print("| mode | env steps | planner calls/step | model calls/step | generated tokens/step | prompt tokens/step |")
-    print("|---|---|---|---|---|---|")
-    for mode, (steps, calls, gen, prompt) in rows.items():
+    print("| mode | env steps | planner calls/step | model calls/step | generated tokens/step | prompt tokens/step "
+          "| prefix-cache hit rate | uncached prompt tokens/step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, (steps, calls, gen, prompt, cached) in rows.items():
         print(f"| {mode} | {steps} | {calls.get('planner', 0) / steps:.3f} | {sum(calls.values()) / steps:.3f} "
-              f"| {gen / steps:.1f} | {prompt / steps:.1f} |")
-    (s_steps, _, s_gen, s_prompt), (f_steps, _, f_gen, f_prompt) = rows["separate"], rows["flat"]
+              f"| {gen / steps:.1f} | {prompt / steps:.1f} | {cached / max(prompt, 1):.3f} "
+              f"| {(prompt - cached) / steps:.1f} |")
+    (s_steps, _, s_gen, s_prompt, s_cached), (f_steps, _, f_gen, f_prompt, f_cached) = rows["separate"], rows["flat"]
     print(f"ratio hierarchical/flat: generated tokens/step {s_gen / s_steps / (f_gen / f_steps):.2f}, "
-          f"prompt tokens/step {s_prompt / s_steps / (f_prompt / f_steps):.2f}")
+          f"prompt tokens/step {s_prompt / s_steps / (f_prompt / f_steps):.2f}, "
+          f"uncached prompt tokens/step {(s_prompt - s_cached) / s_steps / ((f_prompt - f_cached) / f_steps):.2f}")
     result("generated tokens per env step, hierarchical ÷ flat", s_gen / s_steps / (f_gen / f_steps), "")
     result("prompt tokens per env step, hierarchical ÷ flat", s_prompt / s_steps / (f_prompt / f_steps), "")
+    for mode, (_, _, _, prompt, cached) in rows.items():
+        result(f"prefix-cache hit rate of prompt tokens, {mode}", cached / max(prompt, 1), "")
+    result("uncached prompt tokens per env step, hierarchical ÷ flat",
+           (s_prompt - s_cached) / s_steps / ((f_prompt - f_cached) / f_steps), "")
 
 
 if __name__ == "__main__":

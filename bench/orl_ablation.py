@@ -38,41 +38,14 @@ from glider.trainer.critic import CriticConfig
 from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.data.logs import trajectories_from_logs
-from glider.trainer.orl import ORLConfig, attach_weights, critic_and_weights, load_policy, run_orl
-from glider.trainer.sequences import SequenceBuilder, role_decisions
-from glider.trainer.sft import ADAPTER_ROLES, episodes_for
-from glider.trainer.training import TrainConfig, train
+from glider.trainer.orl import ORLConfig, run_orl
+from glider.trainer.sft import ADAPTER_ROLES
+from glider.trainer.training import TrainConfig
 from tqdm import tqdm
+from train_throughput import step_times
 
 ADMIN_TOKEN = "bench-admin-token"
 LABEL = {"flat": "flat", "separate": "hierarchical"}
-
-
-def step_times(model_dir: Path, registry: Path, trajs, s, steps: int, out: Path) -> dict:
-    """Seconds per optimizer step: SFT (plain NLL) vs the ORL actor (weighted NLL) on the same executor
-    sequences and batch budget, one after the other; plus the ORL stage's critic work per actor step."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": "separate"}))
-    eps = episodes_for(trajs, seg=SegmentationConfig(max_len=s.c_max))
-    seqs, decisions = role_decisions(eps, "executor", SequenceBuilder(tok, 2048), hierarchy)
-    start = AdapterRegistry(registry).get("executor").path
-    cfg = TrainConfig(lr=5e-4, max_steps=steps, warmup_steps=1, progress=False, checkpoint_every=10**6)
-    plain = load_policy(model_dir, adapter=start, lora=None)
-    t0 = time.monotonic()
-    train(plain, seqs, cfg, out / "sft", pad_id=tok.pad_token_id, name="sft-step")
-    sft_s = (time.monotonic() - t0) / steps
-    model = load_policy(model_dir, adapter=start, lora=None)
-    t0 = time.monotonic()
-    _, _, _, weights, _ = critic_and_weights(model, seqs, decisions, tok.pad_token_id, CriticConfig(), progress=False)
-    critic_s = time.monotonic() - t0
-    attach_weights(seqs, weights)
-    t0 = time.monotonic()
-    train(model, seqs, cfg, out / "orl", pad_id=tok.pad_token_id, name="orl-step")
-    orl_s = (time.monotonic() - t0) / steps
-    return {"steps": steps, "sft_s_per_step": sft_s, "orl_actor_s_per_step": orl_s, "critic_stage_s": critic_s,
-            "decisions": len(decisions)}
 
 
 def main() -> None:

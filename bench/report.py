@@ -3,10 +3,10 @@ figure (each a ratio or a count measured side by side within its bench), and eac
 
     .venv/bin/python bench/report.py [--profile quick|full] [--out bench/REPORT.md] [--only NAME,...]
 
-`quick` runs each serving bench with smaller counts (about 30 minutes on 2 cores); `full` uses
-each bench's own defaults and adds the 20-minute soak. The training benches (sft_modes,
-orl_ablation, o2o) train for tens of minutes each and report in the README's Results sections;
-`--only` runs any subset by name.
+`quick` runs each bench with smaller counts (about 30 minutes on 2 cores); `full` uses each
+bench's own defaults and adds the 20-minute soak. train_throughput measures training speed on a
+small slice of expert data; the training-quality benches (sft_modes, orl_ablation, o2o) train for
+tens of minutes each and report in the README's Results sections. `--only` runs any subset by name.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
     "hier_vs_flat": (["--variations", "1"], []),
     "hotswap": (["--swaps", "5", "--rounds", "1"], []),
     "transports": (["--rounds", "1"], []),
+    "train_throughput": (["--per-task", "1", "--step-bench", "4"], []),
     "soak": (["--episodes", "48", "--steps", "20", "--minutes", "3", "--concurrency", "32",
               "--sample-every", "30"], []),
 }
