@@ -5,10 +5,18 @@
         step = client.act(observation=obs, episode_id=step.episode_id, reward=r)
 
 Errors come back as ``GliderAPIError`` with the server's status, code and message.
+
+``retries=N`` retries the errors the server gives when it has done nothing (it is overloaded,
+over the client's rate limit, between engine or Redis failures, or the episode is busy with
+another step) up to N times, after the server's ``Retry-After`` or an exponential backoff. Every
+failed step leaves its episode as it was, so such a retry cannot step twice; pass ``step`` too and
+a retry after a lost reply is safe as well (the server answers the step it already took again).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +26,15 @@ from glider.server.api.schemas import ActRequest, ActResponse, EpisodeCreate, Ep
 
 
 class GliderAPIError(RuntimeError):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None):
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after  # seconds, when the server said how long to wait
+
+
+# errors the server answers before changing anything: safe to send again
+RETRYABLE = frozenset({"overloaded", "rate_limited", "backend_unavailable", "store_unavailable", "episode_busy"})
+BACKOFF_S, MAX_BACKOFF_S = 0.25, 10.0
 
 
 def _check(response: httpx.Response) -> httpx.Response:
@@ -31,7 +45,18 @@ def _check(response: httpx.Response) -> httpx.Response:
         code, message = err["code"], err["message"]
     except Exception:
         code, message = "http_error", response.text
-    raise GliderAPIError(response.status_code, code, message)
+    try:
+        retry_after = float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        retry_after = None
+    raise GliderAPIError(response.status_code, code, message, retry_after)
+
+
+def _retry_delay(err: GliderAPIError, attempt: int, retries: int) -> float | None:
+    """Seconds to wait before sending again after ``err`` on try ``attempt`` (0-based), or None to give up."""
+    if attempt >= retries or err.code not in RETRYABLE:
+        return None
+    return err.retry_after if err.retry_after is not None else min(MAX_BACKOFF_S, BACKOFF_S * 2 ** attempt)
 
 
 def _act_body(**kwargs) -> dict:
@@ -39,8 +64,22 @@ def _act_body(**kwargs) -> dict:
 
 
 class GliderClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0):
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0, *, retries: int = 0,
+                 transport: httpx.BaseTransport | None = None):
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self.retries = retries
+
+    def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                return _check(self._http.request(method, url, **kwargs))
+            except GliderAPIError as err:
+                delay = _retry_delay(err, attempt, self.retries)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+            attempt += 1
 
     def __enter__(self) -> GliderClient:
         return self
@@ -56,17 +95,17 @@ class GliderClient:
             score: float | None = None) -> ActResponse:
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
                          done=done, step=step, score=score)
-        return ActResponse.model_validate(_check(self._http.post("/act", json=body)).json())
+        return ActResponse.model_validate(self._send("POST", "/act", json=body).json())
 
     def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
         body = EpisodeCreate(task=task, episode_id=episode_id).model_dump(exclude_none=True)
-        return EpisodeView.model_validate(_check(self._http.post("/episodes", json=body)).json())
+        return EpisodeView.model_validate(self._send("POST", "/episodes", json=body).json())
 
     def get_episode(self, episode_id: str) -> EpisodeView:
-        return EpisodeView.model_validate(_check(self._http.get(f"/episodes/{episode_id}")).json())
+        return EpisodeView.model_validate(self._send("GET", f"/episodes/{episode_id}").json())
 
     def delete_episode(self, episode_id: str) -> None:
-        _check(self._http.delete(f"/episodes/{episode_id}"))
+        self._send("DELETE", f"/episodes/{episode_id}")
 
     def load_adapter(self, name: str, version: str | None = None, *, token: str) -> dict:
         """Admin: serve ``version`` of adapter ``name`` (default: the registry's current)."""
@@ -93,9 +132,22 @@ class GliderClient:
 
 class AsyncGliderClient:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0,
-                 max_connections: int = 100):
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout,
+                 max_connections: int = 100, *, retries: int = 0, transport: httpx.AsyncBaseTransport | None = None):
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
                                        limits=httpx.Limits(max_connections=max_connections))
+        self.retries = retries
+
+    async def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                return _check(await self._http.request(method, url, **kwargs))
+            except GliderAPIError as err:
+                delay = _retry_delay(err, attempt, self.retries)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def __aenter__(self) -> AsyncGliderClient:
         return self
@@ -111,17 +163,17 @@ class AsyncGliderClient:
                   score: float | None = None) -> ActResponse:
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
                          done=done, step=step, score=score)
-        return ActResponse.model_validate(_check(await self._http.post("/act", json=body)).json())
+        return ActResponse.model_validate((await self._send("POST", "/act", json=body)).json())
 
     async def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
         body = EpisodeCreate(task=task, episode_id=episode_id).model_dump(exclude_none=True)
-        return EpisodeView.model_validate(_check(await self._http.post("/episodes", json=body)).json())
+        return EpisodeView.model_validate((await self._send("POST", "/episodes", json=body)).json())
 
     async def get_episode(self, episode_id: str) -> EpisodeView:
-        return EpisodeView.model_validate(_check(await self._http.get(f"/episodes/{episode_id}")).json())
+        return EpisodeView.model_validate((await self._send("GET", f"/episodes/{episode_id}")).json())
 
     async def delete_episode(self, episode_id: str) -> None:
-        _check(await self._http.delete(f"/episodes/{episode_id}"))
+        await self._send("DELETE", f"/episodes/{episode_id}")
 
 
 # --- gRPC ---------------------------------------------------------------------------
@@ -154,6 +206,69 @@ class GliderGrpcError(GliderAPIError):
         self.grpc_code = err.code()
 
 
+class EpisodeStream:
+    """One episode on a bidirectional ``Episode`` stream: ``start`` sends the task and first
+    observation, each ``step`` the next observation, and each returns that step's reply. The server
+    ends the stream after the step that finishes the episode. If the stream fails, the episode keeps
+    its last answered step: carry on with ``act(episode_id=..., step=...)``.
+
+        async with client.episode("boil water") as episode:
+            reply = await episode.start(observation)
+            while not reply.done:
+                reply = await episode.step(env.step(reply.action), reward=r)
+    """
+
+    def __init__(self, stub, task: str, episode_id: str | None = None):
+        self._stub, self.task, self.episode_id = stub, task, episode_id
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._call = None
+
+    async def _events(self):
+        while (event := await self._queue.get()) is not None:
+            yield event
+
+    async def _round_trip(self, event) -> ActResponse:
+        import grpc
+
+        if self._call is None:
+            self._call = self._stub.Episode(self._events())  # no deadline: an episode may run for hours
+        await self._queue.put(event)
+        try:
+            reply = await self._call.read()
+        except grpc.aio.AioRpcError as err:
+            raise GliderGrpcError(err) from None
+        if reply is grpc.aio.EOF:
+            raise GliderAPIError(0, "stream_closed", "the server closed the episode stream (the episode is done)")
+        result = _from_pb(reply)
+        self.episode_id = result.episode_id
+        return result
+
+    async def start(self, observation: str) -> ActResponse:
+        from glider.v1 import agent_pb2 as pb
+
+        return await self._round_trip(pb.EpisodeEvent(start=pb.EpisodeStart(
+            task=self.task, observation=observation, episode_id=self.episode_id or "")))
+
+    async def step(self, observation: str, *, reward: float = 0.0, done: bool = False,
+                   score: float | None = None) -> ActResponse:
+        from glider.v1 import agent_pb2 as pb
+
+        step = pb.EpisodeStep(observation=observation, reward=reward, done=done)
+        if score is not None:
+            step.score = score
+        return await self._round_trip(pb.EpisodeEvent(step=step))
+
+    async def close(self) -> None:
+        """Half-close the stream; the episode stays in the server until deleted or expired."""
+        await self._queue.put(None)
+
+    async def __aenter__(self) -> EpisodeStream:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
 @dataclass
 class TLS:
     """Client side of gRPC over TLS: the CA that signed the server's certificate (None: the system's
@@ -177,16 +292,37 @@ class TLS:
                                             certificate_chain=self.cert)
 
 
+def _channel_options(retries: int) -> list[tuple[str, object]]:
+    """gRPC's own retry policy for the Agent's unary calls (``retries`` > 0): the status codes of the
+    REST client's RETRYABLE errors, exponential backoff, and the server's ``grpc-retry-pushback-ms``
+    trailer (sent with a rate-limit refusal) honoured by gRPC itself. gRPC caps attempts at 5."""
+    if retries <= 0:
+        return []
+    policy = {"maxAttempts": min(5, retries + 1), "initialBackoff": f"{BACKOFF_S}s",
+              "maxBackoff": f"{MAX_BACKOFF_S}s", "backoffMultiplier": 2,
+              "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "ABORTED"]}
+    config = {"methodConfig": [{"name": [{"service": "glider.v1.Agent"}], "retryPolicy": policy}]}
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
+
+
+def _open_channel(channels, target: str, tls: TLS | None, retries: int):
+    """``channels``: the ``grpc`` or ``grpc.aio`` module."""
+    options = _channel_options(retries)
+    if tls is not None:
+        return channels.secure_channel(target, tls.credentials(), options=options)
+    return channels.insecure_channel(target, options=options)
+
+
 class GliderGrpcClient:
     """Blocking gRPC client with the REST client's method names (``act``, ``get_episode``, ...)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None):
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None,
+                 retries: int = 0):
         import grpc
         from glider.v1 import agent_pb2_grpc
 
         self._grpc = grpc
-        self._channel = (grpc.secure_channel(target, tls.credentials()) if tls is not None
-                         else grpc.insecure_channel(target))
+        self._channel = _open_channel(grpc, target, tls, retries)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
         self.timeout = timeout
 
@@ -228,15 +364,16 @@ class GliderGrpcClient:
 
 
 class AsyncGliderGrpcClient:
-    """asyncio gRPC client: the same method names, plus ``episode()`` for a whole-episode stream."""
+    """asyncio gRPC client: the same method names, plus ``episode()`` for a whole-episode stream
+    (``retries`` applies to the unary calls: a stream that fails is resumed with ``act``)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None):
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None,
+                 retries: int = 0):
         import grpc
         from glider.v1 import agent_pb2_grpc
 
         self._grpc = grpc
-        self._channel = (grpc.aio.secure_channel(target, tls.credentials()) if tls is not None
-                         else grpc.aio.insecure_channel(target))
+        self._channel = _open_channel(grpc.aio, target, tls, retries)
         self._stub = agent_pb2_grpc.AgentStub(self._channel)
         self.timeout = timeout
 
@@ -276,3 +413,7 @@ class AsyncGliderGrpcClient:
         from glider.v1 import agent_pb2 as pb
 
         await self._call(self._stub.DeleteEpisode, pb.DeleteEpisodeRequest(episode_id=episode_id))
+
+    def episode(self, task: str, episode_id: str | None = None) -> EpisodeStream:
+        """A new episode on its own stream (see ``EpisodeStream``); ``episode_id`` picks its id."""
+        return EpisodeStream(self._stub, task, episode_id)

@@ -212,7 +212,8 @@ def _admit(limiter, context) -> None:
         return
     wait = limiter.retry_after(limiter.grpc_client(context))
     if wait is not None:
-        context.set_trailing_metadata((("retry-after", str(wait)),))
+        # grpc-retry-pushback-ms: a client on gRPC's retry policy waits this long before its retry
+        context.set_trailing_metadata((("retry-after", str(wait)), ("grpc-retry-pushback-ms", str(wait * 1000))))
         raise RateLimited(limiter.message(wait), wait)
 
 
