@@ -100,14 +100,12 @@ async def main(args):
                 swap_n = float(line.split()[-1])
         rates = {"no swaps": [], "swapping": []}
         failures = []
-        for _ in range(args.rounds):  # alternate, so drift on a shared machine hits both alike
-            rate, fail, _ = await phase(url, args.episodes, args.phase_s)
-            rates["no swaps"].append(rate)
-            failures += fail
-            rate, fail, swaps = await phase(url, args.episodes, args.phase_s, publish=publish,
+        for i in range(args.rounds):  # A-B-B-A..., so drift on a shared machine (and warm-up) hits both alike
+            for swapping in (False, True) if i % 2 == 0 else (True, False):
+                rate, fail, _ = await phase(url, args.episodes, args.phase_s, publish=publish if swapping else None,
                                             every=args.every)
-            rates["swapping"].append(rate)
-            failures += fail
+                rates["swapping" if swapping else "no swaps"].append(rate)
+                failures += fail
     finally:
         server.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -16,20 +16,24 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+# vLLM's log lines ("(EngineCore pid=12) INFO 11-26 06:54:24 [core.py:133] ...") reach stdout when a bench runs the
+# engine in its own process; they go to the bench's log, not into the report
+ENGINE_LOG = re.compile(r"^(\([\w.-]+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d \d\d:\d\d:\d\d")
 
 # name -> (quick arguments, full arguments)
 SUITE: dict[str, tuple[list[str], list[str]]] = {
     "act_overhead": (["--steps", "100"], []),
     "concurrency": (["--levels", "1,8,32,64", "--steps", "6"], []),
     "hier_vs_flat": (["--variations", "1"], []),
-    "hotswap": (["--swaps", "5", "--rounds", "1"], []),
-    "transports": (["--rounds", "1"], []),
+    "hotswap": (["--swaps", "5", "--rounds", "2", "--phase-s", "15"], []),
+    "transports": (["--rounds", "2", "--seconds", "10"], []),
     "train_throughput": (["--per-task", "1", "--step-bench", "4"], []),
     "soak": (["--episodes", "48", "--steps", "20", "--minutes", "3", "--concurrency", "32",
               "--sample-every", "30"], []),
@@ -56,12 +60,27 @@ def describe_machine() -> list[str]:
     ]
 
 
+def split_output(stdout: str) -> tuple[str, list[dict], list[str]]:
+    """A bench's stdout -> (its report text, its RESULT figures, the engine's log lines)."""
+    text, results, engine = [], [], []
+    for line in stdout.splitlines():
+        if line.startswith("RESULT "):
+            results.append(json.loads(line[len("RESULT "):]))
+        elif ENGINE_LOG.match(line):
+            engine.append(line)
+        else:
+            text.append(line)
+    return "\n".join(text), results, engine
+
+
 def run(name: str, args: list[str], log: Path) -> tuple[int, float, str, list[dict]]:
     t0 = time.monotonic()
-    done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], cwd=BENCH.parent,
-                          stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
-    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    text = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("RESULT "))
+    with log.open("w") as err:
+        done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *args], cwd=BENCH.parent,
+                              stdout=subprocess.PIPE, stderr=err, text=True)
+    text, results, engine = split_output(done.stdout)
+    with log.open("a") as err:
+        err.write("\n".join(engine) + "\n")
     return done.returncode, time.monotonic() - t0, text, results
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-from glider.clients.sdk import AsyncGliderClient, GliderAPIError
+from glider.clients.sdk import AsyncGliderClient, AsyncGliderGrpcClient, GliderAPIError
 
 
 @dataclass
@@ -85,27 +85,14 @@ async def _rest_episode(client: AsyncGliderClient, k: int, steps: int, report: L
     return eid
 
 
-async def _grpc_episode(stub, k: int, steps: int, report: LoadReport) -> str:
-    from glider.v1 import agent_pb2 as pb
-
+async def _grpc_episode(client: AsyncGliderGrpcClient, k: int, steps: int, report: LoadReport) -> str:
     observations = _observations(k, steps)
-    events = [pb.EpisodeEvent(start=pb.EpisodeStart(task=f"task {k}", observation=observations[0]))]
-    events += [pb.EpisodeEvent(step=pb.EpisodeStep(observation=o)) for o in observations[1:]]
-    events.append(pb.EpisodeEvent(step=pb.EpisodeStep(observation="the end", done=True)))
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def send():
-        while (event := await queue.get()) is not None:
-            yield event
-
-    call = stub.Episode(send())
-    eid = None
-    for i, event in enumerate(events):  # one event, one reply: the step's latency is the round trip
-        t0 = time.perf_counter()
-        await queue.put(event)
-        reply = await call.read()
-        eid = report.check("grpc", t0, reply, eid, i, steps)
-    await queue.put(None)
+    async with client.episode(f"task {k}") as episode:
+        t0 = time.perf_counter()  # one event, one reply: a step's latency is the round trip
+        eid = report.check("grpc", t0, await episode.start(observations[0]), None, 0, steps)
+        for i, obs in enumerate(observations[1:] + ["the end"], start=1):
+            t0 = time.perf_counter()
+            eid = report.check("grpc", t0, await episode.step(obs, done=i == steps), eid, i, steps)
     return eid
 
 
@@ -127,29 +114,22 @@ async def run_load(url: str, grpc_target: str | None, *, episodes: int | None = 
                    sample: Callable[[], dict] | None = None, sample_every_s: float = 10.0,
                    timeout_s: float = 600.0) -> LoadReport:
     """Play ``episodes`` (or, with ``duration_s``, as many as fit in it) at ``concurrency`` at once."""
-    import grpc
-    from glider.v1 import agent_pb2_grpc as pb_grpc
-
     report = LoadReport()
     start = time.monotonic()
     deadline = start + duration_s if duration_s else None
     async with AsyncGliderClient(url, timeout=timeout_s, max_connections=concurrency) as client:
-        channel = grpc.aio.insecure_channel(grpc_target) if grpc_target else None
-        stub = pb_grpc.AgentStub(channel) if channel else None
+        streams = AsyncGliderGrpcClient(grpc_target) if grpc_target else None
         counter = iter(range(10**9))
 
         async def one(k: int) -> None:
             # spread evenly: of every n episodes, round(n * grpc_share) stream over gRPC
-            use_grpc = stub is not None and int((k + 1) * grpc_share) > int(k * grpc_share)
+            use_grpc = streams is not None and int((k + 1) * grpc_share) > int(k * grpc_share)
             try:
-                eid = await (_grpc_episode(stub, k, steps, report) if use_grpc
+                eid = await (_grpc_episode(streams, k, steps, report) if use_grpc
                              else _rest_episode(client, k, steps, report))
                 await _verify_and_close(client, eid, k, steps, report)
-            except GliderAPIError as exc:
+            except GliderAPIError as exc:  # gRPC errors too: their code is the status name
                 report.errors[exc.code] += 1
-                report.lost_steps += 1
-            except grpc.aio.AioRpcError as exc:
-                report.errors[exc.code().name] += 1
                 report.lost_steps += 1
             report.episodes += 1
 
@@ -170,8 +150,8 @@ async def run_load(url: str, grpc_target: str | None, *, episodes: int | None = 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
             sampling.cancel()
-            if channel is not None:
-                await channel.close()
+            if streams is not None:
+                await streams.close()
         await _sample(url, report, start, sample)
     report.wall_s = time.monotonic() - start
     return report
