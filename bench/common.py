@@ -63,14 +63,30 @@ class ServerProcess:
         env = {**os.environ, "GLIDER_PORT": str(self.port), "GLIDER_GRPC_PORT": str(self.grpc_port),
                "GLIDER_HOME": str(s.home),
                "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2", **env}
+        import tempfile
+
+        self.log = tempfile.TemporaryFile()  # the server's stderr, shown if it fails to start
         self.proc = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env,
-                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
 
     def wait_ready(self, timeout: float = 600) -> None:
+        """Until /readyz answers; a server that exits first (say, adapters that do not match the
+        model) fails at once with the end of its log."""
+        import time
+
         from glider.clients.sdk import GliderClient
 
+        deadline = time.monotonic() + timeout
         with GliderClient(self.url) as client:
-            client.wait_ready(timeout)
+            while time.monotonic() < deadline:
+                if client.ready() is not None:
+                    return
+                if self.proc.poll() is not None:
+                    self.log.seek(0)
+                    tail = self.log.read().decode(errors="replace").splitlines()[-15:]
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n" + "\n".join(tail))
+                time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout:.0f}s")
 
     def close(self) -> None:
         self.proc.terminate()

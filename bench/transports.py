@@ -3,8 +3,8 @@
 Same server process for the transport comparison (phases alternated); per-step
 transport overhead = client-measured step latency minus the Agent's own time
 for that step (the ``latency_ms`` the server writes in its episode log).  The
-recording cost compares two servers started side by side, recording on and
-off, with phases alternated between them.
+recording cost compares servers recording on and off, one at a time, each
+started afresh, in alternating order.
 
     .venv/bin/python bench/transports.py [--steps 10] [--concurrent 32] [--seconds 15]
 """
@@ -89,20 +89,20 @@ def agent_ms(record_dir: Path) -> dict:
     return out
 
 
+async def started(s, work: Path, record: bool) -> ServerProcess:
+    server = ServerProcess(s, GLIDER_RECORD=str(record).lower(), GLIDER_RECORD_DIR=str(work / str(record)))
+    server.grpc_target = f"127.0.0.1:{server.grpc_port}"
+    await asyncio.to_thread(server.wait_ready)
+    await phase(server, "rest", 2, steps=3)  # warm up
+    return server
+
+
 async def main(args):
     s = settings()
     work = Path(tempfile.mkdtemp(prefix="glider-bench-"))
     rows, overhead = {}, {}
-    # two servers side by side, recording on and off; only one is loaded at a time
-    servers = {record: ServerProcess(s, GLIDER_RECORD=str(record).lower(),
-                                     GLIDER_RECORD_DIR=str(work / str(record)))
-               for record in (True, False)}
+    server = await started(s, work, record=True)
     try:
-        for server in servers.values():
-            server.grpc_target = f"127.0.0.1:{server.grpc_port}"
-            await asyncio.to_thread(server.wait_ready)
-            await phase(server, "rest", 2, steps=3)  # warm up
-        server = servers[True]
         for transport in ("rest", "grpc"):
             rate1, lat1 = await phase(server, transport, 1, steps=args.steps)
             rows[transport] = [rate1, 0.0]
@@ -113,14 +113,19 @@ async def main(args):
         for transport in ("rest", "grpc", "grpc", "rest"):
             rate32, _ = await phase(server, transport, args.concurrent, seconds=args.seconds)
             rows[transport][1] += rate32 / 2
-        recording = {True: [], False: []}
-        for i in range(args.rounds):
-            for record in (True, False) if i % 2 == 0 else (False, True):
-                rate, _ = await phase(servers[record], "rest", args.concurrent, seconds=args.seconds)
-                recording[record].append(rate)
     finally:
-        for server in servers.values():
-            server.close()
+        server.close()
+    # recording on vs off: one server at a time, each started afresh and warmed alike, in A-B-B-A order
+    # (two engines side by side on 2 cores measured 1.2x apart whichever recorded)
+    recording = {True: [], False: []}
+    for i in range(args.rounds):
+        for record in (True, False) if i % 2 == 0 else (False, True):
+            server = await started(s, work, record)
+            try:
+                rate, _ = await phase(server, "rest", args.concurrent, seconds=args.seconds)
+            finally:
+                server.close()
+            recording[record].append(rate)
     print(f"# transports (vLLM-CPU, embedded backbone, {machine()})")
     print(f"| transport | 1 episode env-steps/s | {args.concurrent} episodes env-steps/s | "
           "per-step transport overhead p50 ms |")
