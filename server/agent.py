@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import AdapterRegistry
+from glider.server.api.schemas import EPISODE_ID_PATTERN, TASK_PATTERN
 from glider.server.backends.base import Backend, BackendError, GenerationSpec
 from glider.server.errors import EpisodeFinished, InvalidInput, StepMismatch
 from glider.server.metrics import Metrics
@@ -35,7 +36,8 @@ from glider.server.store.recorder import TrajectoryRecorder
 
 log = logging.getLogger(__name__)
 
-EPISODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+EPISODE_ID_RE = re.compile(EPISODE_ID_PATTERN)
+TASK_RE = re.compile(TASK_PATTERN)  # the REST schema's own patterns: gRPC requests get the same checks
 
 
 def _request_digest(observation: str, reward: float, done: bool, score: float | None) -> str:
@@ -105,7 +107,7 @@ class Agent:
 
     # -- episodes -----------------------------------------------------------------
     def _check_task(self, task: str | None) -> str:
-        if task is None or not task.strip():
+        if task is None or not TASK_RE.search(task):
             raise InvalidInput("task is required to start an episode")
         if len(task) > self.settings.max_task_chars:
             raise InvalidInput(f"task is longer than {self.settings.max_task_chars} characters")

@@ -23,8 +23,14 @@ class _Strict(BaseModel):
         return data
 
 
-# a task must say something: at least one character that is not white space
-TASK_PATTERN = r"\S"
+# A task must say something: at least one character that is not blank. "Blank" is spelled out
+# instead of written \s, because the engines that read this pattern disagree on \s: Python's
+# str.isspace() counts the information separators \x1c-\x1f, JSON Schema's (ECMA) \s counts the
+# byte-order mark \ufeff but not \x85, pydantic's (Rust) \s counts \x85 but not \ufeff. This class
+# is their union, so the schema, pydantic, schemathesis (which found the disagreement) and the
+# Agent (gRPC's only check) refuse the same tasks.
+BLANK_CHARS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+TASK_PATTERN = rf"[^{BLANK_CHARS}]"
 
 
 class ActRequest(_Strict):

@@ -76,10 +76,19 @@ def test_no_operation_fails_or_breaks_its_contract(api_schema, mode):
     assert {"POST /act", "POST /episodes", "POST /admin/adapters/{name}/load"} <= exercised, exercised
 
 
-def test_stateful_episode_lifecycle(api_schema):
-    """Sequences of calls linked by their data (the episode id an answer returns, used next)."""
-    machine = api_schema.as_state_machine()
-    machine.run(settings=settings(max_examples=max(5, EXAMPLES // 6), stateful_step_count=8, deadline=None,
+def test_stateful_episode_lifecycle(api_schema, fuzz_app):
+    """Sequences of calls linked by their data (the episode id an answer returns, used next).
+
+    Each scenario starts from an empty episode store: Hypothesis replays a scenario to shrink it, and
+    a client-chosen id that an earlier scenario created would answer 409 on the replay, which it
+    reports as flaky data generation (found by the long run, GLIDER_FUZZ_EXAMPLES=1000)."""
+    agent = fuzz_app.agent
+
+    class Workflow(api_schema.as_state_machine()):
+        def setup(self) -> None:
+            agent.store = MemoryEpisodeStore(max_episodes=100_000)
+
+    Workflow.run(settings=settings(max_examples=max(5, EXAMPLES // 6), stateful_step_count=8, deadline=None,
                                   suppress_health_check=list(HealthCheck), derandomize=True, database=None))
 
 
@@ -97,3 +106,38 @@ def test_fuzzing_left_no_engine_or_store_damage(fuzz_app):
 
     metrics = asyncio.run(run())
     assert 'glider_errors_total{code="internal"}' not in metrics
+
+
+def test_blank_tasks_mean_the_same_to_schema_pydantic_and_agent(fuzz_app):
+    """Regression: the long fuzz run sent the task "\\x1e", which the schema's \\S accepted and the
+    Agent's str.strip() refused as blank (a schema-valid request rejected)."""
+    import re
+
+    import httpx
+    from glider.server.api.schemas import TASK_PATTERN, EpisodeCreate
+    from glider.server.errors import InvalidInput
+    from pydantic import ValidationError
+
+    agent = fuzz_app.agent
+    chars = [chr(c) for c in range(0x3100) if not 0xD800 <= c <= 0xDFFF] + ["\ufeff", "\uffef"]
+    blank = {c for c in chars if c.isspace()} | {"\ufeff"}
+    assert {"\x1c", "\x1f", "\x85", "\u3000", "\ufeff"} <= blank
+    for c in chars:
+        task = f"{c}{c}"
+        assert (re.search(TASK_PATTERN, task) is None) == (c in blank), repr(c)
+        try:
+            EpisodeCreate(task=task)
+            assert c not in blank, repr(c)
+        except ValidationError:
+            assert c in blank, repr(c)
+
+    async def run():
+        for c in sorted(blank)[:8] + ["\ufeff"]:
+            with pytest.raises(InvalidInput):  # what gRPC's CreateEpisode reaches
+                await agent.create_episode(f" {c} ")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fuzz_app), base_url="http://t") as client:
+            r = await client.post("/episodes", json={"task": "\u001e"})
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+            assert (await client.post("/episodes", json={"task": "\u001eboil\u001e"})).status_code == 201
+
+    asyncio.run(run())
