@@ -9,8 +9,9 @@ Errors come back as ``GliderAPIError`` with the server's status, code and messag
 ``retries=N`` retries the errors the server gives when it has done nothing (it is overloaded,
 over the client's rate limit, between engine or Redis failures, or the episode is busy with
 another step) up to N times, after the server's ``Retry-After`` or an exponential backoff. Every
-failed step leaves its episode as it was, so such a retry cannot step twice; pass ``step`` too and
-a retry after a lost reply is safe as well (the server answers the step it already took again).
+failed step leaves its episode as it was, so such a retry cannot step twice. A lost reply (a
+transport error) is not retried: retry it yourself with the same ``step`` index, and the server
+answers the step it already took again.
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ class GliderClient:
     def load_adapter(self, name: str, version: str | None = None, *, token: str) -> dict:
         """Admin: serve ``version`` of adapter ``name`` (default: the registry's current)."""
         body = {"version": version} if version else None
-        return _check(self._http.post(f"/admin/adapters/{name}/load", json=body,
-                                      headers={"Authorization": f"Bearer {token}"})).json()
+        return self._send("POST", f"/admin/adapters/{name}/load", json=body,
+                          headers={"Authorization": f"Bearer {token}"}).json()
 
     def ready(self) -> Health | None:
         try:
@@ -295,7 +296,9 @@ class TLS:
 def _channel_options(retries: int) -> list[tuple[str, object]]:
     """gRPC's own retry policy for the Agent's unary calls (``retries`` > 0): the status codes of the
     REST client's RETRYABLE errors, exponential backoff, and the server's ``grpc-retry-pushback-ms``
-    trailer (sent with a rate-limit refusal) honoured by gRPC itself. gRPC caps attempts at 5."""
+    trailer (sent with a rate-limit refusal) honoured by gRPC itself. gRPC caps attempts at 5, and
+    retries by status alone, so RESOURCE_EXHAUSTED for too many episodes is retried too (REST's
+    429 too_many_episodes is not)."""
     if retries <= 0:
         return []
     policy = {"maxAttempts": min(5, retries + 1), "initialBackoff": f"{BACKOFF_S}s",

@@ -112,6 +112,15 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def _refusal(metrics, status: int, code: str, message: str, *, retry_after: int) -> JSONResponse:
+    """A request a limit turned away before it reached the app: counted, with when to come back."""
+    if metrics is not None:
+        metrics.errors.labels(code).inc()
+    response = _error(status, code, message)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 class ConcurrencyLimit:
     """At most ``limit`` requests in flight; past it, 503 ``overloaded`` with Retry-After at once,
     instead of a queue that grows until every client times out. Probes and metrics are exempt, so
@@ -127,10 +136,8 @@ class ConcurrencyLimit:
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
-            if self.metrics is not None:
-                self.metrics.errors.labels("overloaded").inc()
-            response = _error(503, "overloaded", f"more than {self.limit} requests in flight; retry shortly")
-            response.headers["Retry-After"] = "1"
+            response = _refusal(self.metrics, 503, "overloaded",
+                                f"more than {self.limit} requests in flight; retry shortly", retry_after=1)
             return await response(scope, receive, send)
         self.in_flight += 1
         try:
@@ -152,10 +159,7 @@ class RateLimit:
         wait = self.limiter.retry_after(self.limiter.rest_client(scope))
         if wait is None:
             return await self.app(scope, receive, send)
-        if self.metrics is not None:
-            self.metrics.errors.labels("rate_limited").inc()
-        response = _error(429, "rate_limited", self.limiter.message(wait))
-        response.headers["Retry-After"] = str(wait)
+        response = _refusal(self.metrics, 429, "rate_limited", self.limiter.message(wait), retry_after=wait)
         return await response(scope, receive, send)
 
 
