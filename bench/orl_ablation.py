@@ -25,13 +25,8 @@ import time
 from pathlib import Path
 
 from common import ROOT, ServerProcess, machine, settings
-from glider.clients.evaluate import (
-    EvalConfig,
-    plan_episodes,
-    run_episodes,
-    table_markdown,
-    write_report,
-)
+from glider.clients.evaluate import EvalConfig, run_episodes, table_markdown, write_report
+from glider.clients.protocols import load_plan
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.policy.controller import HierarchyConfig
 from glider.trainer.critic import CriticConfig
@@ -65,10 +60,9 @@ def main() -> None:
     p.add_argument("--scratch-lr", type=float, default=2e-3, help="actor lr from a fresh LoRA (SFT's)")
     p.add_argument("--expectile", type=float, default=0.9)
     p.add_argument("--lam", type=float, default=0.1)
-    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--protocol", default="quick", help="evaluation plan: glider | eto | quick | a plan file")
     p.add_argument("--eval-tasks", default="", help="families to evaluate (default: every trained one); "
                                                     "'half' = every other one in sorted order")
-    p.add_argument("--max-steps", type=int, default=50)
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--step-bench", type=int, default=10, help="steps per side of the step-time comparison (0: skip)")
     p.add_argument("--reuse", action="store_true", help="keep ORL versions already trained by an earlier run")
@@ -87,6 +81,8 @@ def main() -> None:
         tasks = tasks[::2]
     elif args.eval_tasks:
         tasks = [t for t in args.eval_tasks.split(",") if t]
+    plan = load_plan(args.protocol)
+    plan.episodes = [e for e in plan.episodes if e.task in tasks]
     args.out.mkdir(parents=True, exist_ok=True)
     state_file = args.out / "versions.json"
     versions: dict = json.loads(state_file.read_text()) if args.reuse and state_file.is_file() else {}
@@ -158,12 +154,11 @@ def main() -> None:
                 with GliderClient(server.url) as client:
                     for name, version in wanted.items():
                         client.load_adapter(name, version, token=ADMIN_TOKEN)
-                cfg = EvalConfig(server=server.url, transport="rest", tasks=tasks, episodes_per_task=args.episodes,
-                                 max_steps=args.max_steps, parallel=args.parallel)
+                cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
                 t0 = time.monotonic()
-                with tqdm(total=len(plan_episodes(cfg)), desc=label, unit="episode") as bar:
+                with tqdm(total=len(plan.episodes), desc=label, unit="episode") as bar:
                     results = run_episodes(cfg, on_done=lambda r: bar.update(1))
-                summary = write_report(results, run_out, label=label, meta={"versions": wanted, "tasks": tasks})
+                summary = write_report(results, run_out, plan, label=label, meta={"versions": wanted, "tasks": tasks})
                 summaries[label] = summary
                 tables.append(f"### {label} ({wanted}; {(time.monotonic() - t0) / 60:.1f} min)\n\n"
                               + table_markdown(summary))
@@ -173,15 +168,14 @@ def main() -> None:
 
     base = summaries.get("flat SFT", {}).get("overall")
     report = [f"# ORL ablation on the embedded backbone ({machine()})\n", data_line + ".\n",
-              f"Evaluation: {args.episodes} episode(s) per task family and split, {len(tasks)} families, "
-              f"{args.max_steps}-step cap, final score clipped at 0, macro average ×100.\n",
+              f"Evaluation: {plan.describe()} (score ×100).\n",
               "| agent | seen | unseen | seen ÷ flat SFT | unseen ÷ flat SFT | steps/episode | subgoals/episode |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for label, summary in summaries.items():
         o = summary["overall"]
-        ratio = [o[split]["macro"] / base[split]["macro"] if base and base[split]["macro"] else float("nan")
+        ratio = [o[split]["mean"] / base[split]["mean"] if base and base[split]["mean"] else float("nan")
                  for split in ("seen", "unseen")]
-        report.append(f"| {label} | {o['seen']['macro']:.2f} | {o['unseen']['macro']:.2f} | {ratio[0]:.2f}× | "
+        report.append(f"| {label} | {o['seen']['mean']:.2f} | {o['unseen']['mean']:.2f} | {ratio[0]:.2f}× | "
                       f"{ratio[1]:.2f}× | {o['seen']['steps']:.1f} | {o['seen']['subgoals']:.1f} |")
     report += ["\n## Training\n", "| run | adapter/role | decisions | critic loss (last batch) | advantage | clipped | "
                "actor steps | actor loss first→last | minutes |", "|---|---|---:|---|---|---:|---:|---|---:|",

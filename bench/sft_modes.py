@@ -22,13 +22,8 @@ import time
 from pathlib import Path
 
 from common import ROOT, ServerProcess, machine, settings
-from glider.clients.evaluate import (
-    EvalConfig,
-    plan_episodes,
-    run_episodes,
-    table_markdown,
-    write_report,
-)
+from glider.clients.evaluate import EvalConfig, run_episodes, table_markdown, write_report
+from glider.clients.protocols import load_plan
 from glider.server.policy.controller import HierarchyConfig
 from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
@@ -51,9 +46,7 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--warmup-epochs", type=float, default=3.0)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--episodes", type=int, default=2)
-    p.add_argument("--eval-tasks", default="")
-    p.add_argument("--max-steps", type=int, default=50)
+    p.add_argument("--protocol", default="quick", help="evaluation plan: glider | eto | quick | a plan file")
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--reuse", action="store_true")
     p.add_argument("--keep-warmup", action="store_true",
@@ -74,15 +67,14 @@ def main() -> None:
         warm = warmup_backbone(model, trajs, TrainConfig(lr=1e-3, epochs=args.warmup_epochs),
                                args.home / "runs" / "warmup")
     s = settings(home=args.home, model=model)
-    eval_tasks = [t for t in args.eval_tasks.split(",") if t] or sorted({t.task_name for t in trajs})
+    plan = load_plan(args.protocol)
     args.out.mkdir(parents=True, exist_ok=True)
     report = [f"# SFT modes on the embedded backbone ({machine()})\n",
               f"{len(trajs)} expert trajectories ({sum(len(t.steps) for t in trajs)} steps, "
               f"{len({t.task_name for t in trajs})} task families); backbone warm-up: "
               f"{warm.get('steps')} steps, loss {warm.get('first_loss', float('nan')):.3f}→"
               f"{warm.get('train_loss', float('nan')):.3f}; SFT {args.epochs:g} epochs, lr {args.lr:g}, "
-              f"LoRA r16 on all projections; evaluation: {args.episodes} episode(s) per task family and split, "
-              f"{args.max_steps}-step cap, {len(eval_tasks)} families.\n",
+              f"LoRA r16 on all projections; evaluation: {plan.describe()}.\n",
               "| mode | adapter | train tokens | target tokens | padding | tokens/s | train loss first→last | "
               "val loss before→after | minutes |", "|---|---|---:|---:|---:|---:|---|---|---:|"]
     tables, summaries = [], {}
@@ -106,21 +98,20 @@ def main() -> None:
         try:
             server.wait_ready()
             t0 = time.monotonic()
-            cfg = EvalConfig(server=server.url, transport="rest", tasks=eval_tasks,
-                             episodes_per_task=args.episodes, max_steps=args.max_steps, parallel=args.parallel)
-            with tqdm(total=len(plan_episodes(cfg)), desc=f"eval {mode}", unit="episode") as bar:
-                results = run_episodes(cfg, on_done=lambda r: bar.update(1))
+            cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
+            with tqdm(total=len(plan.episodes), desc=f"eval {mode}", unit="episode") as bar:
+                results = run_episodes(cfg, out=args.out / mode, on_done=lambda r: bar.update(1))
             minutes = (time.monotonic() - t0) / 60
         finally:
             server.close()
-        summary = write_report(results, args.out / mode, label=f"SFT {mode}")
+        summary = write_report(results, args.out / mode, plan, label=f"SFT {mode}")
         summaries[mode] = summary
         tables.append(f"### {mode} (evaluated in {minutes:.1f} min)\n\n" + table_markdown(summary))
         print(tables[-1], flush=True)
     report.append("\n| mode | seen | unseen | steps/episode (seen) | subgoals/episode (seen) |\n|---|---:|---:|---:|---:|")
     for mode, summary in summaries.items():
         o = summary["overall"]
-        report.append(f"| {mode} | {o['seen']['macro']:.2f} | {o['unseen']['macro']:.2f} | "
+        report.append(f"| {mode} | {o['seen']['mean']:.2f} | {o['unseen']['mean']:.2f} | "
                       f"{o['seen']['steps']:.1f} | {o['seen']['subgoals']:.1f} |")
     text = "\n".join(report) + "\n\n" + "\n".join(tables)
     (args.out / "README.md").write_text(text)

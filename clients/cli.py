@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from glider.clients.commands_eval import evaluate_command
+from glider.clients.commands_eval import eval_app
 from glider.clients.commands_train import data_app, train_app
 from rich.console import Console
 from rich.table import Table
@@ -33,7 +33,7 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 console = Console()
-app.command("eval")(evaluate_command)
+app.add_typer(eval_app, name="eval")
 
 ALL_ADAPTERS = ["planner", "executor", "shared", "flat"]
 
@@ -252,9 +252,9 @@ def demo(
     max_steps: int = 30,
     backend: str = "vllm",
     port: int = 8765,
-    eval_tasks: Annotated[str, typer.Option(help="Task families of the closing table.")]
-    = "find-plant,find-living-thing,find-animal,find-non-living-thing,boil,grow-plant",
-    eval_episodes: int = 1,
+    protocol: Annotated[str, typer.Option(help="The closing table's evaluation plan (quick: one episode per "
+                                               "family and split of GLIDER's protocol; '' skips it).")] = "quick",
+    parallel: Annotated[int, typer.Option(help="Episodes in flight for the table.")] = 8,
     train: Annotated[bool, typer.Option(help="Train SFT adapters first when they are missing.")] = True,
 ):
     """Build and train what is missing, start a server, play ScienceWorld through /act, print the table.
@@ -266,6 +266,7 @@ def demo(
     from glider.clients.envs.scienceworld import ScienceWorld
     from glider.clients.evaluate import EvalConfig, run_episodes, write_report
     from glider.clients.play import play_episode
+    from glider.clients.protocols import load_plan
     from glider.clients.sdk import GliderClient
 
     _logging("warning")
@@ -309,24 +310,30 @@ def demo(
         console.print(table)
         console.print(f"episode {report.episode_id}: {len(report.steps)} steps, {report.subgoals} subgoals, "
                       f"final score {report.score * 100:.0f}/100 (best {report.max_score * 100:.0f})")
-        if eval_tasks:
+        if protocol:
             console.rule("seen (dev) and unseen (test) variations")
-            cfg = EvalConfig(server=f"http://127.0.0.1:{port}", transport="rest",
-                             tasks=[t for t in eval_tasks.split(",") if t], episodes_per_task=eval_episodes,
-                             max_steps=max_steps, parallel=2)
-            results = run_episodes(cfg)
-            out = s.home / "eval" / "demo"
-            write_report(results, out, label=f"demo ({health.mode}, {max_steps}-step cap)")
+            plan = load_plan(protocol)
+            cfg = EvalConfig(plan=plan, server=f"http://127.0.0.1:{port}", transport="rest", parallel=parallel)
+            out = s.home / "eval" / f"demo-{protocol}-{_adapter_tag(health.adapters)}"
+            t0 = time.monotonic()
+            results = run_episodes(cfg, out=out)
+            write_report(results, out, plan, label=f"demo agent ({health.mode})")
             from rich.markdown import Markdown
 
             console.print(Markdown((out / "table.md").read_text()))
-            console.print(f"table, episodes and plot in {out}")
+            console.print(f"{sum(r.steps for r in results)} steps in {time.monotonic() - t0:.0f}s; "
+                          f"table, episodes, transcripts and plot in {out}")
     finally:
         server.terminate()
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _adapter_tag(adapters: dict[str, str]) -> str:
+    """A run directory per set of served adapter versions: a retrained agent is a new run, not a resume."""
+    return "_".join(f"{name}-{version}" for name, version in sorted(adapters.items()))
 
 
 def _free_port() -> int:

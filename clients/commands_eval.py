@@ -1,4 +1,9 @@
-"""``glider eval``: the evaluation harness on the command line (see ``glider.clients.evaluate``)."""
+"""``glider eval ...``: the evaluation harness on the command line (``glider.clients.evaluate``).
+
+    glider eval run --out DIR [--protocol glider|eto|quick|quick-ci|PLAN.json]   play a plan, print the table
+    glider eval compare RUN_A RUN_B                                              paired B − A with CIs
+    glider eval plan --protocol glider|eto                                       (re)build a committed plan file
+"""
 
 from __future__ import annotations
 
@@ -12,21 +17,47 @@ from rich.console import Console
 from rich.markdown import Markdown
 
 console = Console()
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate agents on the papers' protocols, with CIs.")
 
 
-def evaluate_command(
-    out: Annotated[Path, typer.Option(help="Directory for table.md/csv, episodes.csv, PNG plots.")],
+def _custom_plan(env: str, tasks: str, episodes: int, seed: int, splits: str, max_steps: int):
+    """An ad-hoc plan (``--protocol custom``): N variations per family drawn from a seed."""
+    from glider.clients.envs.scienceworld import TASK_FAMILIES
+    from glider.clients.protocols import Plan, scienceworld_variations
+
+    split_list = tuple(s for s in splits.split(",") if s)
+    if not split_list or any(s not in ("seen", "unseen") for s in split_list):
+        raise typer.BadParameter("seen and/or unseen", param_hint="--splits")
+    names = [t for t in tasks.split(",") if t]
+    if env == "scienceworld":
+        names = names or list(TASK_FAMILIES)
+        counts = scienceworld_variations(names, split_list)
+    else:
+        if not names:
+            raise typer.BadParameter(f"--protocol custom on {env} needs --tasks", param_hint="--tasks")
+        counts = {(s, t): range(episodes) for s in split_list for t in names}  # games by seed offset
+    return Plan.draw(names, counts, episodes, seed, split_list, env=env, max_steps=max_steps)
+
+
+@eval_app.command("run")
+def run_command(
+    out: Annotated[Path, typer.Option(help="Run directory: episodes, transcripts, table, plots. A run "
+                                           "restarted on it plays only what is missing.")],
+    protocol: Annotated[str, typer.Option(help="glider (GLIDER's evaluator) | eto | quick (one episode per "
+                                               "family and split) | quick-ci | custom | a plan file")]
+    = "glider",
     server: Annotated[str | None, typer.Option(help="host:port (grpc) or http://host:port (rest).")] = None,
     transport: Annotated[str, typer.Option(help="grpc | rest")] = "grpc",
-    env: Annotated[str, typer.Option(help="scienceworld | textworld")] = "scienceworld",
-    tasks: Annotated[str, typer.Option(help="Comma-separated task families (default: all).")] = "",
-    episodes: Annotated[int, typer.Option(help="Episodes per task family and split.")] = 2,
-    splits: Annotated[str, typer.Option(help="seen (dev variations), unseen (test variations).")]
-    = "seen,unseen",
-    max_steps: Annotated[int, typer.Option(help="Step limit per episode (GLIDER's evaluator: 50).")] = 50,
-    parallel: Annotated[int, typer.Option(help="Environment processes at once.")] = 2,
-    seed: Annotated[int, typer.Option(help="Draws which variations are played.")] = 0,
+    parallel: Annotated[int, typer.Option(help="Episodes in flight (one environment each).")] = 8,
+    policy: Annotated[str, typer.Option(help="server: the agent | gold: replay gold paths with no model "
+                                             "(the environment's throughput floor)")] = "server",
     label: str = "",
+    env: Annotated[str, typer.Option(help="custom protocol: scienceworld | textworld")] = "scienceworld",
+    tasks: Annotated[str, typer.Option(help="custom protocol: task families, comma-separated.")] = "",
+    episodes: Annotated[int, typer.Option(help="custom protocol: episodes per family and split.")] = 2,
+    splits: Annotated[str, typer.Option(help="custom protocol: seen and/or unseen.")] = "seen,unseen",
+    max_steps: Annotated[int, typer.Option(help="custom protocol: step cap.")] = 50,
+    seed: Annotated[int, typer.Option(help="custom protocol: draws the variations.")] = 0,
     checkpoints: Annotated[str, typer.Option(
         help="Evaluate several adapter versions in turn (a learning curve): 'v0002,v0003' or "
              "'planner=v0002+executor=v0003,...'; needs the admin token (GLIDER_ADMIN_TOKEN).")] = "",
@@ -34,40 +65,54 @@ def evaluate_command(
                                            help="The server's REST address for the admin calls of --checkpoints.")]
     = "http://127.0.0.1:8000",
 ):
-    """Play N episodes per task family on seen and unseen variations and write the paper's table."""
+    """Play a protocol's plan through a server and print the paper's table with 95 % CIs."""
     from glider.clients.evaluate import (
         EvalConfig,
         parse_checkpoint,
-        plan_episodes,
         plot_curve,
         run_episodes,
         write_report,
     )
+    from glider.clients.protocols import load_plan
     from glider.clients.sdk import GliderClient
-    from rich.progress import Progress
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    split_list = tuple(s for s in splits.split(",") if s)
-    if not split_list or any(s not in ("seen", "unseen") for s in split_list):
-        raise typer.BadParameter("seen and/or unseen", param_hint="--splits")
     if transport not in ("grpc", "rest"):
         raise typer.BadParameter("grpc | rest", param_hint="--transport")
+    if policy not in ("server", "gold"):
+        raise typer.BadParameter("server | gold", param_hint="--policy")
+    if protocol == "custom":
+        plan = _custom_plan(env, tasks, episodes, seed, splits, max_steps)
+    else:
+        try:
+            plan = load_plan(protocol)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--protocol") from None
     if server is None:
         server = "127.0.0.1:50051" if transport == "grpc" else "http://127.0.0.1:8000"
-    cfg = EvalConfig(server=server, transport=transport, env=env, tasks=[t for t in tasks.split(",") if t],
-                     episodes_per_task=episodes, splits=split_list, max_steps=max_steps, parallel=parallel,
-                     seed=seed)
-    total = len(plan_episodes(cfg))
+    cfg = EvalConfig(plan=plan, server=server, transport=transport, parallel=parallel, policy=policy)
+    console.print(plan.describe())
 
     def one_run(run_label: str, run_out: Path, meta: dict) -> dict:
-        with Progress(console=console) as progress:
-            bar = progress.add_task(run_label or "episodes", total=total)
-            results = run_episodes(cfg, on_done=lambda r: progress.advance(bar))
-        summary = write_report(results, run_out, label=run_label, meta=meta)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[steps]} steps"))
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task(run_label or plan.protocol, total=len(plan.episodes), steps=0)
+            counted = {"steps": 0}
+
+            def advance(result):
+                counted["steps"] += result.steps
+                progress.update(bar, advance=1, steps=counted["steps"])
+
+            try:
+                results = run_episodes(cfg, out=run_out, on_done=advance)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--out") from None
+        summary = write_report(results, run_out, plan, label=run_label, meta=meta)
         console.print(Markdown((run_out / "table.md").read_text()))
         return summary
 
-    meta = {"server": server, "transport": transport, "episodes_per_task": episodes, "max_steps": max_steps,
-            "seed": seed}
+    meta = {"server": server, "transport": transport, "policy": policy, "parallel": parallel}
     if not checkpoints:
         one_run(label, out, meta)
         console.print(f"written to {out}")
@@ -96,3 +141,51 @@ def evaluate_command(
     (out / "curve.json").write_text(json.dumps([{"checkpoint": c, "overall": s["overall"]} for c, s in points],
                                                indent=2))
     console.print(f"learning curve written to {out / 'curve.png'}")
+
+
+@eval_app.command("compare")
+def compare_command(
+    run_a: Annotated[Path, typer.Argument(help="The baseline run's directory (A).")],
+    run_b: Annotated[Path, typer.Argument(help="The other run's directory (B): B − A is reported.")],
+    out: Annotated[Path | None, typer.Option(help="Also write the comparison as JSON here.")] = None,
+):
+    """B − A paired episode by episode: per split the difference with its 95 % CI and the minimum
+    detectable difference at 80 % power, and the per-family differences."""
+    from glider.clients.evaluate import compare_runs, comparison_markdown
+
+    try:
+        cmp = compare_runs(run_a, run_b)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if not cmp["splits"]:
+        raise typer.BadParameter(f"{run_a} and {run_b} share no episode")
+    console.print(Markdown(comparison_markdown(cmp, str(run_a), str(run_b))))
+    if out is not None:
+        out.write_text(json.dumps(cmp, indent=2))
+
+
+@eval_app.command("plan")
+def plan_command(
+    protocol: Annotated[str, typer.Option(help="glider | eto")] = "glider",
+    seed: Annotated[int, typer.Option(help="glider: draws the variations (the committed plan uses 0).")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Where to write it (default: the committed plan file).")]
+    = None,
+):
+    """Build a protocol's plan file from the papers' sources (a maintainer's command: plans are committed)."""
+    from glider.clients.protocols import (
+        build_eto_plan,
+        build_glider_plan,
+        glider_counts,
+        plan_path,
+        scienceworld_variations,
+    )
+
+    if protocol == "glider":
+        plan = build_glider_plan(scienceworld_variations(glider_counts()), seed)
+    elif protocol == "eto":
+        plan = build_eto_plan()
+    else:
+        raise typer.BadParameter("glider | eto", param_hint="--protocol")
+    path = out or plan_path(protocol)
+    path.write_text(plan.to_json())
+    console.print(f"{plan.describe()} -> {path}")

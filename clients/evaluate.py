@@ -1,47 +1,57 @@
-"""The evaluation harness: play task families on seen and unseen variations through a server, report like the paper.
+"""The evaluation harness: play a protocol's plan through a server, score it as the paper does, with CIs.
 
-Protocol (``PAPER_NOTES.md``): *seen* = ScienceWorld's dev variations, *unseen*
-= its test variations; each episode runs to ``max_steps`` (GLIDER's evaluator:
-50); an episode's score is its **final** score clipped at 0 (GLIDER's own
-evaluator) — the best score reached (ETO's protocol) is reported beside it;
-a split's score averages per task family, then over families (macro).  Which
-variations are played is drawn from ``seed``, and the server decodes greedily,
-so a rerun plays the same episodes (up to ScienceWorld's own unseeded
-simulator randomness).
+What is played and how it is scored is a ``Plan`` (``glider.clients.protocols``):
+*seen* = ScienceWorld's dev variations, *unseen* = its test variations, the
+step cap, the simplification, final or best score, macro or micro mean.  Every
+split's figure comes with its 95 % stratified-bootstrap interval
+(``glider.clients.stats``), and ``compare_runs`` pairs two runs of the same plan
+episode by episode.
 
-Outputs under ``--out``: ``episodes.csv`` (one row per episode), ``table.md`` and
-``table.csv`` (score ×100 per task family and split, and overall),
-``summary.json``, ``scores.png`` (per task family), and with several adapter
-versions ``curve.png`` / ``curve.csv`` (score against version: a learning curve).
+Runs are **resumable**: each finished episode is appended to ``episodes.jsonl``
+in the output directory at once, and a run restarted on the same directory
+plays only the episodes it does not have (the directory's ``plan.json`` must be
+the same plan).  Beside it, one readable transcript per episode under
+``transcripts/<split>/<family>/<variation>.md``.
+
+*Throughput.* Episodes run in ``parallel`` threads, each with its own
+environment (a bounded ScienceWorld JVM, reused across that thread's
+episodes).  A thread spends its time waiting on the JVM or the server, both
+outside the GIL, so many episodes are in flight at once and the engine batches
+their generations.  ``policy="gold"`` replays each episode's gold path with no
+model: the environment's own floor, which ``bench/eval_throughput.py`` sets
+beside the served run.
+
+Outputs under the output directory: ``episodes.jsonl`` / ``episodes.csv``,
+``table.md`` / ``table.csv`` (score ×100 per family and split, overall with
+CIs), ``summary.json``, ``scores.png``, ``transcripts/``; with several adapter
+versions, ``curve.png`` / ``curve.csv``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import random
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from glider.clients.play import EpisodeReport
-
-#: the paper's split names and the ScienceWorld splits they mean
-SPLITS = {"seen": "dev", "unseen": "test"}
+from glider.clients.play import EpisodeReport, StepRecord
+from glider.clients.protocols import SPLITS, Plan, PlannedEpisode
+from glider.clients.stats import aggregate, bootstrap, paired
 
 
 @dataclass
 class EvalConfig:
+    plan: Plan
     server: str = "127.0.0.1:50051"
     transport: str = "grpc"
-    env: str = "scienceworld"
-    tasks: list[str] = field(default_factory=list)  # empty: every task family
-    episodes_per_task: int = 2
-    splits: tuple[str, ...] = ("seen", "unseen")
-    max_steps: int = 50
-    parallel: int = 2
-    seed: int = 0
+    parallel: int = 8  # episodes in flight, one environment each
+    policy: str = "server"  # server: the agent behind ``server`` | gold: replay the gold path (the floor)
     games_dir: Path = Path(".glider/games")
 
 
@@ -49,103 +59,234 @@ class EvalConfig:
 class EpisodeResult:
     split: str  # seen | unseen
     task: str
-    position: int  # position in the split's variation list
+    variation: int
     score: float  # final score, clipped at 0 (GLIDER's protocol), 0..1
-    best: float  # best score reached (ETO's protocol), 0..1
+    best: float  # best score reached, clipped at 0 (ETO's protocol), 0..1
     steps: int
     subgoals: int
     done: bool
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return PlannedEpisode(self.split, self.task, self.variation).key
+
+    def value(self, scoring: str) -> float:
+        """The episode's score ×100 under the protocol's rule."""
+        return 100 * (self.score if scoring == "final" else self.best)
 
     @classmethod
-    def from_report(cls, split: str, position: int, report: EpisodeReport) -> EpisodeResult:
-        return cls(split=split, task=report.task_name, position=position, score=max(0.0, report.score),
-                   best=max(0.0, report.max_score), steps=len(report.steps), subgoals=report.subgoals,
-                   done=report.done)
+    def from_report(cls, episode: PlannedEpisode, report: EpisodeReport, seconds: float = 0.0) -> EpisodeResult:
+        return cls(split=episode.split, task=episode.task, variation=episode.variation,
+                   score=max(0.0, report.score), best=max(0.0, report.max_score), steps=len(report.steps),
+                   subgoals=report.subgoals, done=report.done, seconds=round(seconds, 3))
 
 
-def variation_counts(env: str, tasks: Sequence[str], splits: Sequence[str]) -> tuple[list[str], dict]:
-    """The task families (all when ``tasks`` is empty) and how many variations each split has."""
-    if env != "scienceworld":
-        return list(tasks), {(t, s): 10**6 for t in tasks for s in splits}
-    from glider.clients.envs.scienceworld import SPLITS as ENV_SPLITS
-    from glider.clients.envs.scienceworld import open_env
+# --- playing ---------------------------------------------------------------------------
+class _Environments:
+    """One environment per worker thread, reused across the thread's episodes (a JVM each for ScienceWorld)."""
 
-    world = open_env()
+    def __init__(self, cfg: EvalConfig):
+        self.cfg = cfg
+        self.local = threading.local()
+        self.opened: list = []
+        self.lock = threading.Lock()
+        self.step_limit = max(cfg.plan.max_steps.values()) + 10
+
+    def get(self, episode: PlannedEpisode):
+        plan = self.cfg.plan
+        if plan.env == "scienceworld":
+            from glider.clients.envs.scienceworld import ScienceWorld, open_env
+
+            jvm = getattr(self.local, "jvm", None)
+            if jvm is None:
+                jvm = self.local.jvm = open_env(step_limit=self.step_limit)
+                with self.lock:
+                    self.opened.append(jvm)
+            return ScienceWorld(episode.task, episode.variation, env=jvm, simplification=plan.simplification,
+                                gold=self.cfg.policy == "gold")
+        from glider.clients.play import open_environment
+
+        return open_environment(plan.env, episode.task, SPLITS[episode.split], episode.variation,
+                                plan.steps_for(episode.task), self.cfg.games_dir)
+
+    def close(self) -> None:
+        for jvm in self.opened:
+            try:
+                jvm.close()
+            except Exception:  # a JVM that already died has nothing left to close
+                pass
+
+
+def play_gold(world, max_steps: int) -> EpisodeReport:
+    """Replay the loaded variation's gold path with no model (the environment's floor)."""
+    first = world.reset()
+    report = EpisodeReport(episode_id="gold", task=world.task, score=first.score, max_score=first.score)
+    for i, action in enumerate(world.gold_actions()[:max_steps]):
+        result = world.step(action)
+        report.steps.append(StepRecord(step=i, subgoal=None, new_subgoal=False, action=action,
+                                       reward=result.reward, score=result.score, observation=result.observation))
+        report.score, report.max_score = result.score, max(report.max_score, result.score)
+        if result.done:
+            report.done = True
+            break
+    return report
+
+
+def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
+          episode: PlannedEpisode) -> tuple[EpisodeResult, EpisodeReport]:
+    from glider.clients.play import make_client, play_episode
+
+    started = time.monotonic()
+    world = envs.get(episode)
+    cap = cfg.plan.steps_for(episode.task)
     try:
-        names = list(tasks) or list(world.get_task_names())
-        counts = {}
-        for task in names:
-            world.load(task, 0)
-            for split in splits:
-                counts[(task, split)] = len(getattr(world, ENV_SPLITS[SPLITS[split]])())
+        if cfg.policy == "gold":
+            report = play_gold(world, cap)
+        else:
+            client = getattr(clients, "client", None)
+            if client is None:
+                client = clients.client = make_client(cfg.transport, cfg.server)
+            report = play_episode(client, world, max_steps=cap)
     finally:
-        world.close()
-    return names, counts
+        if cfg.plan.env != "scienceworld":  # a ScienceWorld JVM stays with its thread
+            world.close()
+    return EpisodeResult.from_report(episode, report, time.monotonic() - started), report
 
 
-def plan_episodes(cfg: EvalConfig) -> list[tuple[str, str, int]]:
-    """(split, task, position) for every episode, drawn reproducibly from the seed."""
-    tasks, counts = variation_counts(cfg.env, cfg.tasks, cfg.splits)
-    jobs = []
-    for split in cfg.splits:
-        for task in tasks:
-            n = counts[(task, split)]
-            rng = random.Random(f"{cfg.seed}/{split}/{task}")
-            k = min(cfg.episodes_per_task, n)
-            positions = sorted(rng.sample(range(n), k)) if n < 10**6 else list(range(k))
-            jobs.extend((split, task, p) for p in positions)
-    return jobs
-
-
-def run_episodes(cfg: EvalConfig, on_done: Callable[[EpisodeResult], None] | None = None
+def run_episodes(cfg: EvalConfig, out: Path | None = None, on_done: Callable[[EpisodeResult], None] | None = None
                  ) -> list[EpisodeResult]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
+    """Play the plan; with ``out``, resume what is there and write each episode (row + transcript) as it ends.
 
-    from glider.clients.play import play_job
-
-    plan = plan_episodes(cfg)
-    results = []
-    with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
-        futures = {
-            pool.submit(play_job, (cfg.env, task, SPLITS.get(split, split), pos, cfg.transport, cfg.server,
-                                    cfg.max_steps, Path(cfg.games_dir))): (split, pos)
-            for split, task, pos in plan
-        }
+    Returns every result of the plan, resumed ones included, in the plan's order."""
+    plan = cfg.plan
+    done: dict[str, EpisodeResult] = {}
+    log_file = None
+    if out is not None:
+        out = Path(out)
+        done = _open_run(out, plan)
+        log_file = (out / "episodes.jsonl").open("a", encoding="utf-8")
+    todo = [e for e in plan.episodes if e.key not in done]
+    envs, clients = _Environments(cfg), threading.local()
+    pool = ThreadPoolExecutor(max_workers=max(1, cfg.parallel), thread_name_prefix="episode")
+    try:
+        futures = {pool.submit(_play, cfg, envs, clients, e): e for e in todo}
         for future in as_completed(futures):
-            split, pos = futures[future]
-            result = EpisodeResult.from_report(split, pos, future.result())
-            results.append(result)
+            result, report = future.result()
+            done[result.key] = result
+            if log_file is not None:
+                log_file.write(json.dumps(asdict(result)) + "\n")
+                log_file.flush()
+                write_transcript(out, futures[future], result, report, plan)
             if on_done is not None:
                 on_done(result)
-    results.sort(key=lambda r: (r.split, r.task, r.position))
-    return results
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        envs.close()
+        if log_file is not None:
+            log_file.close()
+    return [done[e.key] for e in plan.episodes if e.key in done]
+
+
+def plan_digest(plan: Plan) -> str:
+    return hashlib.sha256(plan.to_json().encode()).hexdigest()[:16]
+
+
+def _open_run(out: Path, plan: Plan) -> dict[str, EpisodeResult]:
+    """The results already in ``out`` for this plan; refuses a directory that holds another plan's run."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan_file = out / "plan.json"
+    if plan_file.is_file():
+        if plan_digest(Plan.from_json(plan_file.read_text())) != plan_digest(plan):
+            raise ValueError(f"{out} holds a run of another plan; resume it with that plan or use a new --out")
+    else:
+        plan_file.write_text(plan.to_json())
+    results = load_results(out)
+    log = out / "episodes.jsonl"
+    if log.is_file():  # rewrite it without a line a killed run cut off, so appended rows start on a line of their own
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(asdict(r)) + "\n" for r in results), encoding="utf-8")
+        tmp.replace(log)
+    return {r.key: r for r in results}
+
+
+def load_results(out: Path) -> list[EpisodeResult]:
+    """``episodes.jsonl`` of a run directory (a line cut off by a crash is skipped)."""
+    path = Path(out) / "episodes.jsonl"
+    results: dict[str, EpisodeResult] = {}
+    if path.is_file():
+        names = {f.name for f in fields(EpisodeResult)}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            result = EpisodeResult(**{k: v for k, v in row.items() if k in names})
+            results[result.key] = result
+    return list(results.values())
+
+
+def load_run(out: Path) -> tuple[Plan, list[EpisodeResult]]:
+    out = Path(out)
+    if not (out / "plan.json").is_file():
+        raise ValueError(f"{out} is not an evaluation run (no plan.json)")
+    return Plan.from_json((out / "plan.json").read_text()), load_results(out)
+
+
+def write_transcript(out: Path, episode: PlannedEpisode, result: EpisodeResult, report: EpisodeReport,
+                     plan: Plan) -> Path:
+    """One episode as a person reads it: each subgoal, then its actions with what they got."""
+    path = Path(out) / "transcripts" / episode.split / episode.task / f"{episode.variation}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {episode.task}, variation {episode.variation} ({episode.split})", "",
+             f"Task: {report.task}", "",
+             f"Final score {100 * result.score:.0f}, best {100 * result.best:.0f}; {result.steps} steps, "
+             f"{result.subgoals} subgoals; {'ended by the environment' if result.done else 'step cap'} "
+             f"(protocol {plan.protocol}, cap {plan.steps_for(episode.task)}).", ""]
+    for rec in report.steps:
+        if rec.new_subgoal:
+            lines += ["", f"## Subgoal: {rec.subgoal}", ""]
+        flags = (" — subgoal done" if rec.subgoal_done else "") + (" — fallback" if rec.fallback else "")
+        lines.append(f"{rec.step + 1}. `{rec.action}` → score {100 * rec.score:.0f} ({100 * rec.reward:+.0f}){flags}")
+        observation = rec.observation.replace("\n", " / ")
+        lines.append(f"   > {observation[:400]}{' …' if len(observation) > 400 else ''}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 # --- the table --------------------------------------------------------------------
-def summarize(results: Sequence[EpisodeResult]) -> dict:
-    """Score ×100 per (task, split), and overall per split: macro (GLIDER) and micro; best-score too."""
-    cells: dict[tuple[str, str], list[EpisodeResult]] = defaultdict(list)
+def _by_family(results: Sequence[EpisodeResult], split: str, scoring: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
     for r in results:
-        cells[(r.task, r.split)].append(r)
+        if r.split == split:
+            out[r.task].append(r.value(scoring))
+    return dict(out)
+
+
+def summarize(results: Sequence[EpisodeResult], plan: Plan) -> dict:
+    """Per family and split the protocol's score ×100; per split the protocol's aggregate with its 95 % CI,
+    and the other figures beside it (macro and micro of the final score, micro of the best)."""
     tasks = sorted({r.task for r in results})
-    splits = [s for s in ("seen", "unseen") if any(r.split == s for r in results)] + sorted(
-        {r.split for r in results} - {"seen", "unseen"})
-    per_task = {t: {s: _mean([100 * r.score for r in cells[(t, s)]]) for s in splits if cells[(t, s)]}
-                for t in tasks}
+    splits = [s for s in plan.splits if any(r.split == s for r in results)]
+    per_task: dict[str, dict[str, float]] = {t: {} for t in tasks}
     overall = {}
     for s in splits:
+        by_family = _by_family(results, s, plan.scoring)
+        for task, values in by_family.items():
+            per_task[task][s] = sum(values) / len(values)
+        estimate = bootstrap(by_family, plan.aggregate)
+        final, best = _by_family(results, s, "final"), _by_family(results, s, "best")
         in_split = [r for r in results if r.split == s]
-        task_means = [per_task[t][s] for t in tasks if s in per_task[t]]
-        overall[s] = {"macro": _mean(task_means), "micro": _mean([100 * r.score for r in in_split]),
-                      "best_micro": _mean([100 * r.best for r in in_split]), "episodes": len(in_split),
-                      "steps": _mean([r.steps for r in in_split]),
-                      "subgoals": _mean([r.subgoals for r in in_split])}
-    return {"tasks": tasks, "splits": splits, "per_task": per_task, "overall": overall}
-
-
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else 0.0
+        overall[s] = {"mean": estimate.mean, "low": estimate.low, "high": estimate.high, "se": estimate.se,
+                      "episodes": estimate.episodes, "planned": sum(1 for e in plan.episodes if e.split == s),
+                      "macro": aggregate(final, "macro"),
+                      "micro": aggregate(final, "micro"),
+                      "best_micro": aggregate(best, "micro"),
+                      "steps": sum(r.steps for r in in_split) / len(in_split),
+                      "subgoals": sum(r.subgoals for r in in_split) / len(in_split)}
+    return {"protocol": plan.protocol, "plan": plan.describe(), "scoring": plan.scoring,
+            "aggregate": plan.aggregate, "tasks": tasks, "splits": splits, "per_task": per_task,
+            "overall": overall}
 
 
 def table_markdown(summary: dict, label: str = "") -> str:
@@ -157,25 +298,31 @@ def table_markdown(summary: dict, label: str = "") -> str:
         lines.append(f"| {task} | {' | '.join(cells)} |")
     overall = summary["overall"]
 
-    def row(name: str, key: str, fmt: str = "{:.2f}") -> str:
-        return f"| {name} | " + " | ".join(fmt.format(overall[s][key]) for s in splits) + " |"
+    def row(name: str, fmt: Callable[[dict], str]) -> str:
+        return f"| {name} | " + " | ".join(fmt(overall[s]) for s in splits) + " |"
 
-    lines += [row("**overall (macro)**", "macro", "**{:.2f}**"), row("overall (micro)", "micro"),
-              row("best score reached (micro)", "best_micro"), row("episodes", "episodes", "{}")]
+    lines += [row(f"**overall ({summary['aggregate']}), 95 % CI**",
+                  lambda o: f"**{o['mean']:.2f}** [{o['low']:.2f}, {o['high']:.2f}]"),
+              row("final score, macro", lambda o: f"{o['macro']:.2f}"),
+              row("final score, micro", lambda o: f"{o['micro']:.2f}"),
+              row("best score reached, micro", lambda o: f"{o['best_micro']:.2f}"),
+              row("episodes (played / planned)", lambda o: f"{o['episodes']} / {o['planned']}"),
+              row("steps per episode", lambda o: f"{o['steps']:.1f}")]
     head = f"**{label}** — " if label else ""
-    return (f"{head}average score ×100 (final score clipped at 0; macro = mean over task families)\n\n"
-            + "\n".join(lines) + "\n")
+    rule = "final score clipped at 0" if summary["scoring"] == "final" else "best score reached"
+    return (f"{head}{summary['plan']}\n\nscore ×100 ({rule}; {summary['aggregate']} mean; "
+            "95 % stratified bootstrap CI)\n\n" + "\n".join(lines) + "\n")
 
 
-def write_report(results: Sequence[EpisodeResult], out: Path, *, label: str = "", meta: dict | None = None
-                 ) -> dict:
+def write_report(results: Sequence[EpisodeResult], out: Path, plan: Plan, *, label: str = "",
+                 meta: dict | None = None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results)
+    summary = summarize(results, plan)
     summary["label"] = label
     summary["meta"] = meta or {}
     with (out / "episodes.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0]).keys()) if results else ["split"])
+        writer = csv.DictWriter(f, fieldnames=[f.name for f in fields(EpisodeResult)])
         writer.writeheader()
         for r in results:
             writer.writerow(asdict(r))
@@ -185,14 +332,69 @@ def write_report(results: Sequence[EpisodeResult], out: Path, *, label: str = ""
         for task in summary["tasks"]:
             writer.writerow([task, *(f"{summary['per_task'][task].get(s, float('nan')):.2f}"
                                      for s in summary["splits"])])
-        writer.writerow(["overall_macro", *(f"{summary['overall'][s]['macro']:.2f}" for s in summary["splits"])])
-        writer.writerow(["overall_micro", *(f"{summary['overall'][s]['micro']:.2f}" for s in summary["splits"])])
+        for key in ("mean", "low", "high"):
+            writer.writerow([f"overall_{key}", *(f"{summary['overall'][s][key]:.2f}" for s in summary["splits"])])
     (out / "table.md").write_text(table_markdown(summary, label))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_scores(summary, out / "scores.png")
     return summary
 
 
+# --- comparisons --------------------------------------------------------------------
+def compare_runs(run_a: Path, run_b: Path) -> dict:
+    """B − A, paired over the episodes both runs played, per split: the difference with its 95 % CI,
+    the minimum detectable difference at 80 % power, and the per-family differences."""
+    plan_a, results_a = load_run(run_a)
+    plan_b, results_b = load_run(run_b)
+    if (plan_a.scoring, plan_a.aggregate) != (plan_b.scoring, plan_b.aggregate):
+        raise ValueError(f"{run_a} and {run_b} score differently ({plan_a.protocol} vs {plan_b.protocol})")
+    out = {"a": str(run_a), "b": str(run_b), "protocol": plan_a.protocol, "splits": {}}
+    for split in plan_a.splits:
+        va, vb = ({(r.task, r.key): r.value(plan_a.scoring) for r in results if r.split == split}
+                  for results in (results_a, results_b))
+        if not set(va) & set(vb):
+            continue
+        c = paired(va, vb, plan_a.aggregate)
+        common = set(va) & set(vb)
+        mean_a = aggregate(_group(va, common), plan_a.aggregate)
+        mean_b = aggregate(_group(vb, common), plan_a.aggregate)
+        out["splits"][split] = {
+            "a": mean_a, "b": mean_b, "difference": c.difference.mean, "low": c.difference.low,
+            "high": c.difference.high, "se": c.difference.se, "mde": c.mde, "episodes": c.difference.episodes,
+            "only_a": c.only_a, "only_b": c.only_b,
+            "per_family": {f: {"difference": d, "episodes": n} for f, (d, n) in c.per_family.items()}}
+    return out
+
+
+def _group(values: dict, keep: set) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for key in keep:
+        out[key[0]].append(values[key])
+    return dict(out)
+
+
+def comparison_markdown(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
+    splits = list(cmp["splits"])
+    lines = [f"paired comparison on protocol {cmp['protocol']}: B = {label_b}, A = {label_a} "
+             "(score ×100; 95 % stratified bootstrap CI of B − A; MDE = minimum detectable difference "
+             "at 80 % power)", "",
+             "| split | A | B | B − A [95 % CI] | MDE | paired episodes |", "|---|---:|---:|---:|---:|---:|"]
+    for s in splits:
+        c = cmp["splits"][s]
+        lines.append(f"| {s} | {c['a']:.2f} | {c['b']:.2f} | **{c['difference']:+.2f}** "
+                     f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['mde']:.2f} | {c['episodes']} |")
+    families = sorted({f for s in splits for f in cmp["splits"][s]["per_family"]})
+    lines += ["", "| family (B − A) | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
+    for f in families:
+        cells = []
+        for s in splits:
+            d = cmp["splits"][s]["per_family"].get(f)
+            cells.append(f"{d['difference']:+.1f} (n={d['episodes']})" if d else "–")
+        lines.append(f"| {f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- plots --------------------------------------------------------------------------
 def plot_scores(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -204,11 +406,13 @@ def plot_scores(summary: dict, path: Path) -> None:
     width = 0.8 / max(1, len(splits))
     for i, split in enumerate(splits):
         xs = [j + i * width for j in range(len(tasks))]
-        ax.bar(xs, [summary["per_task"][t].get(split, 0.0) for t in tasks], width, label=split)
+        o = summary["overall"][split]
+        ax.bar(xs, [summary["per_task"][t].get(split, 0.0) for t in tasks], width,
+               label=f"{split}: {o['mean']:.1f} [{o['low']:.1f}, {o['high']:.1f}]")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("score ×100")
     ax.set_ylim(0, 100)
-    ax.set_title(summary.get("label") or "score per task family")
+    ax.set_title(summary.get("label") or f"score per task family ({summary['protocol']})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -216,7 +420,7 @@ def plot_scores(summary: dict, path: Path) -> None:
 
 
 def plot_curve(points: Sequence[tuple[str, dict]], out: Path) -> None:
-    """Overall macro score per split against successive checkpoints (adapter versions)."""
+    """Overall score per split, with its CI, against successive checkpoints (adapter versions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,19 +429,20 @@ def plot_curve(points: Sequence[tuple[str, dict]], out: Path) -> None:
     out = Path(out)
     splits = sorted({s for _, summary in points for s in summary["overall"]},
                     key=lambda s: (s not in ("seen", "unseen"), s))
+    nan = {"mean": float("nan"), "low": float("nan"), "high": float("nan")}
     with (out / "curve.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["checkpoint", *splits])
         for label, summary in points:
-            writer.writerow([label, *(f"{summary['overall'].get(s, {}).get('macro', float('nan')):.2f}"
-                                      for s in splits)])
+            writer.writerow([label, *(f"{summary['overall'].get(s, nan)['mean']:.2f}" for s in splits)])
     fig, ax = plt.subplots(figsize=(6, 4))
+    labels = [label for label, _ in points]
     for split in splits:
-        ax.plot([label for label, _ in points],
-                [summary["overall"].get(split, {}).get("macro", float("nan")) for _, summary in points],
-                marker="o", label=split)
+        rows = [summary["overall"].get(split, nan) for _, summary in points]
+        ax.plot(labels, [r["mean"] for r in rows], marker="o", label=split)
+        ax.fill_between(labels, [r["low"] for r in rows], [r["high"] for r in rows], alpha=0.2)
     ax.set_xlabel("checkpoint")
-    ax.set_ylabel("score ×100 (macro)")
+    ax.set_ylabel("score ×100 (95 % CI)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "curve.png", dpi=120)

@@ -19,6 +19,8 @@ class StepRecord:
     reward: float
     score: float
     observation: str
+    subgoal_done: bool = False  # the executor marked its subgoal done with this action
+    fallback: bool = False  # the server answered its fallback (no usable generation)
 
 
 @dataclass
@@ -47,7 +49,8 @@ def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
         result = env.step(reply.action)
         record = StepRecord(step=reply.step, subgoal=reply.subgoal, new_subgoal=reply.new_subgoal,
                             action=reply.action, reward=result.reward, score=result.score,
-                            observation=result.observation)
+                            observation=result.observation, subgoal_done=reply.subgoal_done,
+                            fallback=reply.fallback)
         report.steps.append(record)
         report.score = result.score
         report.max_score = max(report.max_score, result.score)

@@ -94,17 +94,18 @@ class ScienceWorld:
     """One ScienceWorld episode at a time: ``reset`` loads (task, variation), ``step`` plays."""
 
     def __init__(self, task_name: str, variation: int = 0, *, step_limit: int = 100,
-                 simplification: str = "", env=None):
+                 simplification: str = "", env=None, gold: bool = False):
         self.env = env if env is not None else open_env(step_limit)
         self.task_name = task_name
         self.variation = variation
         self.simplification = simplification
+        self.gold = gold  # generate the gold path on reset (``gold_actions``): costs time, for replays only
         self.task = ""
         self.score = 0.0
         self.observe = ObservationFormatter()
 
     def reset(self) -> EnvStep:
-        self.env.load(self.task_name, self.variation, self.simplification, generateGoldPath=False)
+        self.env.load(self.task_name, self.variation, self.simplification, generateGoldPath=self.gold)
         obs, info = self.env.reset()
         self.observe.reset()
         self.task = self.env.get_task_description()
@@ -122,6 +123,10 @@ class ScienceWorld:
             score=score / 100,
             info=info,
         )
+
+    def gold_actions(self) -> list[str]:
+        """The gold path of the loaded variation (needs ``gold=True``)."""
+        return list(self.env.get_gold_action_sequence())
 
     def variations(self, split: str) -> list[int]:
         self.env.load(self.task_name, 0)

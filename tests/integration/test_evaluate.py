@@ -1,56 +1,92 @@
-"""The evaluation harness on a short real run: table, CSV, plot, learning curve over versions."""
+"""The evaluation harness end to end on the real server: the quick-ci plan, resume, transcripts, compare."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 from glider.clients.cli import app
-from glider.clients.evaluate import EvalConfig, plan_episodes, run_episodes, summarize, write_report
+from glider.clients.evaluate import (
+    EpisodeResult,
+    EvalConfig,
+    load_run,
+    run_episodes,
+    summarize,
+    write_report,
+)
+from glider.clients.protocols import PlannedEpisode, load_plan
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.integration
 
 
-def test_episode_plan_is_drawn_from_the_seed():
-    cfg = EvalConfig(tasks=["boil", "find-plant"], episodes_per_task=2, seed=3)
-    plan = plan_episodes(cfg)
-    assert plan == plan_episodes(cfg)
-    assert len(plan) == 8 and {s for s, _, _ in plan} == {"seen", "unseen"}
-    assert plan != plan_episodes(EvalConfig(tasks=["boil", "find-plant"], episodes_per_task=2, seed=4))
+def test_quick_ci_protocol_end_to_end_resumes_and_compares(vllm_server, tmp_path):
+    plan = load_plan("quick-ci")
+    run = tmp_path / "a"
+    cfg = EvalConfig(plan=plan, server=vllm_server.grpc_target, transport="grpc", parallel=3)
+    first = run_episodes(cfg, out=run)
+    assert [r.key for r in first] == [e.key for e in plan.episodes]
+    assert all(r.steps <= 10 and 0.0 <= r.score <= 1 and r.score <= r.best or r.done for r in first)
+    for e in plan.episodes:
+        text = (run / "transcripts" / e.split / e.task / f"{e.variation}.md").read_text()
+        assert text.startswith(f"# {e.task}, variation {e.variation} ({e.split})") and "## Subgoal:" in text
 
+    played = []
+    again = run_episodes(cfg, out=run, on_done=played.append)  # a finished run resumes to nothing
+    assert played == [] and again == first
+    with pytest.raises(ValueError, match="another plan"):
+        run_episodes(EvalConfig(plan=load_plan("quick")), out=run)
 
-def test_short_real_run_writes_table_csv_and_plot(vllm_server, tmp_path):
-    cfg = EvalConfig(server=vllm_server.grpc_target, transport="grpc", tasks=["find-plant", "boil"],
-                     episodes_per_task=1, max_steps=3, parallel=2)
-    results = run_episodes(cfg)
-    assert len(results) == 4 and {(r.split, r.task) for r in results} == {
-        ("seen", "find-plant"), ("unseen", "find-plant"), ("seen", "boil"), ("unseen", "boil")}
-    assert all(r.steps <= 3 and 0.0 <= r.score <= r.best or r.score == r.best for r in results)
-    summary = write_report(results, tmp_path, label="short")
-    table = (tmp_path / "table.md").read_text()
-    assert "| find-plant |" in table and "overall (macro)" in table and "seen | unseen" in table
-    rows = list(csv.DictReader((tmp_path / "episodes.csv").open()))
-    assert len(rows) == 4
-    # the overall figure is the mean over task families of each family's mean score ×100
+    summary = write_report(first, run, plan, label="ci")
+    table = (run / "table.md").read_text()
+    assert "protocol quick-ci" in table and "95 % CI" in table and "| find-plant |" in table
     for split in ("seen", "unseen"):
-        per_task = [100 * float(r["score"]) for r in rows if r["split"] == split]
-        assert summary["overall"][split]["macro"] == pytest.approx(sum(per_task) / len(per_task))
-    assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "summary.json").read_text())["label"] == "short"
+        o = summary["overall"][split]
+        scores = [100 * r.score for r in first if r.split == split]
+        assert o["mean"] == pytest.approx(sum(scores) / len(scores))  # one episode per family: macro = micro
+        assert o["low"] <= o["mean"] <= o["high"] and o["episodes"] == o["planned"] == 3
+    assert len(list(csv.DictReader((run / "episodes.csv").open()))) == 6
+    assert (run / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the same run against itself: a paired difference of exactly zero
+    shutil.copytree(run, tmp_path / "b")
+    result = CliRunner().invoke(app, ["eval", "compare", str(run), str(tmp_path / "b"),
+                                      "--out", str(tmp_path / "cmp.json")])
+    assert result.exit_code == 0, result.output
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    assert cmp["splits"]["seen"]["difference"] == 0 and cmp["splits"]["seen"]["episodes"] == 3
+    assert "MDE" in result.output
 
 
-def test_macro_average_is_per_family_first():
-    from glider.clients.evaluate import EpisodeResult
+def test_a_run_cut_off_midway_plays_only_what_is_missing(vllm_server, tmp_path):
+    plan = load_plan("quick-ci")
+    cfg = EvalConfig(plan=plan, server=vllm_server.url, transport="rest", parallel=2)
+    done = run_episodes(cfg, out=tmp_path)
+    lines = (tmp_path / "episodes.jsonl").read_text().splitlines()
+    # keep the first two episodes and a line cut off by a crash, as a killed run leaves them
+    (tmp_path / "episodes.jsonl").write_text("\n".join(lines[:2]) + '\n{"split": "se')
+    played = []
+    results = run_episodes(cfg, out=tmp_path, on_done=played.append)
+    assert len(played) == 4 and {r.key for r in results} == {r.key for r in done}
+    _, loaded = load_run(tmp_path)
+    assert sorted(r.key for r in loaded) == sorted(e.key for e in plan.episodes)
 
+
+def test_summary_is_per_family_first_with_a_ci():
+    plan = load_plan("quick")
     rs = [EpisodeResult("seen", "a", 0, 1.0, 1.0, 5, 1, True), EpisodeResult("seen", "a", 1, 0.0, 0.5, 5, 1, False),
           EpisodeResult("seen", "a", 2, 0.0, 0.0, 5, 1, False), EpisodeResult("seen", "b", 0, 0.5, 0.5, 5, 1, True)]
-    s = summarize(rs)
+    s = summarize(rs, plan)
     assert s["per_task"]["a"]["seen"] == pytest.approx(100 / 3)
-    assert s["overall"]["seen"]["macro"] == pytest.approx((100 / 3 + 50) / 2)
+    assert s["overall"]["seen"]["mean"] == pytest.approx((100 / 3 + 50) / 2)
     assert s["overall"]["seen"]["micro"] == pytest.approx(150 / 4)
     assert s["overall"]["seen"]["best_micro"] == pytest.approx(200 / 4)
+    assert s["overall"]["seen"]["low"] < s["overall"]["seen"]["mean"] < s["overall"]["seen"]["high"]
+    eto = summarize(rs, load_plan("eto"))  # ETO scores the best score reached, micro
+    assert eto["overall"]["seen"]["mean"] == pytest.approx(200 / 4)
+    assert PlannedEpisode("seen", "a", 2).key == rs[2].key
 
 
 def test_eval_command_learning_curve_over_versions(swap_server, tmp_path, monkeypatch):
@@ -62,8 +98,8 @@ def test_eval_command_learning_curve_over_versions(swap_server, tmp_path, monkey
     served = httpx.get(f"{swap_server.url}/readyz").json()["adapters"]
     spec = "+".join(f"{name}={version}" for name, version in sorted(served.items()))
     result = CliRunner().invoke(app, [
-        "eval", "--out", str(tmp_path), "--server", swap_server.grpc_target, "--tasks", "find-plant",
-        "--episodes", "1", "--splits", "seen", "--max-steps", "2", "--parallel", "1",
+        "eval", "run", "--out", str(tmp_path), "--server", swap_server.grpc_target, "--protocol", "custom",
+        "--tasks", "find-plant", "--episodes", "1", "--splits", "seen", "--max-steps", "2", "--parallel", "1",
         "--checkpoints", f"{spec},{spec}", "--admin-url", swap_server.url])
     assert result.exit_code == 0, result.output
     curve = list(csv.reader((tmp_path / "curve.csv").open()))
@@ -71,5 +107,8 @@ def test_eval_command_learning_curve_over_versions(swap_server, tmp_path, monkey
     assert (tmp_path / "curve.png").is_file()
     assert len(list(tmp_path.glob("*/table.md"))) == 1  # both points wrote to the checkpoint's directory
     assert httpx.get(f"{swap_server.url}/readyz").json()["adapters"] == served  # left as it was
-    bad = CliRunner().invoke(app, ["eval", "--out", str(tmp_path), "--splits", "train"])
+    bad = CliRunner().invoke(app, ["eval", "run", "--out", str(tmp_path), "--protocol", "custom",
+                                   "--splits", "train"])
     assert bad.exit_code == 2 and "seen and/or unseen" in bad.output
+    bad = CliRunner().invoke(app, ["eval", "run", "--out", str(tmp_path), "--protocol", "nope"])
+    assert bad.exit_code == 2 and "unknown protocol" in bad.output

@@ -1,0 +1,67 @@
+"""Bootstrap CIs and paired comparisons against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from glider.clients.stats import aggregate, bootstrap, detectable_difference, paired
+
+
+def test_point_estimates_macro_and_micro():
+    table = {"a": [0, 100, 50], "b": [20]}
+    assert aggregate(table, "macro") == pytest.approx((50 + 20) / 2)
+    assert aggregate(table, "micro") == pytest.approx(170 / 4)
+
+
+def test_stratified_bootstrap_matches_the_exact_distribution():
+    # family a = [0, 100]: its resampled mean is 0, 50, 100 with probability 1/4, 1/2, 1/4; family b = [50]
+    # never varies; the macro mean is then 25, 50, 75 with the same probabilities, so the 95 % percentile
+    # interval is [25, 75] and the standard error sqrt(2 · 1/4 · 25²) = 17.68
+    est = bootstrap({"a": [0, 100], "b": [50]}, "macro", n_boot=20_000, seed=1)
+    assert est.mean == 50 and est.episodes == 3
+    assert (est.low, est.high) == (25, 75)
+    assert est.se == pytest.approx(math.sqrt(2 * 0.25 * 25**2), rel=0.03)
+    # micro: (a's mean·2 + 50)/3 takes 50/3, 50, 250/3
+    micro = bootstrap({"a": [0, 100], "b": [50]}, "micro", n_boot=20_000, seed=1)
+    assert micro.mean == pytest.approx(50) and (micro.low, micro.high) == pytest.approx((50 / 3, 250 / 3))
+
+
+def test_bootstrap_se_is_the_stratified_plugin_se():
+    # the bootstrap's variance of a macro mean is Σ_f σ̂_f² / n_f / F², σ̂² the plug-in (divide-by-n) variance
+    table = {"a": [0, 50, 100, 50], "b": [10, 30], "c": [0, 0, 100]}
+    def plug_in(xs):
+        m = sum(xs) / len(xs)
+        return sum((x - m) ** 2 for x in xs) / len(xs)
+    exact = math.sqrt(sum(plug_in(v) / len(v) for v in table.values())) / 3
+    assert bootstrap(table, "macro", n_boot=40_000, seed=2).se == pytest.approx(exact, rel=0.03)
+
+
+def test_constant_table_has_a_zero_width_interval():
+    est = bootstrap({"a": [40, 40], "b": [10]}, "macro")
+    assert (est.low, est.mean, est.high, est.se) == (25, 25, 25, 0)
+    assert est.excludes_zero()
+    assert not bootstrap({"a": [-10, 10]}, "macro").excludes_zero()
+
+
+def test_paired_difference_with_its_interval_and_mde():
+    a = {("a", "1"): 0, ("a", "2"): 100, ("b", "1"): 50, ("b", "only-a"): 30}
+    b = {("a", "1"): 100, ("a", "2"): 100, ("b", "1"): 50}
+    cmp = paired(a, b, "macro", n_boot=20_000, seed=3)
+    # differences: a = [100, 0] (mean 0/50/100), b = [0]: macro 25 with values 0/25/50 at 1/4, 1/2, 1/4
+    assert cmp.difference.mean == 25 and (cmp.difference.low, cmp.difference.high) == (0, 50)
+    assert cmp.per_family == {"a": (50.0, 2), "b": (0.0, 1)}
+    assert (cmp.only_a, cmp.only_b) == (1, 0)
+    se = math.sqrt(2 * 0.25 * 25**2)
+    assert cmp.mde == pytest.approx(2.8016 * se, rel=0.03)
+
+
+def test_identical_runs_differ_by_exactly_zero():
+    a = {("f", str(i)): float(i % 7) for i in range(30)}
+    cmp = paired(a, dict(a))
+    assert (cmp.difference.mean, cmp.difference.low, cmp.difference.high, cmp.mde) == (0, 0, 0, 0)
+
+
+def test_detectable_difference_is_z_sum_times_se():
+    assert detectable_difference(1.0) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
+    assert detectable_difference(2.0, power=0.5) == pytest.approx(2 * 1.959964, abs=1e-5)
