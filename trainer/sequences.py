@@ -102,13 +102,14 @@ def executor_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[list[P
         pairs = []
         r_hat = subgoal_reward(ep.traj, seg)
         for i, step in enumerate(steps):
-            done = i == len(steps) - 1
+            done = i == len(steps) - 1  # the low-level episode ends here; "; true" only if it reached its subgoal
+            marked = done and seg.completed
             window = turns[-cfg.history_window:] if cfg.history_window else []
             prompt = executor_prompt(task, seg.subgoal, window, step.observation,
                                      obs_limit=cfg.prompt_observation_chars)
-            pairs.append(Pair(prompt, f" {format_executor_target(step.action, done)}{STOP}",
+            pairs.append(Pair(prompt, f" {format_executor_target(step.action, marked)}{STOP}",
                               reward=r_hat if done else 0.0, done=done))
-            turns.append(Turn(observation=_obs(cfg, step.observation), action=sanitize(step.action), done=done))
+            turns.append(Turn(observation=_obs(cfg, step.observation), action=sanitize(step.action), done=marked))
         out.append(pairs)
     return out
 

@@ -34,7 +34,7 @@ def test_data_build_command_writes_the_datasets(expert_root, tmp_path):
     for name in ("trajectories", "segments", "dh", "dl", "flat"):
         assert (out / "train" / f"{name}.jsonl").is_file()
     dl = [json.loads(line) for line in (out / "train" / "dl.jsonl").read_text().splitlines()]
-    assert len(dl) == 10 and sum(r["reward"] for r in dl) == 3  # three subgoals completed
+    assert len(dl) == 10 and sum(r["reward"] for r in dl) == 5  # five subgoals completed
     assert (out / "validation" / "dh.jsonl").read_text() == ""
     missing = CliRunner().invoke(app, ["data", "build", "--out", str(out), "--source", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "glider data collect" in missing.output
@@ -71,3 +71,40 @@ def test_perturbed_replays_take_detours_and_keep_real_rewards(tmp_path, expert_r
     # the same replay again is cached, not replayed
     assert collect(tmp_path / "perturbed", tasks=["find-plant"], per_task=1, workers=1, perturb=0.5,
                    progress=False)["cached"] == 1
+
+
+def test_variations_are_taken_spread_over_the_split_and_loaded_alike(tmp_path):
+    from glider.trainer.data.collect import (
+        recipe_counts,
+        spread,
+        spread_order,
+        trajectory_path,
+        variations_path,
+    )
+    from glider.trainer.data.schema import Trajectory
+
+    assert spread_order(8) == [0, 4, 2, 6, 1, 5, 3, 7]
+    for n in (1, 5, 14, 120, 1000):
+        assert sorted(spread_order(n)) == list(range(n))
+    # a smaller recipe's variations are the first ones of a larger recipe's, and spread over the split
+    split = list(range(100, 220))
+    assert spread(split, 3) == [100, 160, 130] and set(spread(split, 3)) <= set(spread(split, 14))
+    counts = recipe_counts("glider")
+    assert sum(counts.values()) == 1284 and len(counts) == 23 and counts["find-plant"] == 120
+    assert "measure-melting-point-known-substance" not in counts  # the paper had no training data for it
+    with pytest.raises(ValueError, match="recipe"):
+        recipe_counts("paper")
+    # loading N per family picks the same spread the collection took, from the recorded variation lists
+    root = tmp_path / "expert"
+    lists = {"boil": list(range(0, 14)), "melt": list(range(50, 60))}
+    variations_path(root, "scienceworld", "train").parent.mkdir(parents=True)
+    variations_path(root, "scienceworld", "train").write_text(json.dumps(lists))
+    for task, variations in lists.items():
+        for v in variations:
+            path = trajectory_path(root, "scienceworld", "train", task, v)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(Trajectory(id=f"{task}/{v}", task_name=task, variation=v, task="t").model_dump_json())
+    loaded = load_collected(root, per_task={"boil": 3, "melt": 2})
+    assert [(t.task_name, t.variation) for t in loaded] == [("boil", 0), ("boil", 3), ("boil", 7), ("melt", 50),
+                                                          ("melt", 55)]
+    assert len(load_collected(root)) == 24

@@ -25,7 +25,8 @@ async def _served_prompts(traj, ep, mode: str, cfg: HierarchyConfig) -> dict[str
     for seg in ep.segments:
         planner.append(f" {seg.subgoal}")
         for t in range(seg.start, seg.end):
-            executor.append(f" {traj.steps[t].action}; {'true' if t == seg.end - 1 else 'false'}")
+            done = t == seg.end - 1 and seg.completed
+            executor.append(f" {traj.steps[t].action}; {'true' if done else 'false'}")
             flat.append(f" {traj.steps[t].action}")
     script = Script(planner=planner, executor=executor, flat=flat)
     ctl = PolicyController(cfg)
@@ -55,9 +56,9 @@ async def test_training_prompts_are_the_controllers_prompts(gold_trajectory, his
 def test_chaining_follows_the_append_only_prompts(gold_trajectory):
     cfg = HierarchyConfig(history_window=2)
     ep = annotate(gold_trajectory)
-    # 3 subgoals, one planner sequence; the 6-step segment's window slides after 2 turns
+    # 5 subgoals, one planner sequence; the 4-step segment's window slides after 2 turns
     assert len(chain(planner_pairs(ep, cfg))) == 1
-    assert [len(chain(seg)) for seg in executor_pairs(ep, cfg)] == [1, 1, 4]
+    assert [len(chain(seg)) for seg in executor_pairs(ep, cfg)] == [1, 1, 1, 2, 1]
     assert len(chain(executor_pairs(ep, HierarchyConfig(history_window=6))[2])) == 1
 
 

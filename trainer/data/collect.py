@@ -15,13 +15,22 @@ then ``get_gold_action_sequence()``); TextWorld games (generated offline with
 written atomically, so an interrupted collection resumes where it stopped: a
 file that exists is not played again.  Environments run in parallel worker
 processes, each with its own bounded JVM reused across its variations.
+
+*Which variations.*  A split's first variations share objects and rooms, so N
+per family are taken **spread over the split** in van der Corput order
+(``spread_order``): every prefix of that order is spread evenly, so a smaller
+recipe's variations are a subset of a larger one's and share its cache.  The
+split's variation lists are written beside the cache (``variations.json``) so
+that loading N per family picks the same spread without a JVM.  ``per_task``
+is one count for every family or a count per family (``recipe_counts``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -100,24 +109,70 @@ def _scienceworld_gold(job: tuple) -> tuple[str, int, int]:
     return task, variation, len(traj.steps)
 
 
-def scienceworld_jobs(root: Path, split: str, tasks: list[str] | None, per_task: int, max_steps: int,
+PerTask = int | Mapping[str, int]
+
+
+def spread_order(n: int) -> list[int]:
+    """Positions 0..n-1 in van der Corput order: each prefix is spread evenly over the range
+    (8 -> 0, 4, 2, 6, 1, 5, 3, 7)."""
+    bits = max(1, (n - 1).bit_length())
+    order, seen = [], set()
+    for i in range(1 << bits):
+        position = int(int(f"{i:0{bits}b}"[::-1], 2) * n >> bits)  # bit-reversed i, scaled to n
+        if position not in seen:
+            seen.add(position)
+            order.append(position)
+    return order
+
+
+def spread(variations: list[int], k: int) -> list[int]:
+    """``k`` of a split's variations, spread over it (the first ``k`` of ``spread_order``)."""
+    return [variations[p] for p in spread_order(len(variations))[:k]] if variations else []
+
+
+def _count(per_task: PerTask, task: str) -> int:
+    return per_task if isinstance(per_task, int) else per_task.get(task, 0)
+
+
+def recipe_counts(name: str) -> dict[str, int]:
+    """Trajectories per family of a data recipe: ``glider`` is the paper's, GLIDER's ``task_nums.csv`` train
+    column (1,284 over 23 families)."""
+    if name != "glider":
+        raise ValueError(f"unknown data recipe {name!r} (glider)")
+    from glider.clients.protocols import glider_counts
+
+    return {task: n["train"] for task, n in glider_counts().items() if n["train"]}
+
+
+def variations_path(root: Path, env: str, split: str) -> Path:
+    return Path(root) / env / split / "variations.json"
+
+
+def scienceworld_jobs(root: Path, split: str, tasks: list[str] | None, per_task: PerTask, max_steps: int,
                       offset: int = 0, perturb: float = 0.0) -> tuple[list[tuple], int]:
-    """The (task, variation) pairs still to collect, and how many are cached already."""
+    """The (task, variation) pairs still to collect, and how many are cached already; records the split's
+    variation lists for ``load_collected``."""
     from glider.clients.envs.scienceworld import SPLITS, open_env
 
     env = open_env()
     jobs, cached = [], 0
+    lists: dict[str, list[int]] = {}
     try:
-        for task in tasks or list(env.get_task_names()):
+        names = tasks or (list(env.get_task_names()) if isinstance(per_task, int) else list(per_task))
+        for task in names:
             env.load(task, 0)
-            variations = list(getattr(env, SPLITS[split])())[offset: offset + per_task]
-            for var in variations:
+            lists[task] = list(getattr(env, SPLITS[split])())
+            for var in spread(lists[task][offset:], _count(per_task, task)):
                 if trajectory_path(root, "scienceworld", split, task, var).is_file():
                     cached += 1
                 else:
                     jobs.append((Path(root), task, split, var, max_steps, perturb))
     finally:
         env.close()
+    path = variations_path(root, "scienceworld", split)
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**known, **lists}, sort_keys=True))
     return jobs, cached
 
 
@@ -164,7 +219,7 @@ def textworld_jobs(root: Path, split: str, families: list[str] | None, per_task:
 
 # --- driver --------------------------------------------------------------------------
 def collect(root: Path, *, env: str = "scienceworld", split: str = "train", tasks: list[str] | None = None,
-            per_task: int = 5, workers: int = 2, max_steps: int = 100, offset: int = 0,
+            per_task: PerTask = 5, workers: int = 2, max_steps: int = 100, offset: int = 0,
             games_dir: Path = Path(".glider/games"), perturb: float = 0.0, progress: bool = True) -> dict:
     """Collect expert trajectories (resuming), return counts {"played", "cached", "steps"}.
 
@@ -178,6 +233,8 @@ def collect(root: Path, *, env: str = "scienceworld", split: str = "train", task
         jobs, cached = scienceworld_jobs(root, split, tasks, per_task, max_steps, offset, perturb)
         work = _scienceworld_gold
     elif env == "textworld":
+        if not isinstance(per_task, int):
+            raise ValueError("TextWorld collects one count of games per family")
         jobs, cached = textworld_jobs(root, split, tasks, per_task, max_steps, games_dir, offset)
         work = _textworld_walkthrough
     else:
@@ -196,17 +253,30 @@ def collect(root: Path, *, env: str = "scienceworld", split: str = "train", task
 
 
 def load_collected(root: Path, env: str = "scienceworld", split: str = "train",
-                   tasks: Iterable[str] | None = None, per_task: int | None = None) -> list[Trajectory]:
-    """Collected trajectories in a stable order (task, variation); ``per_task`` keeps the first N."""
+                   tasks: Iterable[str] | None = None, per_task: PerTask | None = None) -> list[Trajectory]:
+    """Collected trajectories in a stable order (task, variation).
+
+    ``per_task`` keeps N per family (one count, or one per family): the same spread over the split that
+    ``collect`` took, where the split's variation lists were recorded; else the first N by variation.
+    """
     base = Path(root) / env / split
     wanted = set(tasks) if tasks else None
     out: list[Trajectory] = []
     if not base.is_dir():
         return out
+    lists_file = variations_path(root, env, split)
+    lists = json.loads(lists_file.read_text()) if lists_file.is_file() else {}
     for task_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         if wanted is not None and task_dir.name not in wanted:
             continue
         files = sorted(task_dir.glob("*.json"), key=lambda p: int(p.stem))
-        for f in files[:per_task] if per_task else files:
+        if per_task is not None:
+            k = _count(per_task, task_dir.name)
+            if task_dir.name in lists:
+                keep = set(spread(lists[task_dir.name], k))
+                files = [f for f in files if int(f.stem) in keep]
+            else:
+                files = files[:k]
+        for f in files:
             out.append(Trajectory.model_validate_json(f.read_text(encoding="utf-8")))
     return out

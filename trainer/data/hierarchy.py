@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from glider.server.policy.prompts import sanitize
 from glider.trainer.data.schema import Step, Trajectory
@@ -37,46 +37,90 @@ log = logging.getLogger(__name__)
 # --- segmentation --------------------------------------------------------------------
 @dataclass(frozen=True)
 class SegmentationConfig:
-    method: str = "auto"  # auto | score | recorded | fixed
-    min_len: int = 2
+    method: str = "auto"  # auto | events | score | recorded | fixed
+    min_len: int = 2  # score: shorter milestone segments merge into the next
     max_len: int = 10  # = c_max at serve time
 
 
-def _split_long(bounds: list[tuple[int, int]], max_len: int) -> list[tuple[int, int]]:
-    out = []
-    for start, end in bounds:
-        n = end - start
-        if n <= max_len:
-            out.append((start, end))
+class Span(NamedTuple):
+    """A segment's half-open step range, and whether its last step reached its subgoal.
+
+    Only a completed segment's last action is trained as ``; true``: a segment cut
+    because it outgrew ``max_len`` ends ``; false``, as the server then re-plans at
+    ``c_max`` on its own."""
+
+    start: int
+    end: int
+    completed: bool = True
+
+
+_NAV_RE = re.compile(r"^(?:go to|teleport to|open door to|close door to)\s+(?P<place>.+)$")
+_DEST_RE = re.compile(r"^(?:go to|teleport to)\s+(?P<place>.+)$")
+_TRIVIAL = {"look around", "inventory", "task"}
+#: actions that look or make something reachable, in preparation for the next key action
+_PREP_PREFIXES = ("look at ", "examine ", "read ", "open ", "close ")
+
+
+def _is_nav(action: str) -> bool:
+    return _NAV_RE.match(action.strip()) is not None
+
+
+def _is_prep(action: str) -> bool:
+    a = action.strip()
+    return a in _TRIVIAL or (a.startswith(_PREP_PREFIXES) and not _is_nav(a))
+
+
+def _chunks(start: int, end: int, max_len: int, completed: bool = True,
+            boundaries: Sequence[int] = ()) -> list[Span]:
+    """[start, end) cut to pieces of at most ``max_len`` steps.  Cuts go at the last allowed ``boundaries``
+    (ends of a finished sub-goal, e.g. arriving in a room) that fits, else in balanced pieces; a piece
+    that ends anywhere but a boundary did not complete anything."""
+    out, at = [], start
+    while end - at > max_len:
+        fits = [b for b in boundaries if at < b <= at + max_len and b < end]
+        if fits:
+            out.append(Span(at, fits[-1], True))
+            at = fits[-1]
             continue
-        pieces = -(-n // max_len)  # balanced chunks, none longer than max_len
-        size, extra = divmod(n, pieces)
-        at = start
-        for i in range(pieces):
-            step = size + (1 if i < extra else 0)
-            out.append((at, at + step))
-            at += step
+        pieces = -(-(end - at) // max_len)
+        cut = at + -(-(end - at) // pieces)
+        out.append(Span(at, cut, False))
+        at = cut
+    out.append(Span(at, end, completed))
     return out
 
 
-def segment(traj: Trajectory, cfg: SegmentationConfig = SegmentationConfig()) -> list[tuple[int, int]]:
-    """Half-open step ranges [start, end) covering the trajectory, one per subgoal."""
+def _event_spans(traj: Trajectory, max_len: int) -> list[Span]:
+    """Goal-shaped segments: a navigation run (with the looking around before it) ends on arrival; any
+    other segment gathers preparation (look, examine, open) up to one key action (pick up, move, focus,
+    activate, use, pour, wait, ...) or a rewarded step.  Each ends where its goal is reached, so its last
+    action is a true ``; true``.  Repeats stay separate segments (each thermometer reading completes
+    "measure the temperature"): merged, identical steps would be labelled done in one place and not
+    done in another."""
+    steps = [s.action.strip() for s in traj.steps]
+    n = len(steps)
+    spans: list[Span] = []
+    t = start = 0
+    while t < n:
+        if _is_nav(steps[t]):
+            end = t
+            while end + 1 < n and _is_nav(steps[end + 1]):
+                end += 1
+            arrivals = [i + 1 for i in range(start, end + 1) if _DEST_RE.match(steps[i])]
+            spans += _chunks(start, end + 1, max_len, True, arrivals)
+            t = start = end + 1
+            continue
+        if not _is_prep(steps[t]) or traj.steps[t].reward > 0:
+            spans += _chunks(start, t + 1, max_len)
+            start = t + 1
+        t += 1
+    if start < n:  # trailing preparation (looked around at the end): a segment of its own
+        spans += _chunks(start, n, max_len)
+    return spans
+
+
+def _score_spans(traj: Trajectory, cfg: SegmentationConfig) -> list[Span]:
     n = len(traj.steps)
-    if n == 0:
-        return []
-    method = cfg.method
-    if method == "auto":
-        method = "recorded" if all(s.subgoal for s in traj.steps) else "score"
-    if method == "fixed":
-        return _split_long([(0, n)], cfg.max_len)
-    if method == "recorded":
-        cuts = [t + 1 for t, s in enumerate(traj.steps[:-1])
-                if s.subgoal_done or traj.steps[t + 1].new_subgoal
-                or traj.steps[t + 1].subgoal != s.subgoal]
-        bounds = list(zip([0, *cuts], [*cuts, n], strict=True))
-        return _split_long(bounds, cfg.max_len)
-    if method != "score":
-        raise ValueError(f"unknown segmentation {cfg.method!r} (auto | score | recorded | fixed)")
     cuts = [t + 1 for t, s in enumerate(traj.steps[:-1]) if s.reward > 0]
     bounds = list(zip([0, *cuts], [*cuts, n], strict=True))
     merged: list[tuple[int, int]] = []
@@ -91,7 +135,36 @@ def segment(traj: Trajectory, cfg: SegmentationConfig = SegmentationConfig()) ->
     if merged and merged[-1][1] - merged[-1][0] < cfg.min_len and len(merged) > 1:
         (s0, _), (_, e1) = merged[-2], merged[-1]
         merged[-2:] = [(s0, e1)]  # a tiny tail joins its predecessor
-    return _split_long(merged, cfg.max_len)
+    return [c for start, end in merged for c in _chunks(start, end, cfg.max_len)]
+
+
+def segment(traj: Trajectory, cfg: SegmentationConfig = SegmentationConfig()) -> list[Span]:
+    """Spans covering the trajectory, one per subgoal.
+
+    ``events`` (the default for expert data) cuts where a goal is reached (see ``_event_spans``);
+    ``score`` where the score rises (a task milestone); ``recorded`` where the server's planner wrote a
+    new subgoal (episode logs: complete when the executor said so); ``fixed`` every ``max_len`` steps
+    (never complete).  No span is longer than ``max_len``.
+    """
+    n = len(traj.steps)
+    if n == 0:
+        return []
+    method = cfg.method
+    if method == "auto":
+        method = "recorded" if all(s.subgoal for s in traj.steps) else "events"
+    if method == "events":
+        return _event_spans(traj, cfg.max_len)
+    if method == "score":
+        return _score_spans(traj, cfg)
+    if method == "fixed":
+        return [Span(a, b, False) for a, b, _ in _chunks(0, n, cfg.max_len)]
+    if method == "recorded":
+        cuts = [t + 1 for t, s in enumerate(traj.steps[:-1])
+                if s.subgoal_done or traj.steps[t + 1].new_subgoal
+                or traj.steps[t + 1].subgoal != s.subgoal]
+        return [c for start, end in zip([0, *cuts], [*cuts, n], strict=True)
+                for c in _chunks(start, end, cfg.max_len, bool(traj.steps[end - 1].subgoal_done))]
+    raise ValueError(f"unknown segmentation {cfg.method!r} (auto | events | score | recorded | fixed)")
 
 
 # --- annotation ----------------------------------------------------------------------
@@ -99,44 +172,73 @@ class Annotator(Protocol):
     def __call__(self, task: str, actions: Sequence[str]) -> str: ...
 
 
-_NAV_RE = re.compile(r"^(?:go to|teleport to|open door to|close door to)\s+(?P<place>.+)$")
-_DEST_RE = re.compile(r"^(?:go to|teleport to)\s+(?P<place>.+)$")
-_TRIVIAL = {"look around", "inventory", "task"}
+def _obj(text: str, words: int = 3) -> str:
+    """An object's name, short: its own name without where it is ("substance in metal pot" -> "substance")."""
+    text = re.sub(r"\s+in inventory\b", "", text.strip())
+    text = re.split(r"\s+(?:in|on)\s+", text, maxsplit=1)[0]
+    return " ".join(text.split()[-words:])
+
+
+#: (action pattern, goal template); the first match names the goal
+_GOALS: list[tuple[re.Pattern, Callable[[re.Match], str]]] = [(re.compile(p), f) for p, f in (
+    (r"^(?:go to|teleport to) (?P<x>.+)$", lambda m: f"go to the {_obj(m['x'])}"),
+    (r"^open door to (?P<x>.+)$", lambda m: f"open the door to the {_obj(m['x'])}"),
+    (r"^close door to (?P<x>.+)$", lambda m: f"close the door to the {_obj(m['x'])}"),
+    (r"^pick up (?P<x>.+)$", lambda m: f"get the {_obj(m['x'])}"),
+    (r"^(?:put down|drop) (?P<x>.+)$", lambda m: f"put down the {_obj(m['x'])}"),
+    (r"^move (?P<x>.+?) to (?P<y>.+)$", lambda m: f"put the {_obj(m['x'], 2)} in the {_obj(m['y'], 2)}"),
+    (r"^pour (?P<x>.+) (?:into|in) (?P<y>.+)$",
+     lambda m: f"pour the {_obj(m['x'], 2)} into the {_obj(m['y'], 2)}"),
+    (r"^focus on (?P<x>.+)$", lambda m: f"focus on the {_obj(m['x'])}"),
+    (r"^deactivate (?P<x>.+)$", lambda m: f"turn off the {_obj(m['x'])}"),
+    (r"^activate (?P<x>.+)$", lambda m: f"turn on the {_obj(m['x'])}"),
+    (r"^use (?P<x>.*thermometer.*?) on (?P<y>.+)$", lambda m: f"measure the temperature of the {_obj(m['y'])}"),
+    (r"^use (?P<x>.+?) on (?P<y>.+)$", lambda m: f"use the {_obj(m['x'], 2)} on the {_obj(m['y'], 2)}"),
+    (r"^connect (?P<x>.+?) to (?P<y>.+)$", lambda m: f"connect the {_obj(m['x'], 2)} to the {_obj(m['y'], 2)}"),
+    (r"^disconnect (?P<x>.+)$", lambda m: f"disconnect the {_obj(m['x'])}"),
+    (r"^mix (?P<x>.+)$", lambda m: f"mix what is in the {_obj(m['x'])}"),
+    (r"^wait\d*$", lambda m: "wait for a while"),
+    (r"^look around$", lambda m: "look around the room"),
+    (r"^(?:look at|examine) (?P<x>.+)$", lambda m: f"examine the {_obj(m['x'])}"),
+    (r"^read (?P<x>.+)$", lambda m: f"read the {_obj(m['x'])}"),
+    (r"^open (?P<x>.+)$", lambda m: f"open the {_obj(m['x'])}"),
+    (r"^close (?P<x>.+)$", lambda m: f"close the {_obj(m['x'])}"),
+    (r"^eat (?P<x>.+)$", lambda m: f"eat the {_obj(m['x'])}"),
+    (r"^inventory$", lambda m: "check what you carry"),
+    (r"^(?P<verb>\w+) (?P<x>.+)$", lambda m: f"{m['verb']} the {_obj(m['x'])}"),
+)]
 
 
 class TemplateAnnotator:
-    """Deterministic subgoal text from a segment's actions: what it does, in order, naming the objects.
+    """Deterministic subgoal text that **names the goal** a segment reaches, in one short clause.
 
-    A run of navigation actions collapses to its destination, so
-    ``["open door to kitchen", "go to kitchen", "pick up thermometer"]`` becomes
-    ``"go to kitchen, then pick up thermometer"``.  The last ``keep`` such events
-    are kept (the ones that reach the milestone), verbatim so the objects are named.
+    The goal is what the segment's last action achieves (a navigation run: where it
+    arrives; ``pick up thermometer``: "get the thermometer"; repeated thermometer
+    readings: "measure the temperature of the water"), a look around at the end
+    naming nothing when an earlier action does.  Objects are named without their
+    location, at most ``max_words`` words in all, and never an action copied word
+    for word: the planner learns what to reach, the executor how.
     """
 
-    def __init__(self, keep: int = 3, max_chars: int = 160):
-        self.keep, self.max_chars = keep, max_chars
+    def __init__(self, max_words: int = 8):
+        self.max_words = max_words
 
     def __call__(self, task: str, actions: Sequence[str]) -> str:
-        events: list[str] = []
-        navigating = False
-        for action in actions:
-            a = action.strip()
-            if _NAV_RE.match(a):
-                if (m := _DEST_RE.match(a)) is not None:
-                    event = f"go to {m.group('place')}"
-                    if navigating and events and events[-1].startswith("go to "):
-                        events[-1] = event  # a run of moves: only where it ends matters
-                    else:
-                        events.append(event)
-                    navigating = True
-                continue
-            navigating = False
-            if a in _TRIVIAL or (events and events[-1] == a):
-                continue
-            events.append(a)
-        if not events:
-            events.append("look around" if any(a.strip() == "look around" for a in actions) else "explore")
-        return sanitize(", then ".join(events[-self.keep:]), self.max_chars)
+        acts = [a.strip().lower() for a in actions if a.strip()]
+        if not acts:
+            return "explore the surroundings"
+        meaningful = [a for a in acts if a not in _TRIVIAL]
+        last = meaningful[-1] if meaningful else acts[-1]
+        for pattern, goal in _GOALS:
+            if (m := pattern.match(last)) is not None:
+                text = goal(m)
+                break
+        else:
+            text = "do what the task needs next"
+        words = text.split()[: self.max_words]
+        if " ".join(words) in acts:  # one-word objects can make a template equal to its action
+            words = ["then", *words][: self.max_words]
+        return sanitize(" ".join(words))
 
 
 class LLMAnnotator:
@@ -147,17 +249,17 @@ class LLMAnnotator:
     short line of text is replaced by the template annotator's.
     """
 
-    SYSTEM = ("You label segments of an agent's trajectory with the subgoal they achieve. "
-              "Answer with one short imperative sentence naming the objects, nothing else.")
-    EXAMPLE = ("Task: boil water\nActions: open door to kitchen; go to kitchen; pick up thermometer",
-               "go to the kitchen and pick up the thermometer")
+    SYSTEM = ("You label segments of an agent's trajectory with the goal they reach. Answer with one "
+              "short imperative clause of at most 8 words that names the goal, not the actions, nothing else.")
+    EXAMPLE = ("Task: boil water\nActions: open door to kitchen; go to kitchen",
+               "go to the kitchen")
 
     def __init__(self, base_url: str, model: str, *, api_key: str = "EMPTY", timeout: float = 30.0,
                  max_chars: int = 120, client=None, fallback: Annotator | None = None):
         import httpx
 
         self.model, self.max_chars = model, max_chars
-        self.fallback = fallback or TemplateAnnotator(max_chars=max_chars)
+        self.fallback = fallback or TemplateAnnotator()
         self.client = client or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
                                              headers={"Authorization": f"Bearer {api_key}"})
         self.cache: dict[str, str] = {}
@@ -200,6 +302,7 @@ class SubgoalSegment:
     subgoal: str
     start: int  # first step index
     end: int  # one past the last step index
+    completed: bool = True  # its last step reached the subgoal (trained as "; true")
 
     def steps(self, traj: Trajectory) -> list[Step]:
         return traj.steps[self.start: self.end]
@@ -219,11 +322,11 @@ def annotate(traj: Trajectory, annotator: Annotator | None = None,
              cfg: SegmentationConfig = SegmentationConfig()) -> HierarchicalEpisode:
     annotator = annotator or TemplateAnnotator()
     episode = HierarchicalEpisode(traj)
-    for start, end in segment(traj, cfg):
+    for start, end, completed in segment(traj, cfg):
         recorded = traj.steps[start].subgoal
         actions = [s.action for s in traj.steps[start:end]]
         text = recorded if recorded and cfg.method in ("auto", "recorded") else annotator(traj.task, actions)
-        episode.segments.append(SubgoalSegment(subgoal=sanitize(text), start=start, end=end))
+        episode.segments.append(SubgoalSegment(subgoal=sanitize(text), start=start, end=end, completed=completed))
     return episode
 
 
@@ -248,16 +351,16 @@ def subgoal_reward(traj: Trajectory, seg: SubgoalSegment) -> float:
     """D^l's intrinsic reward r̂ at the segment's end: did the executor complete its subgoal?
 
     −1 when the episode failed inside the segment (the score went negative: ScienceWorld's
-    wrong ``focus on``); 1 when the subgoal was completed — an expert segment always is (its
-    subgoal names what its actions did), a server-recorded one when the executor declared it
-    done without losing score, any other one (perturbed, or cut by score) when it reached a
-    score milestone; else 0 (it ran out of steps).
+    wrong ``focus on``); 1 when the subgoal was completed — an expert segment is unless the
+    segmentation cut it short (its subgoal names what its actions did), a server-recorded one
+    when the executor declared it done without losing score, any other one (perturbed, or cut
+    by score) when it reached a score milestone; else 0 (it ran out of steps).
     """
     steps = seg.steps(traj)
     if any(s.score < 0 for s in steps):
         return -1.0
     if traj.source == "gold":
-        return 1.0
+        return 1.0 if seg.completed else 0.0
     if steps[-1].subgoal_done is not None:
         return 1.0 if steps[-1].subgoal_done and sum(s.reward for s in steps) >= 0 else 0.0
     return 1.0 if steps[-1].reward > 0 else 0.0
@@ -276,7 +379,8 @@ def low_level_transitions(ep: HierarchicalEpisode) -> list[dict]:
                 "traj": ep.traj.id, "task": ep.traj.task, "segment": k, "t": t, "subgoal": seg.subgoal,
                 "observation": step.observation, "history": t - seg.start, "action": step.action,
                 "reward": r_hat if last else 0.0, "env_reward": step.reward,
-                "next_observation": ep.next_observation(t), "subgoal_done": last, "done": step.done,
+                "next_observation": ep.next_observation(t), "subgoal_done": last and seg.completed,
+                "done": step.done,
             })
     return out
 
