@@ -33,7 +33,19 @@ def perturbed_root(out: Path | None) -> Path:
     return out if out is not None else _settings().home / "data" / "perturbed"
 
 
-def _trajectories(data: Path | None, tasks: str, per_task: int | None, logs: Path | None = None,
+def _per_task(per_task: int | None, recipe: str | None):
+    """--per-task N, or a recipe's per-family counts."""
+    if recipe is None:
+        return per_task
+    from glider.trainer.data.collect import recipe_counts
+
+    try:
+        return recipe_counts(recipe)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--recipe") from None
+
+
+def _trajectories(data: Path | None, tasks: str, per_task, logs: Path | None = None,
                   env: str = "scienceworld", perturbed: Path | None = None):
     """Collected expert trajectories (plus perturbed replays and converted server logs); exits with a
     clear error when none."""
@@ -154,11 +166,11 @@ def data_build(
     console.print(table)
 
 
-def _train_config(epochs, lr, batch_tokens, grad_accum, max_minutes, seed, max_steps):
+def _train_config(epochs, lr, batch_tokens, grad_accum, max_minutes, seed, max_steps, **extra):
     from glider.trainer.training import TrainConfig
 
     return TrainConfig(lr=lr, epochs=epochs, batch_tokens=batch_tokens, grad_accum=grad_accum,
-                       max_minutes=max_minutes, seed=seed, max_steps=max_steps)
+                       max_minutes=max_minutes, seed=seed, max_steps=max_steps, **extra)
 
 
 @train_app.command("warmup")
@@ -197,14 +209,21 @@ def train_sft(
     logs: Annotated[Path | None, typer.Option(help="Also train on server episode logs from here.")] = None,
     tasks: str = "",
     per_task: int | None = None,
-    epochs: float = 3.0,
+    recipe: Annotated[str | None, typer.Option(help="glider: the paper's per-family counts of the collected "
+                                                    "data (instead of --per-task).")] = None,
+    epochs: Annotated[float, typer.Option(help="At most this many epochs (early stopping usually ends first).")]
+    = 30.0,
     lr: float = 2e-3,
     rank: int = 16,
-    batch_tokens: int = 8192,
+    batch_tokens: int = 2048,
     grad_accum: int = 1,
     max_minutes: float | None = None,
     max_steps: int | None = None,
-    val_fraction: float = 0.1,
+    patience: Annotated[int, typer.Option(help="Stop after this many held-out measurements without a new best "
+                                               "(0: train the whole budget); ends on the best weights.")] = 4,
+    eval_every: Annotated[int, typer.Option(help="Measure the held-out loss every N optimizer steps.")] = 50,
+    val_fraction: Annotated[float, typer.Option(help="Share of train variations held out for early stopping.")]
+    = 0.1,
     seed: int = 0,
     annotator: str = "template",
     llm_url: str | None = None,
@@ -222,22 +241,25 @@ def train_sft(
         raise typer.BadParameter("--shared and --flat exclude each other")
     mode = "shared" if shared else "flat" if flat else "separate"
     s = _settings(model=model, adapters=adapters)
-    trajs = _trajectories(data, tasks, per_task, logs)
+    trajs = _trajectories(data, tasks, _per_task(per_task, recipe), logs)
     lora = sft_lora()
     lora.r, lora.alpha = rank, 2 * rank
     cfg = SFTConfig(mode=mode, lora=lora, val_fraction=val_fraction, split_seed=seed,
                     segmentation=SegmentationConfig(max_len=s.c_max),
-                    train=_train_config(epochs, lr, batch_tokens, grad_accum, max_minutes, seed, max_steps))
+                    train=_train_config(epochs, lr, batch_tokens, grad_accum, max_minutes, seed, max_steps,
+                                        patience=patience or None, eval_every=eval_every))
     hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": mode}))
     metrics = run_sft(s.model_dir(), trajs, out or s.home / "runs" / f"sft-{mode}", cfg, hierarchy=hierarchy,
                       registry=s.adapters_dir() if publish else None,
                       annotator=_annotator(annotator, llm_url, llm_model))
-    table = Table("adapter", "tokens", "padding", "tokens/s", "loss first→last", "val loss before→after",
-                  "published")
+    table = Table("adapter", "tokens", "padding", "tokens/s", "steps (epochs)", "best step", "loss first→last",
+                  "val loss before→after", "minutes", "published")
     for name, m in metrics["adapters"].items():
         table.add_row(name, str(m["tokens"]), f"{100 * m['padding_share']:.1f}%", f"{m['tokens_per_s']:.0f}",
+                      f"{m['steps']} ({m['epochs_done']:.1f})", str(m.get("best_step")),
                       f"{m['first_loss']:.3f}→{m['train_loss']:.3f}",
-                      f"{m['val_loss_before']:.3f}→{m['val_loss_after']:.3f}", m.get("published", "-"))
+                      f"{m['val_loss_before']:.3f}→{m['val_loss_after']:.3f}", f"{m['seconds'] / 60:.1f}",
+                      m.get("published", "-"))
     console.print(table)
 
 

@@ -58,7 +58,9 @@ def sft_lora() -> LoraSettings:
 class SFTConfig:
     mode: str = "separate"
     lora: LoraSettings = field(default_factory=sft_lora)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-3, epochs=3.0))
+    # to convergence: up to 30 epochs, stopped when the held-out variations' loss stops improving
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-3, epochs=30.0, batch_tokens=2048,
+                                                                   patience=4, eval_every=50))
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     val_fraction: float = 0.1
     max_len: int = 2048
@@ -115,7 +117,7 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
                  sum(s.target_tokens for s in train_seqs), val_before)
         fingerprint = run_fingerprint(train_cfg, train_seqs, base_model_identity(model_dir), asdict(cfg.lora), name)
         result = train(model, train_seqs, train_cfg, out_dir / name, pad_id=tokenizer.pad_token_id, name=name,
-                       fingerprint=fingerprint)
+                       fingerprint=fingerprint, val_sequences=val_seqs)
         val_after = evaluate_loss(model, val_seqs, tokenizer.pad_token_id)
         adapter_dir = out_dir / name / "adapter"
         if not state.is_main_process:  # under `accelerate launch`, one process writes and publishes

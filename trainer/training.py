@@ -13,6 +13,13 @@ on one CPU, one GPU or ``accelerate launch`` over several.  Checkpoints are
 ``accelerator.save_state`` directories plus a ``progress.json``; a run
 restarted with the same output directory resumes from the latest one,
 skipping the batches it had done.
+
+*Early stopping.*  Given held-out sequences (variations the training data does
+not have), the loop measures their loss every ``eval_every`` steps (TensorBoard
+``val_loss``, ``val_curve.json`` and ``val_curve.png`` beside the checkpoints),
+keeps the best trainable weights, stops after ``patience`` measurements
+without a better one, and ends on the best.  The curve and the best weights
+are checkpointed, so a resumed run carries on with them.
 """
 
 from __future__ import annotations
@@ -49,6 +56,12 @@ class TrainConfig:
     log_every: int = 10
     max_minutes: float | None = None  # stop early (checkpointed) after this long
     progress: bool = True
+    # early stopping on held-out sequences (``train(..., val_sequences=...)``): evaluate every
+    # ``eval_every`` optimizer steps, stop after ``patience`` evaluations without a new best
+    # (None: train the whole budget), and end on the best weights seen
+    eval_every: int = 50
+    patience: int | None = None
+    min_delta: float = 1e-3
 
 
 def bucket_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int,
@@ -167,7 +180,10 @@ class TrainResult:
     target_tokens_per_s: float
     padding_share: float
     seconds: float
-    stopped_early: bool
+    stopped_early: bool  # by the time budget or by early stopping
+    best_step: int | None = None  # with held-out sequences: the step whose weights the model ends on
+    best_val_loss: float | None = None
+    val_curve: list | None = None  # [[step, train loss, val loss], ...]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -184,12 +200,52 @@ def run_fingerprint(cfg: TrainConfig, sequences: Sequence[TokenSequence], *extra
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
+def _trainable_state(model) -> dict:
+    """A CPU copy of the trainable weights (the LoRA matrices: small)."""
+    unwrapped = getattr(model, "module", model)
+    return {n: p.detach().to("cpu", copy=True) for n, p in unwrapped.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(model, state: dict) -> None:
+    import torch
+
+    unwrapped = getattr(model, "module", model)
+    with torch.no_grad():
+        for n, p in unwrapped.named_parameters():
+            if n in state:
+                p.copy_(state[n].to(p.device))
+
+
+def plot_val_curve(curve: Sequence[Sequence[float]], path: Path, title: str = "") -> None:
+    """Train and held-out loss against optimizer steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [c[0] for c in curve]
+    ax.plot(steps, [c[1] for c in curve], marker=".", label="train (last window)")
+    ax.plot(steps, [c[2] for c in curve], marker="o", label="held-out variations")
+    best = min(curve, key=lambda c: c[2])
+    ax.axvline(best[0], color="grey", linestyle=":", label=f"best: step {best[0]}, {best[2]:.3f}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per target token")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: Path, *, pad_id: int,
-          name: str = "train", fingerprint: str = "") -> TrainResult:
+          name: str = "train", fingerprint: str = "",
+          val_sequences: Sequence[TokenSequence] | None = None) -> TrainResult:
     """Train ``model``'s trainable parameters on ``sequences``; checkpoints and logs under ``out_dir``.
 
     A checkpoint in ``out_dir`` is resumed only when it was written for the same ``fingerprint``
     (``run_fingerprint``); one from another run (other data, another base) is discarded.
+    With ``val_sequences`` and ``cfg.patience``, stops early on their loss and ends on the best weights.
     """
     import torch
     from accelerate import Accelerator
@@ -228,6 +284,25 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
         progress = saved
         log.info("%s: resuming at step %d (epoch %d, batch %d)", name, progress["step"], progress["epoch"],
                  progress["batch"])
+    early = val_sequences is not None and len(val_sequences) > 0
+    curve: list = (saved or {}).get("val_curve", [])
+    best = (saved or {}).get("best")  # {"step", "loss", "stale"}: stale = measurements since the best
+    best_weights = None
+    if best is not None and (latest / "best.pt").is_file():
+        best_weights = torch.load(latest / "best.pt")
+
+    def measure(step: int, train_loss: float) -> bool:
+        """Held-out loss now; True when patience has run out."""
+        nonlocal best, best_weights
+        val = evaluate_loss(model, val_sequences, pad_id, device=accelerator.device)
+        curve.append([step, train_loss, val])
+        accelerator.log({"val_loss": val}, step=step)
+        if best is None or val < best["loss"] - cfg.min_delta:
+            best = {"step": step, "loss": val, "stale": 0}
+            best_weights = _trainable_state(model)
+        else:
+            best["stale"] += 1
+        return cfg.patience is not None and best["stale"] >= cfg.patience
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
@@ -237,7 +312,10 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                 shutil.rmtree(tmp)
         accelerator.save_state(str(ckpt_root / "latest.tmp"))
         if accelerator.is_main_process:
-            (ckpt_root / "latest.tmp" / "progress.json").write_text(json.dumps(progress))
+            if best_weights is not None:
+                torch.save(best_weights, ckpt_root / "latest.tmp" / "best.pt")
+            (ckpt_root / "latest.tmp" / "progress.json").write_text(
+                json.dumps({**progress, "val_curve": curve, "best": best}))
             old = ckpt_root / "latest.old"
             if latest.exists():
                 os.replace(latest, old)
@@ -285,6 +363,10 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                 accelerator.log({"loss": last_loss, "lr": scheduler.get_last_lr()[0],
                                  "tokens_per_s": real_tokens / max(elapsed, 1e-9)}, step=step)
                 bar.set_postfix(loss=f"{last_loss:.3f}")
+            if early and (step % cfg.eval_every == 0 or step == total_steps):
+                if measure(step, sum(window) / len(window) if window else last_loss):
+                    stopped_early = True
+                    break
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
             if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
@@ -299,12 +381,20 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     if window:
         last_loss = sum(window) / len(window)
         first_loss = last_loss if math.isnan(first_loss) else first_loss
+    if early and (not curve or curve[-1][0] != step):
+        measure(step, last_loss)  # where it stopped, so the best is chosen among every end point
     checkpoint()
     bar.close()
     accelerator.end_training()
     elapsed = time.monotonic() - started
+    if early and best_weights is not None:
+        _load_trainable(model, best_weights)
+        if accelerator.is_main_process:
+            (out_dir / "val_curve.json").write_text(json.dumps({"curve": curve, "best": best}))
+            plot_val_curve(curve, out_dir / "val_curve.png", title=name)
     return TrainResult(steps=step, epochs_done=step / max(1, per_epoch), train_loss=last_loss,
                        first_loss=first_loss, tokens_per_s=real_tokens / max(elapsed, 1e-9),
                        target_tokens_per_s=target_tokens / max(elapsed, 1e-9),
                        padding_share=1 - real_tokens / max(1, padded_tokens), seconds=elapsed,
-                       stopped_early=stopped_early)
+                       stopped_early=stopped_early, best_step=best["step"] if early else None,
+                       best_val_loss=best["loss"] if early else None, val_curve=curve if early else None)

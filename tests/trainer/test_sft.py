@@ -88,3 +88,30 @@ def test_recipe_knows_when_sft_adapters_are_current(tiny_model_dir, tmp_path):
     (other / "glider_backbone.json").write_text('{"warmup": {"data": "something else"}}')
     assert not sft_is_current(reg, other, ["planner"])
     assert "boil" in recipe_tasks() and not any(t.startswith("mendelian") for t in recipe_tasks())
+
+
+def test_early_stopping_ends_on_the_best_held_out_weights(tiny_model_dir, gold_trajectory, tmp_path):
+    import torch
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.sft import build_sequences, episodes_for
+    from glider.trainer.training import evaluate_loss, train
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    seqs = build_sequences(episodes_for([gold_trajectory]), ["flat"], tok, HierarchyConfig(mode="flat"), 2048)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    # min_delta so large that nothing after the first measurement counts as better: patience 2 runs out
+    # at the third measurement (step 6 of 40), and the model ends on the weights of the first (step 2)
+    cfg = TrainConfig(lr=3e-3, max_steps=40, batch_tokens=2048, eval_every=2, patience=2, min_delta=100.0,
+                      log_every=1, progress=False)
+    result = train(model, seqs, cfg, tmp_path, pad_id=tok.pad_token_id, val_sequences=seqs)
+    assert result.stopped_early and result.steps == 6 and result.best_step == 2
+    assert [c[0] for c in result.val_curve] == [2, 4, 6]
+    assert result.val_curve[2][2] < result.val_curve[0][2]  # it was still learning: the rule, not the data, stopped it
+    assert evaluate_loss(model, seqs, tok.pad_token_id) == pytest.approx(result.best_val_loss, rel=1e-5)
+    assert (tmp_path / "val_curve.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "val_curve.json").read_text())
+    assert saved["best"]["step"] == 2 and len(saved["curve"]) == 3
