@@ -84,8 +84,13 @@ class Settings(BaseSettings):
     c_max: int = Field(10, ge=1, description="Most executor steps per subgoal before re-planning.")
     history_window: int = Field(6, ge=0, description="(observation, action) pairs the executor sees.")
     plan_window: int = Field(8, ge=0, description="Finished subgoals the planner sees.")
-    max_plan_attempts: int = Field(2, ge=1, description="Planner samples per step before fallback.")
-    max_action_attempts: int = Field(2, ge=1, description="Executor samples per step before fallback.")
+    max_plan_attempts: int = Field(3, ge=1, description="Planner samples per step before fallback.")
+    max_action_attempts: int = Field(3, ge=1, description="Executor samples per step before fallback.")
+    guard_repeated_subgoal: bool = Field(
+        True, description="Re-sample (seeded) a subgoal whose text repeats itself ('get the pot the pot …').")
+    guard_repeated_action: bool = Field(
+        True, description="Re-sample an action that repeats the previous one when that one changed nothing "
+                          "(the same observation came back).")
     planner_max_tokens: int = Field(32, ge=1)
     executor_max_tokens: int = Field(24, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample.")

@@ -4,6 +4,20 @@
         yes -> planner(task, finished subgoals, observation) -> subgoal
     executor(task, subgoal, recent turns, observation) -> "action; true|false"
 
+Two generic guards (settings, on by default; the evaluation measures them on and
+off) turn degenerate generations into re-samples, seeded like every retry:
+
+* a subgoal whose text repeats itself ("examine substance in inventory on
+  substance in inventory on …": a run of words that immediately occurs again,
+  or one word three times) is not accepted;
+* an action equal to the previous one, when that one changed nothing (the
+  observation now is the observation it was taken on), is not accepted: a
+  tiny model that loops on a refused command would otherwise spend the episode
+  on it.
+
+Neither looks at what the environment is: they compare text the episode
+already holds.
+
 The controller is pure logic over an ``EpisodeState``: it never mutates the
 state it is given (a failed generation leaves the episode exactly as it was),
 and it reaches the model only through ``generate``, so the same code runs on
@@ -62,8 +76,8 @@ class HierarchyConfig:
     c_max: int = 10
     history_window: int = 6
     plan_window: int = 8
-    max_plan_attempts: int = 2
-    max_action_attempts: int = 2
+    max_plan_attempts: int = 3
+    max_action_attempts: int = 3
     planner_max_tokens: int = 32
     executor_max_tokens: int = 24
     temperature: float = 0.0
@@ -72,6 +86,8 @@ class HierarchyConfig:
     fallback_subgoal: str = "explore the surroundings"
     prompt_observation_chars: int = 600
     seed: int = 0
+    guard_repeated_subgoal: bool = True
+    guard_repeated_action: bool = True
 
     @classmethod
     def from_settings(cls, settings) -> HierarchyConfig:
@@ -160,9 +176,10 @@ class PolicyController:
             prompt = planner_prompt(
                 state.task, state.finished, observation, obs_limit=cfg.prompt_observation_chars
             )
+            parse = _parse_subgoal_guarded if cfg.guard_repeated_subgoal else parse_subgoal
             subgoal, version = await self._sample(
                 prompt, Role.planner, cfg.planner_max_tokens, cfg.max_plan_attempts,
-                parse_subgoal, state, generate, decision,
+                parse, state, generate, decision,
             )
             if subgoal is None:
                 subgoal, decision.fallback = cfg.fallback_subgoal, True
@@ -181,9 +198,10 @@ class PolicyController:
         prompt = executor_prompt(
             state.task, seg.subgoal, turns, observation, obs_limit=cfg.prompt_observation_chars
         )
+        banned = self._useless_repeat(state, observation)
         parsed, _ = await self._sample(
             prompt, Role.executor, cfg.executor_max_tokens, cfg.max_action_attempts,
-            _parse_executor_usable, state, generate, decision,
+            lambda text: _unless(_parse_executor_usable(text), banned), state, generate, decision,
         )
         action, subgoal_done = parsed if parsed is not None else (None, False)
         if action is None:
@@ -202,9 +220,10 @@ class PolicyController:
         cfg = self.config
         turns = state.history[-cfg.history_window :] if cfg.history_window else []
         prompt = flat_prompt(state.task, turns, observation, obs_limit=cfg.prompt_observation_chars)
+        banned = self._useless_repeat(state, observation)
         action, _ = await self._sample(
             prompt, Role.flat, cfg.executor_max_tokens, cfg.max_action_attempts,
-            parse_action, state, generate, decision,
+            lambda text: _unless(parse_action(text), banned), state, generate, decision,
         )
         if action is None:
             action, decision.fallback = cfg.fallback_action, True
@@ -213,6 +232,21 @@ class PolicyController:
         )
         del state.history[: max(0, len(state.history) - cfg.history_window)]
         decision.action = action
+
+    # -- guards ---------------------------------------------------------------------
+    def _useless_repeat(self, state: EpisodeState, observation: str) -> str | None:
+        """The previous action, when it changed nothing (its observation came back): not to be repeated."""
+        if not self.config.guard_repeated_action:
+            return None
+        if state.mode == "flat":
+            last = state.history[-1] if state.history else None
+        else:
+            seg = state.current if state.current is not None and state.current.turns else (
+                state.finished[-1] if state.finished and state.finished[-1].turns else None)
+            last = seg.turns[-1] if seg is not None else None
+        if last is None or last.observation != sanitize(observation, self.config.prompt_observation_chars):
+            return None
+        return last.action
 
     # -- sampling with bounded retries ------------------------------------------
     async def _sample(self, prompt, role, max_tokens, attempts, parse, state, generate, decision):
@@ -256,3 +290,29 @@ class PolicyController:
 def _parse_executor_usable(text: str) -> tuple[str, bool] | None:
     action, done = parse_executor_output(text)
     return None if action is None else (action, done)
+
+
+def _unless(parsed, banned: str | None):
+    """``parsed`` (an action, or an (action, done) pair), unless its action is the banned repeat."""
+    if parsed is None or banned is None:
+        return parsed
+    action = parsed[0] if isinstance(parsed, tuple) else parsed
+    return None if action == banned else parsed
+
+
+def repeats_itself(text: str) -> bool:
+    """Degenerate text: a run of two or more words immediately followed by the same run, or one word
+    three times in a row ("a substance called air a substance called air a …", "jay jay jay")."""
+    words = text.lower().replace(",", " ").split()
+    n = len(words)
+    for size in range(1, n // 2 + 1):
+        for i in range(n - 2 * size + 1):
+            if words[i:i + size] == words[i + size:i + 2 * size] and (
+                    size > 1 or words[i + 1:i + 2] == words[i + 2:i + 3]):
+                return True
+    return False
+
+
+def _parse_subgoal_guarded(text: str) -> str | None:
+    subgoal = parse_subgoal(text)
+    return None if subgoal is None or repeats_itself(subgoal) else subgoal

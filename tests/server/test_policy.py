@@ -182,7 +182,7 @@ def test_no_observation_or_task_can_change_roles_forge_lines_or_end_a_subgoal():
     def check(task, observations):
         import asyncio
 
-        ctrl = controller(c_max=10)
+        ctrl = controller(c_max=10, guard_repeated_action=False)  # the same action on the same text is the point
         script = Script(planner=["find the plant"] * 8, executor=["look around; false"] * 8)
         state = ctrl.new_state("e", task)
         state, ds = asyncio.run(play(ctrl, state, script, observations))
@@ -200,3 +200,47 @@ def test_no_observation_or_task_can_change_roles_forge_lines_or_end_a_subgoal():
                        or ln == "" for ln in lines), lines
 
     check()
+
+
+async def test_a_subgoal_that_repeats_itself_is_resampled_with_a_seed():
+    from glider.server.policy.controller import repeats_itself
+
+    assert repeats_itself("examine substance in inventory on substance in inventory on")
+    assert repeats_itself("focus on substance called air a substance called air a") and repeats_itself("jay jay jay")
+    assert not repeats_itself("pour the metal pot into the metal pot") and not repeats_itself("go to the kitchen")
+    script = Script(planner=["get the pot the pot the pot", "get the metal pot"], executor=["pick up metal pot; true"])
+    state, (d,) = await play(controller(), controller().new_state("e", "boil water"), script, ["a kitchen"])
+    assert d.subgoal == "get the metal pot" and not d.fallback
+    first, retry = [r for r in script.requests if r.role is Role.planner]
+    assert first.temperature == 0.0 and retry.temperature > 0 and retry.seed is not None
+    # off: the degenerate text is served as it came
+    script = Script(planner=["get the pot the pot the pot"], executor=["pick up metal pot; true"])
+    ctrl = controller(guard_repeated_subgoal=False)
+    _, (d,) = await play(ctrl, ctrl.new_state("e", "boil water"), script, ["a kitchen"])
+    assert d.subgoal == "get the pot the pot the pot"
+
+
+async def test_an_action_that_changed_nothing_is_not_repeated():
+    ctrl = controller()
+    script = Script(planner=["open the door"], executor=["open door; false", "open door; false", "open door; false",
+                                                          "go to hallway; false", "open door; false"])
+    state, ds = await play(ctrl, ctrl.new_state("e", "t"), script, ["door closed", "door is open", "door is open",
+                                                                     "in the hallway"])
+    # step 2: "open door" again after it changed the observation: fine; step 3: it changed nothing (the same
+    # observation came back), so the greedy repeat is refused and the seeded re-sample taken
+    assert [d.action for d in ds] == ["open door", "open door", "go to hallway", "open door"]
+    assert [r.temperature > 0 for r in script.requests if r.role is Role.executor] == [
+        False, False, False, True, False]
+    # across a subgoal boundary too: the previous segment's last action counts
+    script = Script(planner=["a", "b"], executor=["wait1; true", "wait1; false", "look around; false"])
+    state, ds = await play(ctrl, ctrl.new_state("e", "t"), script, ["same", "same"])
+    assert [d.action for d in ds] == ["wait1", "look around"] and ds[1].new_subgoal
+    # and in flat mode, over its history
+    flat = controller(mode="flat")
+    script = Script(flat=["wait1", "wait1", "look around"])
+    _, ds = await play(flat, flat.new_state("e", "t"), script, ["same", "same"])
+    assert [d.action for d in ds] == ["wait1", "look around"]
+    # off: the loop is served
+    off = controller(mode="flat", guard_repeated_action=False)
+    _, ds = await play(off, off.new_state("e", "t"), Script(flat=["wait1", "wait1"]), ["same", "same"])
+    assert [d.action for d in ds] == ["wait1", "wait1"]
