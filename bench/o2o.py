@@ -61,7 +61,7 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--home", type=Path, default=ROOT / ".glider" / "bench-o2o")
-    p.add_argument("--backbone", type=Path, default=ROOT / ".glider" / "bench-sft" / "backbone")
+    p.add_argument("--backbone", type=Path, default=ROOT / ".glider" / "quality-demo" / "backbone")
     p.add_argument("--data", type=Path, default=ROOT / ".glider" / "data" / "expert")
     p.add_argument("--online", default=ONLINE, help="held-out task families, adapted to online")
     p.add_argument("--per-task", type=int, default=6)

@@ -1,6 +1,6 @@
 """The poster's ablation grid: flat vs hierarchical × SFT / ORL / SFT+ORL, seen and unseen, on the embedded backbone.
 
-Starts from ``bench/sft_modes.py``'s home (a warmed backbone and the published
+Starts from ``bench/quality.py``'s home (``--recipe demo``: a warmed backbone and the published
 SFT adapters ``flat``, ``planner``, ``executor``) and trains, per mode:
 
 * **SFT+ORL** — ``glider.trainer.orl`` from the SFT adapters,
@@ -45,7 +45,7 @@ LABEL = {"flat": "flat", "separate": "hierarchical"}
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--home", type=Path, default=ROOT / ".glider" / "bench-sft")
+    p.add_argument("--home", type=Path, default=ROOT / ".glider" / "quality-demo")
     p.add_argument("--data", type=Path, default=ROOT / ".glider" / "data" / "expert")
     p.add_argument("--perturbed", type=Path, default=ROOT / ".glider" / "orl" / "perturbed")
     p.add_argument("--logs", type=Path, default=ROOT / ".glider" / "orl" / "episodes")
@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--step-bench", type=int, default=10, help="steps per side of the step-time comparison (0: skip)")
     p.add_argument("--reuse", action="store_true", help="keep ORL versions already trained by an earlier run")
-    p.add_argument("--out", type=Path, default=ROOT / ".glider" / "bench-sft" / "orl-report")
+    p.add_argument("--out", type=Path, default=ROOT / ".glider" / "quality-demo" / "orl-report")
     args = p.parse_args()
 
     model = args.home / "backbone"
@@ -91,7 +91,7 @@ def main() -> None:
     for name, version in sft_versions.items():
         stage = reg.get(name, version).manifest.get("stage")
         if stage != "sft":
-            raise SystemExit(f"{name}@{version} is a {stage!r} adapter; run bench/sft_modes.py first")
+            raise SystemExit(f"{name}@{version} is a {stage!r} adapter; run bench/quality.py first")
     versions["SFT"] = sft_versions
     data_line = (f"data: {len(expert)} expert + {len(perturbed)} perturbed (ε-random detours) + {len(rollouts)} "
                  f"SFT-agent episodes recorded by the server = {len(trajs)} trajectories, "

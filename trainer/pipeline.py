@@ -32,22 +32,45 @@ def recipe_tasks() -> list[str]:
 
 @dataclass
 class Recipe:
+    """What the embedded agent is trained on and for how long.
+
+    ``demo`` (the default, ``glider demo``): 3 train variations per family spread over the split, a
+    4-minute warm-up and SFT to early stopping within 9 minutes, so the whole pipeline fits ~20 minutes on
+    2 cores.  ``full``: the paper's data (GLIDER's per-family train counts, 1,284 trajectories over 23
+    families), warm-up and SFT to early stopping, each adapter time-boxed to ``sft.max_minutes``.
+    Both hold out 10 % of the train variations, on which early stopping is decided (never the plan).
+    """
+
+    name: str = "demo"
     per_task: int | dict[str, int] = 3  # train variations per task family (spread over the split)
     tasks: list[str] = field(default_factory=recipe_tasks)
-    workers: int = 2
+    workers: int = 3
     max_steps: int = 100
+    val_fraction: float = 0.1
     warmup: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, epochs=6, max_minutes=4))
-    sft: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-3, epochs=6, max_minutes=8))
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(
+        lr=2e-3, epochs=30, batch_tokens=2048, patience=4, eval_every=40, max_minutes=9))
     mode: str = "separate"
 
     @classmethod
-    def full(cls) -> Recipe:
+    def full(cls, minutes_per_adapter: float = 60.0) -> Recipe:
         """The paper's data: GLIDER's per-family train counts (1,284 trajectories over 23 families)."""
         from glider.trainer.data.collect import recipe_counts
 
         counts = recipe_counts("glider")
-        return cls(per_task=counts, tasks=list(counts), workers=3,
-                   warmup=TrainConfig(lr=1e-3, epochs=10), sft=TrainConfig(lr=2e-3, epochs=8))
+        return cls(name="full", per_task=counts, tasks=list(counts),
+                   warmup=TrainConfig(lr=1e-3, epochs=10, batch_tokens=8192, patience=3, eval_every=100,
+                                      max_minutes=45),
+                   sft=TrainConfig(lr=2e-3, epochs=30, batch_tokens=2048, patience=4, eval_every=100,
+                                   max_minutes=minutes_per_adapter))
+
+    @classmethod
+    def named(cls, name: str) -> Recipe:
+        if name == "demo":
+            return cls()
+        if name == "full":
+            return cls.full()
+        raise ValueError(f"unknown recipe {name!r} (demo | full)")
 
 
 def sft_is_current(registry_root: Path, model_dir: Path, names: list[str]) -> bool:
@@ -76,7 +99,7 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict
     from glider.server.policy.controller import HierarchyConfig
     from glider.trainer.backbone import build_backbone, is_backbone
     from glider.trainer.data.collect import collect, load_collected
-    from glider.trainer.data.hierarchy import SegmentationConfig
+    from glider.trainer.data.hierarchy import SegmentationConfig, split_by_group
     from glider.trainer.sft import ADAPTER_ROLES, SFTConfig, run_sft
     from glider.trainer.warmup import data_key, warmup_backbone, warmup_info
 
@@ -95,11 +118,14 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict
     warm = warmup_info(model_dir)
     if warm is None or warm.get("data") != data_key(trajs):
         say(f"backbone warm-up on {len(trajs)} transcripts")
-        done["warmup"] = warmup_backbone(model_dir, trajs, recipe.warmup, home / "runs" / "warmup")
+        train_trajs, held_out = split_by_group(trajs, recipe.val_fraction)
+        done["warmup"] = warmup_backbone(model_dir, train_trajs, recipe.warmup, home / "runs" / "warmup",
+                                         held_out=held_out)
     names = list(ADAPTER_ROLES[recipe.mode])
     if not sft_is_current(settings.adapters_dir(), model_dir, names):
         say(f"SFT ({recipe.mode}) on {len(trajs)} trajectories")
-        cfg = SFTConfig(mode=recipe.mode, train=recipe.sft, segmentation=SegmentationConfig(max_len=settings.c_max))
+        cfg = SFTConfig(mode=recipe.mode, train=recipe.sft, val_fraction=recipe.val_fraction,
+                        segmentation=SegmentationConfig(max_len=settings.c_max))
         hierarchy = HierarchyConfig.from_settings(settings.model_copy(update={"mode": recipe.mode}))
         done["sft"] = run_sft(model_dir, trajs, home / "runs" / f"sft-{recipe.mode}", cfg, hierarchy=hierarchy,
                               registry=settings.adapters_dir())

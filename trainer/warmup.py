@@ -51,7 +51,10 @@ def transcript_sequences(tokenizer, trajectories: Sequence[Trajectory], max_len:
 
 def warmup_backbone(model_dir: Path, trajectories: Sequence[Trajectory], cfg: TrainConfig, work_dir: Path,
                     *, held_out: Sequence[Trajectory] = ()) -> dict:
-    """Train every weight of the backbone on transcripts; replace ``model_dir`` with the result."""
+    """Train every weight of the backbone on transcripts; replace ``model_dir`` with the result.
+
+    ``held_out`` trajectories measure the loss before and after, and with ``cfg.patience`` stop it early.
+    The recorded data key covers both, so the same collected data finds the warm-up done."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,13 +67,13 @@ def warmup_backbone(model_dir: Path, trajectories: Sequence[Trajectory], cfg: Tr
     val_before = evaluate_loss(model, val, tokenizer.pad_token_id) if val else None
     fingerprint = run_fingerprint(cfg, seqs, base_model_identity(model_dir), "warmup")
     result = train(model, seqs, cfg, Path(work_dir), pad_id=tokenizer.pad_token_id, name="warmup",
-                   fingerprint=fingerprint)
+                   fingerprint=fingerprint, val_sequences=val if cfg.patience else None)
     val_after = evaluate_loss(model, val, tokenizer.pad_token_id) if val else None
     from accelerate import PartialState
 
     if not PartialState().is_main_process:  # under `accelerate launch`, one process writes
         return {}
-    info = {"data": data_key(trajectories), "trajectories": len(trajectories), "sequences": len(seqs),
+    info = {"data": data_key([*trajectories, *held_out]), "trajectories": len(trajectories), "sequences": len(seqs),
             "val_loss_before": val_before, "val_loss_after": val_after, **result.as_dict()}
     tmp = model_dir.with_name(model_dir.name + ".warm.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""Agent quality on GLIDER's protocol: flat SFT, hierarchical SFT (separate adapters) and hierarchical SFT
+(one shared adapter), each trained on one recipe and evaluated on the committed plan, with paired CIs.
+
+    .venv/bin/python bench/quality.py --recipe demo            # the demo recipe (3 train variations / family)
+    .venv/bin/python bench/quality.py --recipe full            # the paper's 1,284 trajectories
+    .venv/bin/python bench/quality.py --recipe demo --repeat 2 --guards-off   # + an A/A run and the guards off
+
+Every stage is cached or resumable, so a run cut off (a session's end, a kill) carries on where it stopped
+when started again with the same arguments: collection and training resume from their caches and
+checkpoints, each evaluation from its episodes.jsonl.  It takes hours on 2 cores: run it in the
+background under ``nice -n 19`` and run no benchmark beside it.
+
+Writes ``<home>/eval/...`` (one run directory per agent: table, transcripts), and merges its figures
+into ``bench/results/quality.json``: per agent and split the protocol, plan file, episodes, mean and 95 %
+CI, commit and recipe; per comparison the paired difference B − A with its CI and minimum detectable
+difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from common import ROOT, ServerProcess, machine, settings
+from glider.clients.evaluate import (
+    EvalConfig,
+    compare_runs,
+    comparison_markdown,
+    run_episodes,
+    table_markdown,
+    write_report,
+)
+from glider.clients.protocols import load_plan, plan_path
+from glider.trainer.pipeline import Recipe, ensure_trained
+from glider.trainer.sft import ADAPTER_ROLES
+from tqdm import tqdm
+
+LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)"}
+#: the comparisons the issue asks for, as (A, B): B − A is reported
+COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate")]
+GUARDS_OFF = {"GLIDER_GUARD_REPEATED_SUBGOAL": "false", "GLIDER_GUARD_REPEATED_ACTION": "false"}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train(args, recipe: Recipe, mode: str) -> dict:
+    s = settings(home=args.home, mode=mode)
+    t0 = time.monotonic()
+    done = ensure_trained(s, dataclasses.replace(recipe, mode=mode), say=lambda msg: print(f"[{recipe.name}/{mode}] {msg}", flush=True))
+    metrics_file = args.home / "runs" / f"sft-{mode}" / "sft_metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return {"minutes_this_run": (time.monotonic() - t0) / 60, "stages_run": sorted(done),
+            "adapters": {name: {k: m.get(k) for k in ("steps", "epochs_done", "best_step", "best_val_loss",
+                                                      "val_loss_before", "tokens_per_s", "seconds",
+                                                      "stopped_early", "published")}
+                         for name, m in metrics.get("adapters", {}).items()}}
+
+
+def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, dict]:
+    s = settings(home=args.home, mode=mode)
+    server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()), GLIDER_ADAPTERS=str(s.adapters_dir()),
+                           GLIDER_RECORD="false", **env)
+    try:
+        server.wait_ready()
+        from glider.clients.sdk import GliderClient
+
+        with GliderClient(server.url) as client:
+            adapters = dict(client.ready().adapters)
+        out = args.home / "eval" / plan.protocol / f"{mode}{tag}-" + "_".join(
+            f"{k}-{v}" for k, v in sorted(adapters.items()))
+        t0 = time.monotonic()
+        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
+        with tqdm(total=len(plan.episodes), desc=f"eval {mode}{tag}", unit="episode") as bar:
+            results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
+        minutes = (time.monotonic() - t0) / 60
+    finally:
+        server.close()
+    summary = write_report(results, out, plan, label=f"{LABEL[mode]}{tag}",
+                           meta={"adapters": adapters, "env": env, "minutes_this_run": minutes})
+    print(table_markdown(summary, f"{LABEL[mode]}{tag}"), flush=True)
+    return out, summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="demo", choices=["demo", "full"])
+    p.add_argument("--modes", default="flat,separate,shared")
+    p.add_argument("--protocol", default="glider")
+    p.add_argument("--home", type=Path, default=None, help="default .glider/quality-<recipe>")
+    p.add_argument("--data", type=Path, default=ROOT / ".glider" / "data",
+                   help="expert data cache shared by every recipe")
+    p.add_argument("--parallel", type=int, default=8, help="episodes in flight")
+    p.add_argument("--minutes-per-adapter", type=float, default=None, help="full recipe: SFT time box")
+    p.add_argument("--repeat", type=int, default=1, help="evaluate the separate agent this many times (A/A)")
+    p.add_argument("--guards-off", action="store_true", help="also evaluate the separate agent without guards")
+    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    args = p.parse_args()
+    args.home = args.home or ROOT / ".glider" / f"quality-{args.recipe}"
+    args.home.mkdir(parents=True, exist_ok=True)
+    if not (args.home / "data").exists():  # collected gold paths are shared between recipes
+        args.data.mkdir(parents=True, exist_ok=True)
+        os.symlink(args.data.resolve(), args.home / "data")
+    recipe = Recipe.full(args.minutes_per_adapter or 60.0) if args.recipe == "full" else Recipe.named(args.recipe)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in ADAPTER_ROLES]
+    if unknown:
+        raise SystemExit(f"unknown modes {unknown}")
+    plan = load_plan(args.protocol)
+    print(f"# quality: recipe {recipe.name} on {machine()}; {plan.describe()}", flush=True)
+    training = {mode: train(args, recipe, mode) for mode in modes}
+    if args.skip_eval:
+        print(json.dumps(training, indent=2))
+        return
+    runs: dict[str, tuple[Path, dict]] = {}
+    for mode in modes:
+        runs[mode] = evaluate(args, plan, mode, "", {})
+    if "separate" in modes:
+        for k in range(2, args.repeat + 1):
+            runs[f"separate (repeat {k})"] = evaluate(args, plan, "separate", f" (repeat {k})", {})
+        if args.guards_off:
+            runs["separate (guards off)"] = evaluate(args, plan, "separate", " (guards off)", GUARDS_OFF)
+
+    pairs = [(a, b) for a, b in COMPARE if a in runs and b in runs]
+    pairs += [("separate", k) for k in runs if k.startswith("separate (")]
+    comparisons = []
+    for a, b in pairs:
+        cmp = compare_runs(runs[a][0], runs[b][0])
+        print(comparison_markdown(cmp, a, b), flush=True)
+        comparisons.append({"a": a, "b": b, **{k: v for k, v in cmp.items() if k not in ("a", "b")}})
+
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {"recipes": {}}
+    plan_file = str(plan_path(plan.protocol).relative_to(ROOT)) if plan.protocol in ("glider", "eto") \
+        else plan.protocol
+    results["recipes"][recipe.name] = {
+        "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+        "command": f"bench/quality.py --recipe {recipe.name} --modes {args.modes} --protocol {args.protocol}"
+                   + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else ""),
+        "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
+                   "sft": vars(recipe.sft)},
+        "training": training,
+        "agents": {label: {"protocol": plan.protocol, "plan_file": plan_file, "run": str(out.relative_to(ROOT)),
+                           "recipe": recipe.name, "commit": commit(),
+                           "splits": {s: {k: o[k] for k in ("episodes", "mean", "low", "high", "se")}
+                                      for s, o in summary["overall"].items()}}
+                   for label, (out, summary) in runs.items()},
+        "comparisons": comparisons,
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"results merged into {args.results}")
+
+
+if __name__ == "__main__":
+    main()
