@@ -53,6 +53,9 @@ class EvalConfig:
     parallel: int = 8  # episodes in flight, one environment each
     policy: str = "server"  # server: the agent behind ``server`` | gold: replay the gold path (the floor)
     games_dir: Path = Path(".glider/games")
+    # gold policy: play each episode (by key) to this many steps, "look around" after the gold path, so the
+    # floor steps and loads the environment exactly as often as a served run did
+    pad_steps: dict[str, int] | None = None
 
 
 @dataclass
@@ -118,17 +121,21 @@ class _Environments:
                 pass
 
 
-def play_gold(world, max_steps: int) -> EpisodeReport:
-    """Replay the loaded variation's gold path with no model (the environment's floor)."""
+def play_gold(world, max_steps: int, pad_to: int | None = None) -> EpisodeReport:
+    """Replay the loaded variation's gold path with no model (the environment's floor); with ``pad_to``,
+    carry on with ``look around`` to that many steps whatever the environment says."""
     first = world.reset()
     report = EpisodeReport(episode_id="gold", task=world.task, score=first.score, max_score=first.score)
-    for i, action in enumerate(world.gold_actions()[:max_steps]):
+    actions = world.gold_actions()[:max_steps]
+    total = len(actions) if pad_to is None else pad_to
+    for i in range(total):
+        action = actions[i] if i < len(actions) else "look around"
         result = world.step(action)
         report.steps.append(StepRecord(step=i, subgoal=None, new_subgoal=False, action=action,
                                        reward=result.reward, score=result.score, observation=result.observation))
         report.score, report.max_score = result.score, max(report.max_score, result.score)
-        if result.done:
-            report.done = True
+        report.done = report.done or result.done
+        if result.done and pad_to is None:
             break
     return report
 
@@ -142,7 +149,7 @@ def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
     cap = cfg.plan.steps_for(episode.task)
     try:
         if cfg.policy == "gold":
-            report = play_gold(world, cap)
+            report = play_gold(world, cap, (cfg.pad_steps or {}).get(episode.key))
         else:
             client = getattr(clients, "client", None)
             if client is None:

@@ -65,6 +65,9 @@ class SFTConfig:
     val_fraction: float = 0.1
     max_len: int = 2048
     split_seed: int = 0
+    # held-out gold segments replayed in ScienceWorld to measure the executor's completion
+    # (``glider.trainer.diagnostics``); 0 skips it (the teacher-forced marker metrics always run)
+    diagnose_segments: int = 0
 
 
 def episodes_for(trajs: Sequence[Trajectory], annotator: Annotator | None = None,
@@ -102,6 +105,7 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
     metrics: dict = {"mode": cfg.mode, "trajectories": {"train": len(train_trajs), "val": len(val_trajs)},
                      "config": {"lora": asdict(cfg.lora), "train": asdict(cfg.train)}, "adapters": {}}
     for name, (train_seqs, val_seqs) in jobs.items():
+        roles = ADAPTER_ROLES[cfg.mode][name]
         tokens = sum(len(s) for s in train_seqs)
         train_cfg = cfg.train
         if train_cfg.max_minutes is not None:  # share a time budget by each adapter's data size
@@ -119,13 +123,23 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         result = train(model, train_seqs, train_cfg, out_dir / name, pad_id=tokenizer.pad_token_id, name=name,
                        fingerprint=fingerprint, val_sequences=val_seqs)
         val_after = evaluate_loss(model, val_seqs, tokenizer.pad_token_id)
+        diagnostics = {}
+        if "executor" in roles and val_eps:
+            from glider.trainer.diagnostics import LocalGenerator, completion_share, marker_metrics
+
+            generator = LocalGenerator(model, tokenizer)
+            diagnostics["completion_marker"] = marker_metrics(generator, val_eps, hierarchy)
+            if cfg.diagnose_segments:
+                diagnostics["segment_completion"] = completion_share(generator, val_eps, hierarchy,
+                                                                     cfg.diagnose_segments)
+            log.info("%s: executor diagnostics on held-out segments %s", name, diagnostics)
         adapter_dir = out_dir / name / "adapter"
         if not state.is_main_process:  # under `accelerate launch`, one process writes and publishes
             continue
         model.save_pretrained(adapter_dir, safe_serialization=True)
         entry = {"sequences": len(train_seqs), "tokens": tokens,
                  "target_tokens": sum(s.target_tokens for s in train_seqs),
-                 "val_loss_before": val_before, "val_loss_after": val_after, **result.as_dict()}
+                 "val_loss_before": val_before, "val_loss_after": val_after, **diagnostics, **result.as_dict()}
         if registry is not None:
             from glider.trainer.publish import publish_adapter
 
