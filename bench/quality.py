@@ -57,13 +57,14 @@ def commit() -> str:
 def train(args, recipe: Recipe, mode: str) -> dict:
     s = settings(home=args.home, mode=mode)
     t0 = time.monotonic()
-    done = ensure_trained(s, dataclasses.replace(recipe, mode=mode), say=lambda msg: print(f"[{recipe.name}/{mode}] {msg}", flush=True))
+    done = ensure_trained(s, dataclasses.replace(recipe, mode=mode, diagnose_segments=args.diagnose), say=lambda msg: print(f"[{recipe.name}/{mode}] {msg}", flush=True))
     metrics_file = args.home / "runs" / f"sft-{mode}" / "sft_metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     return {"minutes_this_run": (time.monotonic() - t0) / 60, "stages_run": sorted(done),
             "adapters": {name: {k: m.get(k) for k in ("steps", "epochs_done", "best_step", "best_val_loss",
                                                       "val_loss_before", "tokens_per_s", "seconds",
-                                                      "stopped_early", "published")}
+                                                      "stopped_early", "published", "completion_marker",
+                                                      "segment_completion")}
                          for name, m in metrics.get("adapters", {}).items()}}
 
 
@@ -102,6 +103,8 @@ def main() -> None:
                    help="expert data cache shared by every recipe")
     p.add_argument("--parallel", type=int, default=8, help="episodes in flight")
     p.add_argument("--minutes-per-adapter", type=float, default=None, help="full recipe: SFT time box")
+    p.add_argument("--diagnose", type=int, default=60,
+                   help="held-out gold segments replayed to measure the executor's completion")
     p.add_argument("--repeat", type=int, default=1, help="evaluate the separate agent this many times (A/A)")
     p.add_argument("--guards-off", action="store_true", help="also evaluate the separate agent without guards")
     p.add_argument("--skip-eval", action="store_true")

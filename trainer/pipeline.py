@@ -51,6 +51,7 @@ class Recipe:
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(
         lr=2e-3, epochs=30, batch_tokens=2048, patience=4, eval_every=40, max_minutes=9))
     mode: str = "separate"
+    diagnose_segments: int = 0  # held-out gold segments replayed to measure executor completion
 
     @classmethod
     def full(cls, minutes_per_adapter: float = 60.0) -> Recipe:
@@ -125,7 +126,8 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict
     if not sft_is_current(settings.adapters_dir(), model_dir, names):
         say(f"SFT ({recipe.mode}) on {len(trajs)} trajectories")
         cfg = SFTConfig(mode=recipe.mode, train=recipe.sft, val_fraction=recipe.val_fraction,
-                        segmentation=SegmentationConfig(max_len=settings.c_max))
+                        segmentation=SegmentationConfig(max_len=settings.c_max),
+                        diagnose_segments=recipe.diagnose_segments)
         hierarchy = HierarchyConfig.from_settings(settings.model_copy(update={"mode": recipe.mode}))
         done["sft"] = run_sft(model_dir, trajs, home / "runs" / f"sft-{recipe.mode}", cfg, hierarchy=hierarchy,
                               registry=settings.adapters_dir())
