@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--guards-off", action="store_true", help="also evaluate the separate agent without guards")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.json")
+    p.add_argument("--page", type=Path, default=ROOT / "docs" / "results.md")
     args = p.parse_args()
     args.home = args.home or ROOT / ".glider" / f"quality-{args.recipe}"
     args.home.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,66 @@ def main() -> None:
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"results merged into {args.results}")
+    update_page(args.page, render(results))
+    print(f"results merged into {args.results} and {args.page}")
+
+
+def _ci(o: dict) -> str:
+    return f"{o['mean']:.2f} [{o['low']:.2f}, {o['high']:.2f}]"
+
+
+def render(results: dict) -> str:
+    """The results page's generated part: per recipe the agents with CIs, the paired comparisons, training."""
+    out = []
+    for name, r in results["recipes"].items():
+        out += [f"### Recipe `{name}`", "",
+                f"`{r['command']}` — {r['date']}, commit {r['commit']}, {r['machine']}.", "",
+                "| agent | seen (dev) | unseen (test) | episodes |", "|---|---:|---:|---:|"]
+        for label, a in r["agents"].items():
+            sp = a["splits"]
+            out.append(f"| {LABEL.get(label, label)} | {_ci(sp['seen'])} | {_ci(sp['unseen'])} | "
+                       f"{sp['seen']['episodes']} / {sp['unseen']['episodes']} |")
+        out += ["", "Score ×100 on the glider plan, mean with its 95 % stratified bootstrap CI.", "",
+                "| comparison (B − A) | seen: difference [95 % CI] | MDE | unseen: difference [95 % CI] | MDE |",
+                "|---|---:|---:|---:|---:|"]
+        for c in r["comparisons"]:
+            cells = []
+            for split in ("seen", "unseen"):
+                d = c["splits"].get(split)
+                cells += [f"**{d['difference']:+.2f}** [{d['low']:+.2f}, {d['high']:+.2f}]", f"{d['mde']:.2f}"] \
+                    if d else ["–", "–"]
+            out.append(f"| {LABEL.get(c['b'], c['b'])} − {LABEL.get(c['a'], c['a'])} | " + " | ".join(cells) + " |")
+        out += ["", "MDE: the minimum difference detectable at 80 % power with these episodes.", "",
+                "| mode | adapter | optimizer steps | epochs | best step | held-out loss before → best | "
+                "tokens/s | minutes | `; true` precision / recall | segments reached / completed |",
+                "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
+        for mode, t in r["training"].items():
+            for adapter, m in t["adapters"].items():
+                marker = m.get("completion_marker") or {}
+                seg = m.get("segment_completion") or {}
+                out.append(
+                    f"| {mode} | {adapter} | {m['steps']} | {m['epochs_done']:.1f} | {m.get('best_step')} | "
+                    f"{m['val_loss_before']:.3f} → {m.get('best_val_loss') or float('nan'):.3f} | "
+                    f"{m['tokens_per_s']:.0f} | {m['seconds'] / 60:.1f} | "
+                    + (f"{marker['precision']:.2f} / {marker['recall']:.2f}" if marker else "–") + " | "
+                    + (f"{seg['reached']:.2f} / {seg['completed']:.2f} (n={seg['segments']})" if seg else "–")
+                    + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+BEGIN, END = "<!-- quality:begin (bench/quality.py writes this part) -->", "<!-- quality:end -->"
+
+
+def update_page(page: Path, generated: str) -> None:
+    """Replace the generated part of the results page, keeping the hand-written text around it."""
+    text = page.read_text() if page.is_file() else f"# Results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1] if END in rest else ""
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(f"{head}{BEGIN}\n{generated}\n{END}{tail}")
 
 
 if __name__ == "__main__":
