@@ -275,7 +275,9 @@ def demo(
         from glider.trainer.pipeline import ensure_trained
 
         t0 = time.monotonic()
-        ensure_trained(s, say=lambda msg: console.rule(msg))
+        from glider.trainer.pipeline import Recipe
+
+        ensure_trained(s, Recipe(mode=getattr(s.mode, "value", s.mode)), say=lambda msg: console.rule(msg))
         console.print(f"training pipeline: {time.monotonic() - t0:.0f}s (cached steps are skipped)")
     else:
         from glider.trainer.backbone import is_backbone
@@ -314,7 +316,7 @@ def demo(
             console.rule("seen (dev) and unseen (test) variations")
             plan = load_plan(protocol)
             cfg = EvalConfig(plan=plan, server=f"http://127.0.0.1:{port}", transport="rest", parallel=parallel)
-            out = s.home / "eval" / f"demo-{protocol}-{_adapter_tag(health.adapters)}"
+            out = s.home / "eval" / f"demo-{protocol}-{health.mode}-{_adapter_tag(health.adapters)}"
             t0 = time.monotonic()
             results = run_episodes(cfg, out=out)
             write_report(results, out, plan, label=f"demo agent ({health.mode})")
@@ -323,6 +325,15 @@ def demo(
             console.print(Markdown((out / "table.md").read_text()))
             console.print(f"{sum(r.steps for r in results)} steps in {time.monotonic() - t0:.0f}s; "
                           f"table, episodes, transcripts and plot in {out}")
+            flat = sorted((s.home / "eval").glob(f"demo-{protocol}-flat-*"), key=lambda p: p.stat().st_mtime)
+            if health.mode != "flat" and flat:
+                from glider.clients.evaluate import compare_runs, comparison_markdown
+
+                console.print(Markdown(comparison_markdown(compare_runs(flat[-1], out), "flat SFT",
+                                                           f"{health.mode} (this agent)")))
+            elif health.mode != "flat":
+                console.print("no flat agent evaluated yet: `GLIDER_MODE=flat glider demo` trains and "
+                              "evaluates one, and the next demo prints the paired comparison")
     finally:
         server.terminate()
         try:
