@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -128,14 +129,19 @@ def main() -> None:
         print(json.dumps(training, indent=2))
         return
     runs: dict[str, tuple[Path, dict]] = {}
-    for mode in modes:
-        runs[mode] = evaluate(args, plan, mode, "", {})
+    wanted = [(mode, mode, "", {}) for mode in modes]
     if "separate" in modes:
-        for k in range(2, args.repeat + 1):
-            runs[f"separate (repeat {k})"] = evaluate(args, plan, "separate", f" (repeat {k})", {})
+        wanted += [(f"separate (repeat {k})", "separate", f" (repeat {k})", {}) for k in range(2, args.repeat + 1)]
         if args.guards_off:
-            runs["separate (guards off)"] = evaluate(args, plan, "separate", " (guards off)", GUARDS_OFF)
+            wanted.append(("separate (guards off)", "separate", " (guards off)", GUARDS_OFF))
+    for label, mode, tag, env in wanted:  # the figures are written after each run: a cut-off run keeps them
+        runs[label] = evaluate(args, plan, mode, tag, env)
+        record(args, recipe, plan, training, runs)
 
+
+def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Path, dict]]) -> None:
+    """Merge this recipe's agents and comparisons into the results file and page; copy each run's
+    per-episode scores beside them, so every figure can be recomputed from the repository."""
     pairs = [(a, b) for a, b in COMPARE if a in runs and b in runs]
     pairs += [("separate", k) for k in runs if k.startswith("separate (")]
     comparisons = []
@@ -143,7 +149,13 @@ def main() -> None:
         cmp = compare_runs(runs[a][0], runs[b][0])
         print(comparison_markdown(cmp, a, b), flush=True)
         comparisons.append({"a": a, "b": b, **{k: v for k, v in cmp.items() if k not in ("a", "b")}})
+    episodes_dir = args.results.parent / "runs" / recipe.name
+    episodes_dir.mkdir(parents=True, exist_ok=True)
+    def episodes_file(label: str) -> Path:
+        return episodes_dir / (label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".jsonl")
 
+    for label, (out, _) in runs.items():
+        shutil.copyfile(out / "episodes.jsonl", episodes_file(label))
     results = json.loads(args.results.read_text()) if args.results.is_file() else {"recipes": {}}
     plan_file = str(plan_path(plan.protocol).relative_to(ROOT)) if plan.protocol in ("glider", "eto") \
         else plan.protocol
@@ -154,8 +166,10 @@ def main() -> None:
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},
         "training": training,
-        "agents": {label: {"protocol": plan.protocol, "plan_file": plan_file, "run": str(out.relative_to(ROOT)),
-                           "recipe": recipe.name, "commit": commit(),
+        "agents": {label: {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
+                           "commit": commit(), "run": str(out.relative_to(ROOT)),
+                           "episodes_file": str(episodes_file(label).relative_to(ROOT)),
+                           "minutes": summary["meta"].get("minutes_this_run"),
                            "splits": {s: {k: o[k] for k in ("episodes", "mean", "low", "high", "se")}
                                       for s, o in summary["overall"].items()}}
                    for label, (out, summary) in runs.items()},
@@ -164,7 +178,7 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
     update_page(args.page, render(results))
-    print(f"results merged into {args.results} and {args.page}")
+    print(f"results merged into {args.results} and {args.page}", flush=True)
 
 
 def _ci(o: dict) -> str:
