@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -43,6 +44,8 @@ from pathlib import Path
 from glider.clients.play import EpisodeReport, StepRecord
 from glider.clients.protocols import SPLITS, Plan, PlannedEpisode
 from glider.clients.stats import aggregate, bootstrap, paired
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,6 +116,16 @@ class _Environments:
         return open_environment(plan.env, episode.task, SPLITS[episode.split], episode.variation,
                                 plan.steps_for(episode.task), self.cfg.games_dir)
 
+    def discard(self) -> None:
+        """Drop this thread's JVM (after an error it may be dead); the next episode opens a new one."""
+        jvm = getattr(self.local, "jvm", None)
+        self.local.jvm = None
+        if jvm is not None:
+            try:
+                jvm.close()
+            except Exception:  # it is being thrown away because it failed
+                pass
+
     def close(self) -> None:
         for jvm in self.opened:
             try:
@@ -143,6 +156,7 @@ def play_gold(world, max_steps: int, pad_to: int | None = None) -> EpisodeReport
 def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
           episode: PlannedEpisode) -> tuple[EpisodeResult, EpisodeReport]:
     from glider.clients.play import make_client, play_episode
+    from glider.clients.sdk import GliderAPIError
 
     started = time.monotonic()
     world = envs.get(episode)
@@ -155,6 +169,12 @@ def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
             if client is None:
                 client = clients.client = make_client(cfg.transport, cfg.server)
             report = play_episode(client, world, max_steps=cap)
+    except GliderAPIError:
+        raise
+    except Exception:
+        if cfg.plan.env == "scienceworld":
+            envs.discard()  # the JVM may have died with the episode: the retry gets a fresh one
+        raise
     finally:
         if cfg.plan.env != "scienceworld":  # a ScienceWorld JVM stays with its thread
             world.close()
@@ -178,13 +198,28 @@ def run_episodes(cfg: EvalConfig, out: Path | None = None, on_done: Callable[[Ep
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.parallel), thread_name_prefix="episode")
     try:
         futures = {pool.submit(_play, cfg, envs, clients, e): e for e in todo}
-        for future in as_completed(futures):
-            result, report = future.result()
+        retried: set[str] = set()
+        pending = set(futures)
+        while pending:
+            future = next(as_completed(pending))
+            pending.discard(future)
+            episode = futures[future]
+            try:
+                result, report = future.result()
+            except Exception as exc:
+                if episode.key in retried:
+                    raise
+                retried.add(episode.key)  # an environment that failed once (a JVM crash) gets one more try
+                log.warning("episode %s failed (%s: %s); playing it again", episode.key, type(exc).__name__, exc)
+                retry = pool.submit(_play, cfg, envs, clients, episode)
+                futures[retry] = episode
+                pending.add(retry)
+                continue
             done[result.key] = result
             if log_file is not None:
                 log_file.write(json.dumps(asdict(result)) + "\n")
                 log_file.flush()
-                write_transcript(out, futures[future], result, report, plan)
+                write_transcript(out, episode, result, report, plan)
             if on_done is not None:
                 on_done(result)
     finally:

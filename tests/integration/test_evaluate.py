@@ -112,3 +112,30 @@ def test_eval_command_learning_curve_over_versions(swap_server, tmp_path, monkey
     assert bad.exit_code == 2 and "seen and/or unseen" in bad.output
     bad = CliRunner().invoke(app, ["eval", "run", "--out", str(tmp_path), "--protocol", "nope"])
     assert bad.exit_code == 2 and "unknown protocol" in bad.output
+
+
+def test_gold_floor_replays_every_episode_and_an_environment_failure_is_played_again(monkeypatch, tmp_path):
+    import glider.clients.evaluate as evaluate
+
+    plan = load_plan("quick-ci")
+    real, calls = evaluate.play_gold, []
+
+    def flaky(world, max_steps, pad_to=None):
+        calls.append(world.task_name)
+        if len(calls) == 1:
+            raise RuntimeError("the JVM went away")
+        return real(world, max_steps, pad_to)
+
+    monkeypatch.setattr(evaluate, "play_gold", flaky)
+    pad = {e.key: 7 for e in plan.episodes}
+    results = run_episodes(EvalConfig(plan=plan, policy="gold", parallel=2, pad_steps=pad), out=tmp_path)
+    assert len(calls) == 7 and [r.key for r in results] == [e.key for e in plan.episodes]
+    assert all(r.steps == 7 for r in results)  # gold path, then look around, to the served run's step count
+    assert sum(r.best > 0 for r in results) >= 4  # the gold paths score
+
+    def broken(world, max_steps, pad_to=None):
+        raise RuntimeError("always")
+
+    monkeypatch.setattr(evaluate, "play_gold", broken)
+    with pytest.raises(RuntimeError, match="always"):
+        run_episodes(EvalConfig(plan=plan, policy="gold", parallel=2), out=tmp_path / "b")
