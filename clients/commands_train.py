@@ -131,7 +131,7 @@ def data_build(
     per_task: Annotated[int | None, typer.Option(help="First N trajectories per task family.")] = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-    segmentation: Annotated[str, typer.Option(help="auto | score | recorded | fixed")] = "auto",
+    segmentation: Annotated[str, typer.Option(help="auto (events for expert data, recorded for server logs) | events | score | recorded | fixed")] = "auto",
     min_len: int = 2,
     max_len: Annotated[int, typer.Option(help="Longest segment (the server's c_max).")] = 10,
     annotator: Annotated[str, typer.Option(help="template | llm")] = "template",
