@@ -128,7 +128,7 @@ def data_build(
     logs: Annotated[Path | None, typer.Option(help="Server episode-log directory to convert instead.")] = None,
     env: str = "scienceworld",
     tasks: str = "",
-    per_task: Annotated[int | None, typer.Option(help="First N trajectories per task family.")] = None,
+    per_task: Annotated[int | None, typer.Option(help="N trajectories per task family (the spread the collection took).")] = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     segmentation: Annotated[str, typer.Option(help="auto (events for expert data, recorded for server logs) | events | score | recorded | fixed")] = "auto",
