@@ -62,6 +62,10 @@ class TrainConfig:
     eval_every: int = 50
     patience: int | None = None
     min_delta: float = 1e-3
+    # on a plateau (patience run out) first go back to the best weights with the learning rate times
+    # ``plateau_factor``, up to ``lr_reductions`` times, and only then stop
+    lr_reductions: int = 2
+    plateau_factor: float = 0.5
 
 
 def bucket_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int,
@@ -136,10 +140,14 @@ def batch_loss(model, batch: Sequence[TokenSequence], pad_id: int, device, weigh
     return model(input_ids=ids, attention_mask=mask, labels=labels).loss, mask, labels
 
 
-def _schedule(cfg: TrainConfig, total: int):
+def _schedule(cfg: TrainConfig, total: int, scale: list[float]):
+    """Linear warm-up, then a cosine decay over ``total`` steps; with early stopping the horizon is
+    unknown, so the rate stays constant and ``scale[0]`` (lowered on each plateau) sets it."""
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+            return (step + 1) / cfg.warmup_steps * scale[0]
+        if cfg.patience is not None:
+            return scale[0]
         progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
@@ -265,7 +273,8 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps))
+    lr_scale = [1.0]  # lowered on each plateau of the held-out loss
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps, lr_scale))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     ckpt_root = out_dir / "checkpoints"
@@ -290,19 +299,30 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     best_weights = None
     if best is not None and (latest / "best.pt").is_file():
         best_weights = torch.load(latest / "best.pt")
+    if best is not None:
+        lr_scale[0] = cfg.plateau_factor ** best.get("reductions", 0)
 
     def measure(step: int, train_loss: float) -> bool:
-        """Held-out loss now; True when patience has run out."""
+        """Held-out loss now; on a plateau, back to the best weights at a lower rate; True when done."""
         nonlocal best, best_weights
         val = evaluate_loss(model, val_sequences, pad_id, device=accelerator.device)
         curve.append([step, train_loss, val])
-        accelerator.log({"val_loss": val}, step=step)
+        accelerator.log({"val_loss": val, "lr": scheduler.get_last_lr()[0]}, step=step)
         if best is None or val < best["loss"] - cfg.min_delta:
-            best = {"step": step, "loss": val, "stale": 0}
+            best = {"step": step, "loss": val, "stale": 0, "reductions": (best or {}).get("reductions", 0)}
             best_weights = _trainable_state(model)
         else:
             best["stale"] += 1
-        return cfg.patience is not None and best["stale"] >= cfg.patience
+        if cfg.patience is None or best["stale"] < cfg.patience:
+            return False
+        if best["reductions"] >= cfg.lr_reductions:
+            return True
+        best["reductions"] += 1
+        best["stale"] = 0
+        lr_scale[0] = cfg.plateau_factor ** best["reductions"]
+        _load_trainable(model, best_weights)
+        log.info("%s: held-out loss flat since step %d; back to it at lr x%g", name, best["step"], lr_scale[0])
+        return False
 
     def checkpoint() -> None:
         accelerator.wait_for_everyone()
