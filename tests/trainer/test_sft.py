@@ -91,18 +91,9 @@ def test_recipe_knows_when_sft_adapters_are_current(tiny_model_dir, tmp_path):
 
 
 def test_early_stopping_ends_on_the_best_held_out_weights(tiny_model_dir, gold_trajectory, tmp_path):
-    import torch
-    from glider.server.policy.controller import HierarchyConfig
-    from glider.trainer.sft import build_sequences, episodes_for
     from glider.trainer.training import evaluate_loss, train
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    seqs = build_sequences(episodes_for([gold_trajectory]), ["flat"], tok, HierarchyConfig(mode="flat"), 2048)
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model, tok, seqs = _flat_lora(tiny_model_dir, gold_trajectory)
     # min_delta so large that nothing after the first measurement counts as better: patience 2 runs out
     # at the third measurement (step 6 of 40), and the model ends on the weights of the first (step 2)
     cfg = TrainConfig(lr=3e-3, max_steps=40, batch_tokens=2048, eval_every=2, patience=2, min_delta=100.0,
@@ -118,18 +109,9 @@ def test_early_stopping_ends_on_the_best_held_out_weights(tiny_model_dir, gold_t
 
 
 def test_a_plateau_lowers_the_rate_from_the_best_weights_before_stopping(tiny_model_dir, gold_trajectory, tmp_path):
-    import torch
-    from glider.server.policy.controller import HierarchyConfig
-    from glider.trainer.sft import build_sequences, episodes_for
     from glider.trainer.training import train
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    seqs = build_sequences(episodes_for([gold_trajectory]), ["flat"], tok, HierarchyConfig(mode="flat"), 2048)
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    model, tok, seqs = _flat_lora(tiny_model_dir, gold_trajectory)
     # nothing ever beats the first measurement by min_delta: two plateaus of patience 2 each lower the
     # rate (x0.5, x0.25) and the third ends the run: measurements at 2 (best), 4, 6 | 8, 10 | 12, 14
     cfg = TrainConfig(lr=3e-3, max_steps=40, batch_tokens=2048, eval_every=2, patience=2, min_delta=100.0,
@@ -138,3 +120,19 @@ def test_a_plateau_lowers_the_rate_from_the_best_weights_before_stopping(tiny_mo
     assert result.stopped_early and result.steps == 14 and result.best_step == 2
     saved = json.loads((tmp_path / "val_curve.json").read_text())
     assert saved["best"]["reductions"] == 2 and [c[0] for c in saved["curve"]] == [2, 4, 6, 8, 10, 12, 14]
+
+
+def _flat_lora(tiny_model_dir, gold_trajectory):
+    """A fresh LoRA on the tiny model and the gold trajectory's flat sequences."""
+    import torch
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.sft import build_sequences, episodes_for
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    seqs = build_sequences(episodes_for([gold_trajectory]), ["flat"], tok, HierarchyConfig(mode="flat"), 2048)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    return model, tok, seqs
