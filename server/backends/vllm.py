@@ -25,10 +25,10 @@ from glider.server.backends.base import (
     GenerationResult,
     GenerationSpec,
 )
+from glider.server.backends.vllm_busy_wait import ENV as BUSY_WAIT_ENV
 from glider.server.settings import Settings
 
 log = logging.getLogger(__name__)
-
 
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 
@@ -83,6 +83,9 @@ class VLLMBackend(Backend):
         cuda = _is_cuda()
         if not cuda:
             _preload_tcmalloc()
+        busy_wait = s.engine_busy_wait_s if s.engine_busy_wait_s is not None else (None if cuda else 0.002)
+        if busy_wait is not None:  # read by the vllm_busy_wait plugin in the engine's spawned processes
+            os.environ[BUSY_WAIT_ENV] = str(busy_wait)
         # float32 is the CPU default; on a GPU let vLLM pick the model's dtype unless asked
         dtype = "auto" if cuda and s.dtype == "float32" else s.dtype
         args = AsyncEngineArgs(
