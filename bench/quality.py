@@ -79,8 +79,8 @@ def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, dict]:
 
         with GliderClient(server.url) as client:
             adapters = dict(client.ready().adapters)
-        out = args.home / "eval" / plan.protocol / f"{mode}{tag}-" + "_".join(
-            f"{k}-{v}" for k, v in sorted(adapters.items()))
+        slug = (mode + tag).replace(" (", "-").replace(")", "").replace(" ", "-")
+        out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
         cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
         with tqdm(total=len(plan.episodes), desc=f"eval {mode}{tag}", unit="episode") as bar:
