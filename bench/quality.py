@@ -32,6 +32,7 @@ from glider.clients.evaluate import (
     EvalConfig,
     compare_runs,
     comparison_markdown,
+    difference_cell,
     run_episodes,
     table_markdown,
     write_report,
@@ -203,7 +204,7 @@ def render(results: dict) -> str:
             cells = []
             for split in ("seen", "unseen"):
                 d = c["splits"].get(split)
-                cells += [f"**{d['difference']:+.2f}** [{d['low']:+.2f}, {d['high']:+.2f}]", f"{d['mde']:.2f}"] \
+                cells += [difference_cell(d), f"{d['mde']:.2f}"] \
                     if d else ["–", "–"]
             out.append(f"| {LABEL.get(c['b'], c['b'])} − {LABEL.get(c['a'], c['a'])} | " + " | ".join(cells) + " |")
         out += ["", "MDE: the minimum difference detectable at 80 % power with these episodes.", "",

@@ -415,6 +415,14 @@ def _group(values: dict, keep: set) -> dict[str, list[float]]:
     return dict(out)
 
 
+def difference_cell(c: dict) -> str:
+    """A paired difference with its CI; bold only when the CI excludes 0 (a finding)."""
+    value = f"{c['difference']:+.2f}"
+    if c["low"] > 0 or c["high"] < 0:
+        value = f"**{value}**"
+    return f"{value} [{c['low']:+.2f}, {c['high']:+.2f}]"
+
+
 def comparison_markdown(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
     splits = list(cmp["splits"])
     lines = [f"paired comparison on protocol {cmp['protocol']}: B = {label_b}, A = {label_a} "
@@ -423,8 +431,8 @@ def comparison_markdown(cmp: dict, label_a: str = "A", label_b: str = "B") -> st
              "| split | A | B | B − A [95 % CI] | MDE | paired episodes |", "|---|---:|---:|---:|---:|---:|"]
     for s in splits:
         c = cmp["splits"][s]
-        lines.append(f"| {s} | {c['a']:.2f} | {c['b']:.2f} | **{c['difference']:+.2f}** "
-                     f"[{c['low']:+.2f}, {c['high']:+.2f}] | {c['mde']:.2f} | {c['episodes']} |")
+        lines.append(f"| {s} | {c['a']:.2f} | {c['b']:.2f} | {difference_cell(c)} "
+                     f"| {c['mde']:.2f} | {c['episodes']} |")
     families = sorted({f for s in splits for f in cmp["splits"][s]["per_family"]})
     lines += ["", "| family (B − A) | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     for f in families:

@@ -65,3 +65,11 @@ def test_identical_runs_differ_by_exactly_zero():
 def test_detectable_difference_is_z_sum_times_se():
     assert detectable_difference(1.0) == pytest.approx(1.959964 + 0.841621, abs=1e-5)
     assert detectable_difference(2.0, power=0.5) == pytest.approx(2 * 1.959964, abs=1e-5)
+
+
+def test_difference_cell_bolds_only_a_ci_that_excludes_zero():
+    from glider.clients.evaluate import difference_cell
+
+    assert difference_cell({"difference": 0.8, "low": -0.18, "high": 1.77}) == "+0.80 [-0.18, +1.77]"
+    assert difference_cell({"difference": 3.18, "low": 1.98, "high": 4.31}) == "**+3.18** [+1.98, +4.31]"
+    assert difference_cell({"difference": -2.0, "low": -3.0, "high": -0.5}) == "**-2.00** [-3.00, -0.50]"
