@@ -1,8 +1,8 @@
 """``glider eval ...``: the evaluation harness on the command line (``glider.clients.evaluate``).
 
-    glider eval run --out DIR [--protocol glider|eto|quick|quick-ci|PLAN.json]   play a plan, print the table
+    glider eval run --out DIR [--protocol glider|eto|quick|quick-ci|tune|PLAN.json] play a plan, print the table
     glider eval compare RUN_A RUN_B                                              paired B − A with CIs
-    glider eval plan --protocol glider|eto                                       (re)build a committed plan file
+    glider eval plan --protocol glider|eto|tune                                  (re)build a committed plan file
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def run_command(
     out: Annotated[Path, typer.Option(help="Run directory: episodes, transcripts, table, plots. A run "
                                            "restarted on it plays only what is missing.")],
     protocol: Annotated[str, typer.Option(help="glider (GLIDER's evaluator) | eto | quick (one episode per "
-                                               "family and split) | quick-ci | custom | a plan file")]
+                                               "family and split) | quick-ci | tune (dev episodes outside "
+                                               "the glider plan, to choose settings on) | custom | a plan file")]
     = "glider",
     server: Annotated[str | None, typer.Option(help="host:port (grpc) or http://host:port (rest).")] = None,
     transport: Annotated[str, typer.Option(help="grpc | rest")] = "grpc",
@@ -166,8 +167,9 @@ def compare_command(
 
 @eval_app.command("plan")
 def plan_command(
-    protocol: Annotated[str, typer.Option(help="glider | eto")] = "glider",
-    seed: Annotated[int, typer.Option(help="glider: draws the variations (the committed plan uses 0).")] = 0,
+    protocol: Annotated[str, typer.Option(help="glider | eto | tune")] = "glider",
+    seed: Annotated[int, typer.Option(help="glider, tune: draws the variations (the committed plans use 0).")]
+    = 0,
     out: Annotated[Path | None, typer.Option(help="Where to write it (default: the committed plan file).")]
     = None,
 ):
@@ -175,17 +177,22 @@ def plan_command(
     from glider.clients.protocols import (
         build_eto_plan,
         build_glider_plan,
+        build_tune_plan,
         glider_counts,
+        load_plan,
         plan_path,
         scienceworld_variations,
     )
 
     if protocol == "glider":
         plan = build_glider_plan(scienceworld_variations(glider_counts()), seed)
+    elif protocol == "tune":
+        plan = build_tune_plan(scienceworld_variations(glider_counts(), splits=("seen", "train")), load_plan("glider"),
+                               seed=seed)
     elif protocol == "eto":
         plan = build_eto_plan()
     else:
-        raise typer.BadParameter("glider | eto", param_hint="--protocol")
+        raise typer.BadParameter("glider | eto | tune", param_hint="--protocol")
     path = out or plan_path(protocol)
     path.write_text(plan.to_json())
     console.print(f"{plan.describe()} -> {path}")

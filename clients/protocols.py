@@ -18,6 +18,12 @@ eto        ETO's: its 194 / 211 ``[task, variation]`` lists; ``simplificationStr
 quick      one episode per family and split of the glider plan (48 episodes), glider scoring:
            the demo's table.
 quick-ci   three families × two splits of the glider plan with a 10-step cap: the CI smoke run.
+tune       4 episodes per family that no reported score and no recipe's training data touch: dev
+           variations outside the glider plan, then train variations outside the full recipe's
+           1,284, then (for the 9 small families whose every variation the paper uses) train
+           variations the recipes hold out of training for early stopping (split ``train``);
+           glider scoring.  Settings (guards, sampling, recipes) are chosen here, never on the plan
+           whose dev half is the reported *seen* score.
 =========  =======================================================================================
 
 ``custom`` plans (``Plan.draw``) pick N variations per family from a seed, for
@@ -37,11 +43,13 @@ from pathlib import Path
 PLANS_DIR = Path(__file__).resolve().parent / "plans"
 SOURCES_DIR = PLANS_DIR / "sources"
 
-#: the paper's split names and the ScienceWorld splits they mean
-SPLITS = {"seen": "dev", "unseen": "test"}
+#: the paper's split names and the ScienceWorld splits they mean ("train" only in the tuning plan)
+SPLITS = {"seen": "dev", "unseen": "test", "train": "train"}
 #: protocols with a committed plan file (quick and quick-ci are cut from glider's)
-FILED = ("glider", "eto")
-PROTOCOLS = ("glider", "eto", "quick", "quick-ci")
+FILED = ("glider", "eto", "tune")
+PROTOCOLS = ("glider", "eto", "quick", "quick-ci", "tune")
+#: episodes per family in the tuning plan (fewer where the glider plan left fewer dev variations)
+TUNE_PER_TASK = 4
 #: the families of the CI smoke plan: short gold paths, scores reachable in a few steps
 QUICK_CI_TASKS = ("find-plant", "use-thermometer", "lifespan-longest-lived")
 
@@ -83,7 +91,7 @@ class Plan:
 
     @property
     def splits(self) -> list[str]:
-        return [s for s in ("seen", "unseen") if any(e.split == s for e in self.episodes)]
+        return [s for s in SPLITS if any(e.split == s for e in self.episodes)]
 
     def counts(self) -> dict[tuple[str, str], int]:
         out: dict[tuple[str, str], int] = {}
@@ -178,6 +186,36 @@ def build_glider_plan(variations: Mapping[tuple[str, str], Sequence[int]], seed:
                 source="GLIDER env/task_nums.csv counts; variations drawn from ScienceWorld 1.2.3's dev/test lists")
 
 
+def build_tune_plan(variations: Mapping[tuple[str, str], Sequence[int]], glider: Plan,
+                    per_task: int = TUNE_PER_TASK, seed: int = 0) -> Plan:
+    """``per_task`` episodes per family to choose settings on: dev variations the glider plan does not
+    play, then train variations the full data recipe does not collect (``variations`` needs the
+    ``seen`` and ``train`` splits), then train variations the recipes hold out for early stopping."""
+    from glider.trainer.data.collect import recipe_counts, spread
+    from glider.trainer.data.hierarchy import is_held_out
+    from glider.trainer.pipeline import Recipe
+
+    taken = {(e.task, e.variation) for e in glider.episodes if e.split == "seen"}
+    trained = recipe_counts("glider")
+    episodes = []
+    for task in glider_counts():
+        rng = random.Random(f"tune/{seed}/{task}")
+        dev = [v for v in variations[("seen", task)] if (task, v) not in taken]
+        picked = sorted(rng.sample(dev, min(per_task, len(dev))))
+        episodes += [PlannedEpisode("seen", task, v) for v in picked]
+        collected = spread(list(variations[("train", task)]), trained.get(task, 0))
+        for pool in ([v for v in variations[("train", task)] if v not in set(collected)],
+                     [v for v in collected
+                      if is_held_out(f"scienceworld/{task}/train/{v}", Recipe.val_fraction)]):
+            more = sorted(rng.sample(pool, min(per_task - len(picked), len(pool))))
+            episodes += [PlannedEpisode("train", task, v) for v in more]
+            picked += more
+    return Plan(protocol="tune", episodes=sorted(episodes), seed=seed,
+                source="dev variations outside the glider plan, then train variations outside the full "
+                       "recipe's collection, then train variations held out of training (ScienceWorld "
+                       "1.2.3); glider scoring")
+
+
 def build_eto_plan() -> Plan:
     """ETO's protocol from its published lists."""
     episodes = []
@@ -214,7 +252,7 @@ def plan_path(protocol: str) -> Path:
 
 
 def load_plan(spec: str | Path) -> Plan:
-    """A protocol by name (glider | eto | quick | quick-ci) or a plan file's path."""
+    """A protocol by name (glider | eto | quick | quick-ci | tune) or a plan file's path."""
     if str(spec) in FILED:
         return Plan.from_json(plan_path(str(spec)).read_text())
     if spec == "quick":

@@ -13,6 +13,7 @@ from glider.clients.protocols import (
     PlannedEpisode,
     build_eto_plan,
     build_glider_plan,
+    build_tune_plan,
     eto_task_name,
     glider_counts,
     load_plan,
@@ -24,7 +25,8 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "eval-protocols"
 
 @pytest.fixture(scope="module")
 def variations():
-    return scienceworld_variations(sorted(set(glider_counts()) | {e.task for e in load_plan("eto").episodes}))
+    return scienceworld_variations(sorted(set(glider_counts()) | {e.task for e in load_plan("eto").episodes}),
+                                   splits=("seen", "unseen", "train"))
 
 
 def test_sources_are_the_papers_files():
@@ -77,6 +79,22 @@ def test_quick_plans_are_cut_from_the_glider_plan():
     assert set(quick.episodes) <= set(glider.episodes) and set(ci.episodes) <= set(quick.episodes)
     assert len(ci.episodes) == 6 and ci.steps_for("find-plant") == 10
     assert quick.protocol == "quick" and ci.protocol == "quick-ci" and quick.scoring == "final"
+
+
+def test_tune_plan_touches_no_reported_episode_and_no_training_variation(variations):
+    from glider.trainer.data.collect import recipe_counts, spread
+    from glider.trainer.data.hierarchy import is_held_out
+
+    tune, glider = load_plan("tune"), load_plan("glider")
+    assert build_tune_plan(variations, glider).to_json() == tune.to_json()  # the committed draw
+    assert set(tune.episodes).isdisjoint(glider.episodes) and tune.splits == ["seen", "train"]
+    assert max(tune.counts().values()) == 4 and len({e.task for e in tune.episodes}) >= 20
+    counts = recipe_counts("glider")
+    for e in tune.episodes:
+        assert e.variation in variations[(e.split if e.split == "train" else "seen", e.task)], e
+        if e.split == "train" and e.variation in spread(variations[("train", e.task)], counts.get(e.task, 0)):
+            # a variation the full recipe collects is only ever one it keeps out of training
+            assert is_held_out(f"scienceworld/{e.task}/train/{e.variation}", 0.1), e
 
 
 def test_plan_files_round_trip_and_refuse_duplicates(tmp_path):

@@ -402,9 +402,13 @@ def split_by_group(trajs: Iterable[Trajectory], val_fraction: float, seed: int =
     """Train/validation by variation (``Trajectory.group``), never by step; stable under a seed."""
     train, val = [], []
     for traj in trajs:
-        h = int(hashlib.sha256(f"{seed}/{traj.group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (val if h < val_fraction else train).append(traj)
+        (val if is_held_out(traj.group, val_fraction, seed) else train).append(traj)
     return train, val
+
+
+def is_held_out(group: str, val_fraction: float, seed: int = 0) -> bool:
+    """Whether ``split_by_group`` keeps this group (``env/task/split/variation``) out of training."""
+    return int(hashlib.sha256(f"{seed}/{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < val_fraction
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
