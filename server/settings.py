@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     guard_repeated_action: bool = Field(
         True, description="Re-sample an action that repeats the previous one when that one changed nothing "
                           "(the same observation came back).")
+    guard_repeated_answer: bool = Field(
+        False, description="Also re-sample an action that repeats the previous one when it answered the "
+                           "same the last time it was taken, with other steps between (a refused move).")
     planner_max_tokens: int = Field(32, ge=1)
     executor_max_tokens: int = Field(24, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample.")

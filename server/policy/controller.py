@@ -13,7 +13,9 @@ off) turn degenerate generations into re-samples, seeded like every retry:
 * an action equal to the previous one, when that one changed nothing (the
   observation now is the observation it was taken on), is not accepted: a
   tiny model that loops on a refused command would otherwise spend the episode
-  on it.
+  on it.  A third setting, off by default until the tuning plan says otherwise,
+  also counts as "changed nothing" an answer the same action gave before,
+  with other steps between.
 
 Neither looks at what the environment is: they compare text the episode
 already holds.
@@ -88,6 +90,7 @@ class HierarchyConfig:
     seed: int = 0
     guard_repeated_subgoal: bool = True
     guard_repeated_action: bool = True
+    guard_repeated_answer: bool = False
 
     @classmethod
     def from_settings(cls, settings) -> HierarchyConfig:
@@ -235,18 +238,27 @@ class PolicyController:
 
     # -- guards ---------------------------------------------------------------------
     def _useless_repeat(self, state: EpisodeState, observation: str) -> str | None:
-        """The previous action, when it changed nothing (its observation came back): not to be repeated."""
-        if not self.config.guard_repeated_action:
+        """The previous action, when it changed nothing: its observation came back (``guard_repeated_action``),
+        or it answered what it answered the last time it was taken (``guard_repeated_answer``: a refused
+        "go to kitchen" says the same every time, whatever came between)."""
+        cfg = self.config
+        if not (cfg.guard_repeated_action or cfg.guard_repeated_answer):
             return None
         if state.mode == "flat":
-            last = state.history[-1] if state.history else None
-        else:
-            seg = state.current if state.current is not None and state.current.turns else (
-                state.finished[-1] if state.finished and state.finished[-1].turns else None)
-            last = seg.turns[-1] if seg is not None else None
-        if last is None or last.observation != sanitize(observation, self.config.prompt_observation_chars):
+            turns = state.history
+        else:  # the executor's turns since the previous subgoal began: enough to see a loop, and on hand
+            turns = [*(state.finished[-1].turns if state.finished else []),
+                     *(state.current.turns if state.current is not None else [])]
+        if not turns:
             return None
-        return last.action
+        now, last = sanitize(observation, cfg.prompt_observation_chars), turns[-1]
+        if cfg.guard_repeated_action and now == last.observation:
+            return last.action
+        if cfg.guard_repeated_answer and any(
+                before.action == last.action and after.observation == now
+                for before, after in zip(turns, turns[1:], strict=False)):
+            return last.action
+        return None
 
     # -- sampling with bounded retries ------------------------------------------
     async def _sample(self, prompt, role, max_tokens, attempts, parse, state, generate, decision):

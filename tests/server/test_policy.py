@@ -240,6 +240,20 @@ async def test_an_action_that_changed_nothing_is_not_repeated():
     script = Script(flat=["wait1", "wait1", "look around"])
     _, ds = await play(flat, flat.new_state("e", "t"), script, ["same", "same"])
     assert [d.action for d in ds] == ["wait1", "look around"]
+    # an action answering what it answered before, with other steps between: caught only with
+    # guard_repeated_answer, in flat mode and across the executor's subgoals
+    refused = "It's not clear how to get there from here."
+    observations = ["in the hallway", refused, "The door is not open.", refused]
+    moves = ["go to kitchen", "go to hallway", "go to kitchen", "go to kitchen", "look around"]
+    for answer, expected in ((False, moves[:4]), (True, [*moves[:3], "look around"])):
+        flat = controller(mode="flat", guard_repeated_answer=answer)
+        _, ds = await play(flat, flat.new_state("e", "t"), Script(flat=list(moves)), observations)
+        assert [d.action for d in ds] == expected, answer
+        hier = controller(guard_repeated_answer=answer)
+        script = Script(planner=["go to the kitchen", "go to the hallway"],
+                        executor=["go to kitchen; true", *(f"{m}; false" for m in moves[1:])])
+        _, ds = await play(hier, hier.new_state("e", "t"), script, observations)
+        assert [d.action for d in ds] == expected and ds[1].new_subgoal, answer
     # off: the loop is served
     off = controller(mode="flat", guard_repeated_action=False)
     _, ds = await play(off, off.new_state("e", "t"), Script(flat=["wait1", "wait1"]), ["same", "same"])
