@@ -33,6 +33,7 @@ from glider.clients.evaluate import (
     compare_runs,
     comparison_markdown,
     difference_cell,
+    load_results,
     run_episodes,
     table_markdown,
     write_report,
@@ -84,7 +85,8 @@ def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, dict]:
         out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
         cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
-        with tqdm(total=len(plan.episodes), desc=f"eval {mode}{tag}", unit="episode") as bar:
+        resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
+        with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {mode}{tag}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
         minutes = (time.monotonic() - t0) / 60
     finally:
