@@ -57,6 +57,16 @@ def commit() -> str:
         return "unknown"
 
 
+def run_provenance(out: Path, minutes: float) -> dict:
+    """An evaluation's commit and minutes over every session that played part of it: a resumed run
+    keeps the commit its first episodes were played at and adds this session's minutes."""
+    path = out / "provenance.json"
+    known = json.loads(path.read_text()) if path.is_file() else {"commit": commit(), "minutes": 0.0}
+    known["minutes"] += minutes
+    path.write_text(json.dumps(known) + "\n")
+    return known
+
+
 def train(args, recipe: Recipe, mode: str) -> dict:
     s = settings(home=args.home, mode=mode)
     t0 = time.monotonic()
@@ -88,11 +98,11 @@ def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, dict]:
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
         with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {mode}{tag}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
-        minutes = (time.monotonic() - t0) / 60
+        provenance = run_provenance(out, minutes=(time.monotonic() - t0) / 60)
     finally:
         server.close()
     summary = write_report(results, out, plan, label=f"{LABEL[mode]}{tag}",
-                           meta={"adapters": adapters, "env": env, "minutes_this_run": minutes})
+                           meta={"adapters": adapters, "env": env, **provenance})
     print(table_markdown(summary, f"{LABEL[mode]}{tag}"), flush=True)
     return out, summary
 
@@ -170,9 +180,9 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    "sft": vars(recipe.sft)},
         "training": training,
         "agents": {label: {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
-                           "commit": commit(), "run": str(out.relative_to(ROOT)),
+                           "commit": summary["meta"].get("commit"), "run": str(out.relative_to(ROOT)),
                            "episodes_file": str(episodes_file(label).relative_to(ROOT)),
-                           "minutes": summary["meta"].get("minutes_this_run"),
+                           "minutes": summary["meta"].get("minutes"),
                            "splits": {s: {k: o[k] for k in ("episodes", "mean", "low", "high", "se")}
                                       for s, o in summary["overall"].items()}}
                    for label, (out, summary) in runs.items()},
