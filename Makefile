@@ -16,6 +16,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint --config deploy/docker/.hadolint.yaml deploy/docker/Dockerfile
 
 bench: install

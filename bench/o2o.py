@@ -30,7 +30,8 @@ from glider.server.policy.controller import HierarchyConfig
 from glider.trainer.critic import CriticConfig
 from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
-from glider.trainer.o2o import O2OConfig, OnlineLearner, area_under_curve, run_o2o
+from glider.trainer.o2o import O2OConfig, OnlineLearner
+from glider.trainer.online import area_under_curve, run_o2o
 from glider.trainer.pipeline import SLOW_TASKS, sft_is_current
 from glider.trainer.sft import SFTConfig, run_sft
 from glider.trainer.training import TrainConfig

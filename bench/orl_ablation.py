@@ -34,7 +34,7 @@ from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.data.logs import trajectories_from_logs
 from glider.trainer.orl import ORLConfig, run_orl
-from glider.trainer.sft import ADAPTER_ROLES
+from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.training import TrainConfig
 from tqdm import tqdm
 from train_throughput import step_times

@@ -40,7 +40,7 @@ from glider.clients.evaluate import (
 )
 from glider.clients.protocols import load_plan, plan_path
 from glider.trainer.pipeline import Recipe, ensure_trained
-from glider.trainer.sft import ADAPTER_ROLES
+from glider.server.policy.modes import ADAPTER_ROLES
 from tqdm import tqdm
 
 LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)"}

@@ -1,1 +1,1 @@
-"""GLIDER clients: SDK, CLI and environment runners."""
+"""GLIDER clients: the SDK, the play loop, the evaluation harness, environment runners and the CLI."""

@@ -126,18 +126,31 @@ def open_environment(env: str, task: str, split: str, position: int, max_steps: 
     raise ValueError(f"unknown environment {env!r} (scienceworld | textworld | alfworld)")
 
 
-def play_job(job: tuple) -> EpisodeReport:
-    """One episode in a worker process; the job is a plain tuple so it pickles across spawn
-    (an optional ninth element is ``open_environment``'s ``wrap``)."""
-    env, task, split, position, transport, server, max_steps, games_dir, *wrap = job
-    world = open_environment(env, task, split, position, max_steps, games_dir, wrap=bool(wrap and wrap[0]))
+@dataclass(frozen=True)
+class PlayJob:
+    """One episode for a worker process (plain fields, so it pickles across spawn)."""
+
+    env: str  # scienceworld | textworld | alfworld
+    task: str
+    split: str
+    position: int  # variation position in the split (TextWorld: seed offset; ALFWorld: game index)
+    transport: str  # rest | grpc
+    server: str
+    max_steps: int
+    games_dir: Path
+    wrap: bool = False  # positions past the split's end wrap around (a long online run)
+
+
+def play_job(job: PlayJob) -> EpisodeReport:
+    """One episode in a worker process."""
+    world = open_environment(job.env, job.task, job.split, job.position, job.max_steps, job.games_dir, wrap=job.wrap)
     try:
-        with make_client(transport, server) as client:
-            report = play_episode(client, world, max_steps=max_steps)
+        with make_client(job.transport, job.server) as client:
+            report = play_episode(client, world, max_steps=job.max_steps)
     finally:
-        if env != "scienceworld":  # the ScienceWorld JVM is kept for this worker's next episode
+        if job.env != "scienceworld":  # the ScienceWorld JVM is kept for this worker's next episode
             world.close()
-    report.task_name = task  # the family asked for: what the summary groups by
+    report.task_name = job.task  # the family asked for: what the summary groups by
     return report
 
 
@@ -154,7 +167,7 @@ def play_many(tasks: list[str], split: str, positions: list[int], *, transport: 
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    jobs = [(env, t, split, p, transport, server, max_steps, Path(games_dir)) for t in tasks for p in positions]
+    jobs = [PlayJob(env, t, split, p, transport, server, max_steps, Path(games_dir)) for t in tasks for p in positions]
     reports = []
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(play_job, job) for job in jobs]

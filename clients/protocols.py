@@ -187,26 +187,23 @@ def build_glider_plan(variations: Mapping[tuple[str, str], Sequence[int]], seed:
 
 
 def build_tune_plan(variations: Mapping[tuple[str, str], Sequence[int]], glider: Plan,
+                    collected: Mapping[str, Sequence[int]], held_out: Mapping[str, Iterable[int]],
                     per_task: int = TUNE_PER_TASK, seed: int = 0) -> Plan:
     """``per_task`` episodes per family to choose settings on: dev variations the glider plan does not
     play, then train variations the full data recipe does not collect (``variations`` needs the
-    ``seen`` and ``train`` splits), then train variations the recipes hold out for early stopping."""
-    from glider.trainer.data.collect import recipe_counts, spread
-    from glider.trainer.data.hierarchy import is_held_out
-    from glider.trainer.pipeline import Recipe
-
+    ``seen`` and ``train`` splits), then train variations the recipes hold out for early stopping.
+    ``collected`` and ``held_out`` (per family) come from the trainer
+    (``glider.trainer.pipeline.full_recipe_variations``)."""
     taken = {(e.task, e.variation) for e in glider.episodes if e.split == "seen"}
-    trained = recipe_counts("glider")
     episodes = []
     for task in glider_counts():
         rng = random.Random(f"tune/{seed}/{task}")
         dev = [v for v in variations[("seen", task)] if (task, v) not in taken]
         picked = sorted(rng.sample(dev, min(per_task, len(dev))))
         episodes += [PlannedEpisode("seen", task, v) for v in picked]
-        collected = spread(list(variations[("train", task)]), trained.get(task, 0))
-        for pool in ([v for v in variations[("train", task)] if v not in set(collected)],
-                     [v for v in collected
-                      if is_held_out(f"scienceworld/{task}/train/{v}", Recipe.val_fraction)]):
+        kept_out = set(held_out.get(task, ()))
+        for pool in ([v for v in variations[("train", task)] if v not in set(collected.get(task, ()))],
+                     [v for v in collected.get(task, ()) if v in kept_out]):
             more = sorted(rng.sample(pool, min(per_task - len(picked), len(pool))))
             episodes += [PlannedEpisode("train", task, v) for v in more]
             picked += more

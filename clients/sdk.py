@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from glider.server.api.schemas import ActRequest, ActResponse, EpisodeCreate, EpisodeView, Health
+from glider.v1.rest import ActRequest, ActResponse, EpisodeCreate, EpisodeView, Health, Sampling
 
 
 class GliderAPIError(RuntimeError):
@@ -61,7 +61,8 @@ def _retry_delay(err: GliderAPIError, attempt: int, retries: int) -> float | Non
 
 
 def _act_body(**kwargs) -> dict:
-    return ActRequest(**kwargs).model_dump(exclude_none=True)
+    # a field left None is not sent: sampling on a continuing step is refused even when null
+    return ActRequest(**{k: v for k, v in kwargs.items() if v is not None}).model_dump(exclude_none=True)
 
 
 class GliderClient:
@@ -93,13 +94,15 @@ class GliderClient:
 
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
             reward: float = 0.0, done: bool = False, step: int | None = None,
-            score: float | None = None) -> ActResponse:
+            score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
+        """``sampling``: the new episode's own sampling settings (only when starting one)."""
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step, score=score)
+                         done=done, step=step, score=score, sampling=sampling)
         return ActResponse.model_validate(self._send("POST", "/act", json=body).json())
 
-    def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
-        body = EpisodeCreate(task=task, episode_id=episode_id).model_dump(exclude_none=True)
+    def create_episode(self, task: str, episode_id: str | None = None,
+                       sampling: Sampling | None = None) -> EpisodeView:
+        body = EpisodeCreate(task=task, episode_id=episode_id, sampling=sampling).model_dump(exclude_none=True)
         return EpisodeView.model_validate(self._send("POST", "/episodes", json=body).json())
 
     def get_episode(self, episode_id: str) -> EpisodeView:
@@ -161,13 +164,14 @@ class AsyncGliderClient:
 
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
-                  score: float | None = None) -> ActResponse:
+                  score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step, score=score)
+                         done=done, step=step, score=score, sampling=sampling)
         return ActResponse.model_validate((await self._send("POST", "/act", json=body)).json())
 
-    async def create_episode(self, task: str, episode_id: str | None = None) -> EpisodeView:
-        body = EpisodeCreate(task=task, episode_id=episode_id).model_dump(exclude_none=True)
+    async def create_episode(self, task: str, episode_id: str | None = None,
+                             sampling: Sampling | None = None) -> EpisodeView:
+        body = EpisodeCreate(task=task, episode_id=episode_id, sampling=sampling).model_dump(exclude_none=True)
         return EpisodeView.model_validate((await self._send("POST", "/episodes", json=body)).json())
 
     async def get_episode(self, episode_id: str) -> EpisodeView:
@@ -189,11 +193,17 @@ def _from_pb(reply) -> ActResponse:
     )
 
 
-def _act_pb(observation, episode_id, task, reward, done, step, score=None):
+def _sampling_pb(sampling: Sampling | None):
+    from glider.v1 import agent_pb2 as pb
+
+    return None if sampling is None else pb.Sampling(**sampling.model_dump(exclude_none=True))
+
+
+def _act_pb(observation, episode_id, task, reward, done, step, score=None, sampling=None):
     from glider.v1 import agent_pb2 as pb
 
     request = pb.ActRequest(observation=observation, episode_id=episode_id or "", task=task or "",
-                            reward=reward, done=done)
+                            reward=reward, done=done, sampling=_sampling_pb(sampling))
     if step is not None:
         request.step = step
     if score is not None:
@@ -219,8 +229,8 @@ class EpisodeStream:
                 reply = await episode.step(env.step(reply.action), reward=r)
     """
 
-    def __init__(self, stub, task: str, episode_id: str | None = None):
-        self._stub, self.task, self.episode_id = stub, task, episode_id
+    def __init__(self, stub, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
+        self._stub, self.task, self.episode_id, self.sampling = stub, task, episode_id, sampling
         self._queue: asyncio.Queue = asyncio.Queue()
         self._call = None
 
@@ -248,7 +258,8 @@ class EpisodeStream:
         from glider.v1 import agent_pb2 as pb
 
         return await self._round_trip(pb.EpisodeEvent(start=pb.EpisodeStart(
-            task=self.task, observation=observation, episode_id=self.episode_id or "")))
+            task=self.task, observation=observation, episode_id=self.episode_id or "",
+            sampling=_sampling_pb(self.sampling))))
 
     async def step(self, observation: str, *, reward: float = 0.0, done: bool = False,
                    score: float | None = None) -> ActResponse:
@@ -346,14 +357,15 @@ class GliderGrpcClient:
 
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
             reward: float = 0.0, done: bool = False, step: int | None = None,
-            score: float | None = None) -> ActResponse:
+            score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
         return _from_pb(self._call(self._stub.Act,
-                                   _act_pb(observation, episode_id, task, reward, done, step, score)))
+                                   _act_pb(observation, episode_id, task, reward, done, step, score, sampling)))
 
-    def create_episode(self, task: str, episode_id: str | None = None):
+    def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
         from glider.v1 import agent_pb2 as pb
 
-        return self._call(self._stub.CreateEpisode, pb.CreateEpisodeRequest(task=task, episode_id=episode_id or ""))
+        return self._call(self._stub.CreateEpisode, pb.CreateEpisodeRequest(
+            task=task, episode_id=episode_id or "", sampling=_sampling_pb(sampling)))
 
     def get_episode(self, episode_id: str):
         from glider.v1 import agent_pb2 as pb
@@ -397,15 +409,15 @@ class AsyncGliderGrpcClient:
 
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
-                  score: float | None = None) -> ActResponse:
-        return _from_pb(await self._call(self._stub.Act,
-                                         _act_pb(observation, episode_id, task, reward, done, step, score)))
+                  score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
+        return _from_pb(await self._call(self._stub.Act, _act_pb(observation, episode_id, task, reward, done,
+                                                                 step, score, sampling)))
 
-    async def create_episode(self, task: str, episode_id: str | None = None):
+    async def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
         from glider.v1 import agent_pb2 as pb
 
-        return await self._call(self._stub.CreateEpisode,
-                                pb.CreateEpisodeRequest(task=task, episode_id=episode_id or ""))
+        return await self._call(self._stub.CreateEpisode, pb.CreateEpisodeRequest(
+            task=task, episode_id=episode_id or "", sampling=_sampling_pb(sampling)))
 
     async def get_episode(self, episode_id: str):
         from glider.v1 import agent_pb2 as pb
@@ -417,6 +429,7 @@ class AsyncGliderGrpcClient:
 
         await self._call(self._stub.DeleteEpisode, pb.DeleteEpisodeRequest(episode_id=episode_id))
 
-    def episode(self, task: str, episode_id: str | None = None) -> EpisodeStream:
-        """A new episode on its own stream (see ``EpisodeStream``); ``episode_id`` picks its id."""
-        return EpisodeStream(self._stub, task, episode_id)
+    def episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None) -> EpisodeStream:
+        """A new episode on its own stream (see ``EpisodeStream``); ``episode_id`` picks its id,
+        ``sampling`` its own sampling settings."""
+        return EpisodeStream(self._stub, task, episode_id, sampling)

@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${GLIDER_VENV:-.venv}
+CLIENT_VENV=${GLIDER_CLIENT_VENV:-.venv-client}  # the SDK alone (see below)
 PYTHON=${PYTHON:-python3}
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -35,7 +36,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 stamp="$VENV/.glider-install"
 want="$device $(cat pyproject.toml deploy/install.sh | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$CLIENT_VENV/bin/python" ]; then
     exit 0
 fi
 
@@ -45,11 +46,17 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 if [ "$device" = cpu ]; then
     # the CPU torch first, so that nothing resolves to a multi-GB CUDA build
     "${pip[@]}" install -q "torch==2.13.0"
-    "${pip[@]}" install -q -e ".[cpu,dev]"
+    "${pip[@]}" install -q -e ".[server,train,envs,cpu,dev]"
     # the registry builds of these fail to load beside the CPU torch (DESIGN.md §1); nothing here uses them
     "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 else
-    "${pip[@]}" install -q -e ".[gpu,dev]"
+    "${pip[@]}" install -q -e ".[server,train,envs,gpu,dev]"
 fi
+# The SDK's own install, as an application gets it (`pip install glider`: the SDK and its contract,
+# nothing of the server or the trainer), beside the full one: tests/clients/test_light_install.py
+# plays through it against the test server.
+rm -rf "$CLIENT_VENV"
+"$PYTHON" -m venv "$CLIENT_VENV"
+"$CLIENT_VENV/bin/python" -m pip --disable-pip-version-check install -q -e .
 echo "$want" > "$stamp"
 echo "==> installed: $("$VENV/bin/python" -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)')"

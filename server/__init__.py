@@ -1,1 +1,1 @@
-"""GLIDER serving: the hierarchical agent behind REST (and later gRPC), on vLLM multi-LoRA."""
+"""GLIDER serving: the hierarchical agent behind REST and gRPC, on vLLM multi-LoRA."""

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import AdapterRegistry
-from glider.server.api.schemas import EPISODE_ID_PATTERN, TASK_PATTERN
+from glider.v1.rest import EPISODE_ID_PATTERN, TASK_PATTERN, Sampling
 from glider.server.backends.base import Backend, BackendError, GenerationSpec
 from glider.server.errors import EpisodeFinished, InvalidInput, StepMismatch
 from glider.server.metrics import Metrics
@@ -113,13 +113,29 @@ class Agent:
             raise InvalidInput(f"task is longer than {self.settings.max_task_chars} characters")
         return task
 
-    async def create_episode(self, task: str | None, episode_id: str | None = None) -> EpisodeState:
+    def _check_sampling(self, sampling: Sampling | None) -> Sampling | None:
+        """The contract's ranges (gRPC is not checked by pydantic) and the server's bound."""
+        if sampling is None:
+            return None
+        t, p, seed = sampling.temperature, sampling.top_p, sampling.seed
+        if t is not None and not 0.0 <= t <= self.settings.episode_max_temperature:
+            raise InvalidInput(f"sampling.temperature must be between 0 and {self.settings.episode_max_temperature} "
+                               "on this server")
+        if p is not None and not 0.0 < p <= 1.0:
+            raise InvalidInput("sampling.top_p must be in (0, 1]")
+        if seed is not None and not 0 <= seed < 2**63:
+            raise InvalidInput("sampling.seed must be between 0 and 2^63 - 1")
+        return sampling
+
+    async def create_episode(self, task: str | None, episode_id: str | None = None,
+                             sampling: Sampling | None = None) -> EpisodeState:
         task = self._check_task(task)
+        sampling = self._check_sampling(sampling)
         if episode_id is None:
             episode_id = uuid.uuid4().hex
         elif not EPISODE_ID_RE.match(episode_id):
             raise InvalidInput("episode_id must be 1-128 characters of [A-Za-z0-9_.:-]")
-        state = self.policy.new_state(episode_id, task)
+        state = self.policy.new_state(episode_id, task, sampling)
         try:
             await self.store.create(state)
         except StoreFull:
@@ -136,16 +152,19 @@ class Agent:
     # -- one environment step -------------------------------------------------------
     async def act(self, *, observation: str, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
-                  score: float | None = None) -> StepResult:
+                  score: float | None = None, sampling: Sampling | None = None) -> StepResult:
         t0 = time.perf_counter()
         if len(observation) > self.settings.max_observation_chars:
             raise InvalidInput(
                 f"observation is longer than {self.settings.max_observation_chars} characters")
         created = episode_id is None
         if created:
-            episode_id = (await self.create_episode(task)).id
-        elif task is not None:
-            self._check_task(task)
+            episode_id = (await self.create_episode(task, sampling=sampling)).id
+        else:
+            if sampling is not None:
+                raise InvalidInput("sampling is set when an episode starts, not on a later step")
+            if task is not None:
+                self._check_task(task)
         digest = _request_digest(observation, reward, done, score)
         state = await self.store.acquire(episode_id)
         committed = False
@@ -203,13 +222,14 @@ class Agent:
                 "subgoal_done": result.subgoal_done, "subgoal_index": result.subgoal_index,
                 "total_reward": new.total_reward, "fallback": result.fallback,
                 "adapter_versions": result.adapter_versions, "latency_ms": round(result.latency_ms, 3),
+                "sampling": new.sampling.model_dump(exclude_none=True) if new.sampling else None,
             })
         return result
 
     async def _generate(self, requests: Sequence[PolicyRequest]) -> list[PolicyGeneration]:
         specs = [
             GenerationSpec(prompt=r.prompt, adapter=r.adapter, max_tokens=r.max_tokens,
-                           temperature=r.temperature, seed=r.seed, stop=r.stop)
+                           temperature=r.temperature, top_p=r.top_p, seed=r.seed, stop=r.stop)
             for r in requests
         ]
         results = await self.backend.generate(specs)

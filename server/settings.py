@@ -10,6 +10,7 @@ from enum import Enum
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from glider.server.policy.modes import PolicyMode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".glider")
@@ -25,19 +26,6 @@ class StoreKind(str, Enum):
 
     memory = "memory"
     redis = "redis"
-
-
-class PolicyMode(str, Enum):
-    """How the planner and the executor map onto adapters.
-
-    ``separate``: two LoRA adapters (planner, executor) on one backbone — the default.
-    ``shared``: one adapter, the role chosen only by the prompt (the paper's setting).
-    ``flat``: no hierarchy, one policy emits actions directly (the ablation baseline).
-    """
-
-    separate = "separate"
-    shared = "shared"
-    flat = "flat"
 
 
 class Settings(BaseSettings):
@@ -100,7 +88,12 @@ class Settings(BaseSettings):
                            "same the last time it was taken, with other steps between (a refused move).")
     planner_max_tokens: int = Field(32, ge=1)
     executor_max_tokens: int = Field(24, ge=1)
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample.")
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample. An episode may "
+                                                        "ask for its own (REST/gRPC `sampling`).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of sampled generations.")
+    episode_max_temperature: float = Field(
+        2.0, ge=0.0, description="Highest temperature an episode's own `sampling` may ask for (0: episodes "
+                                 "cannot ask for sampling; the server's setting still applies).")
     retry_temperature: float = Field(0.8, gt=0.0)
     fallback_action: str = "look around"
     fallback_subgoal: str = "explore the surroundings"

@@ -69,6 +69,14 @@ async def check_all(client: httpx.AsyncClient, max_observation_chars: int) -> No
     # duplicate explicit id
     r = await client.post("/episodes", json={"task": "t", "episode_id": eid})
     assert error_of(r, 409)["code"] == "episode_exists"
+    # an episode's sampling: only when it starts, within the contract's ranges and the server's bound
+    assert "sampling" in error_of(await client.post("/act", json={
+        "episode_id": eid, "observation": "x", "sampling": {"temperature": 0.5}}), 422)["message"]
+    error_of(await client.post("/act", json={"task": "t", "observation": "x", "sampling": {"top_p": 0}}), 422)
+    error_of(await client.post("/act", json={"task": "t", "observation": "x", "sampling": {"seed": -1}}), 422)
+    error_of(await client.post("/act", json={"task": "t", "observation": "x", "sampling": {"warmth": 1}}), 422)
+    assert "temperature" in error_of(await client.post("/episodes", json={
+        "task": "t", "sampling": {"temperature": 1e6}}), 422)["message"]
     # unknown route and method
     error_of(await client.get("/nope"), 404)
     error_of(await client.get("/act"), 405)

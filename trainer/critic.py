@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from glider.trainer.rl import CriticConfig
 from glider.trainer.sequences import Decision, TokenSequence
 from torch import nn
 
@@ -84,23 +85,6 @@ def value_head(dim: int, hidden: int) -> nn.Module:
     """A 3-layer MLP on a (normalised) hidden state, as the paper's critic."""
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                          nn.ReLU(), nn.Linear(hidden, 1))
-
-
-@dataclass
-class CriticConfig:
-    kind: str = "glider"  # glider | awac | ac
-    gamma: float = 0.99
-    expectile: float = 0.9  # τ (the paper's configs: 0.95 and 0.75); awac uses 0.5
-    lam: float = 0.1  # λ, the advantage temperature (rewards are on ScienceWorld's 0..1 score scale)
-    max_weight: float = 20.0  # w_max
-    normalize: bool = True  # rescale the actor's weights to mean 1 over the data (same step size as SFT)
-    polyak: float = 0.05  # ρ (the released code: 0.2)
-    lr: float = 3e-4
-    hidden: int = 256
-    batch_size: int = 256
-    steps: int = 1500
-    reward_scale: float = 1.0
-    seed: int = 0
 
 
 @dataclass
@@ -175,8 +159,6 @@ def decision_features(model, sequences: Sequence[TokenSequence], pad_id: int, ba
 class Critic(nn.Module):
     def __init__(self, dim: int, cfg: CriticConfig):
         super().__init__()
-        if cfg.kind not in ("glider", "awac", "ac"):
-            raise ValueError(f"unknown critic kind {cfg.kind!r} (glider | awac | ac)")
         self.cfg = cfg
         self.v = value_head(dim, cfg.hidden)
         self.v_target = copy.deepcopy(self.v).requires_grad_(False)

@@ -27,7 +27,8 @@ from glider.server.policy.controller import (
     PolicyGeneration,
     PolicyRequest,
 )
-from glider.server.policy.prompts import Role, parse_executor_output, sanitize
+from glider.server.policy.modes import Role
+from glider.server.policy.prompts import parse_executor_output, sanitize
 from glider.trainer.data.hierarchy import HierarchicalEpisode
 from glider.trainer.sequences import executor_pairs
 

@@ -1,4 +1,5 @@
-"""Stage 3, O2O: offline-to-online fine-tuning in a live loop with the server.
+"""Stage 3, O2O: offline-to-online fine-tuning, the learner (the algorithm). The live loop that
+plays through the server and feeds it is ``glider.trainer.online``.
 
 One iteration:
 
@@ -35,18 +36,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from glider.server.policy.controller import HierarchyConfig
-from glider.trainer.critic import CriticConfig
+from glider.trainer.rl import CriticConfig, RLMethod
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.data.schema import Trajectory
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_decisions
-from glider.trainer.sft import ADAPTER_ROLES, episodes_for
+from glider.server.policy.modes import ADAPTER_ROLES
+from glider.trainer.sft import episodes_for
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class O2OConfig:
-    method: str = "glider"  # glider | awac | ac
+    method: RLMethod = RLMethod.glider
     tasks: list[str] = field(default_factory=lambda: ["find-plant"])  # the online (held-out) task families
     split: str = "train"  # whose variations are played online; each iteration plays new ones
     iterations: int = 6
@@ -65,6 +67,9 @@ class O2OConfig:
     swap_timeout_s: float = 60.0
     seed: int = 0
     max_len: int = 2048
+
+    def __post_init__(self):
+        self.method = RLMethod(self.method)  # a plain string (config file, bench) is checked here
 
     def schedule(self, iteration: int) -> list[tuple[str, int]]:
         """(task family, variation position) of the iteration's episodes: new variations each iteration,
@@ -109,8 +114,6 @@ class OnlineLearner:
         from glider.trainer.orl import load_policy
         from transformers import AutoTokenizer
 
-        if cfg.method not in ("glider", "awac", "ac"):
-            raise ValueError(f"unknown O2O method {cfg.method!r} (glider | awac | ac)")
         self.cfg = cfg
         self.model_dir, self.registry = Path(model_dir), Path(registry)
         self.hierarchy = hierarchy or HierarchyConfig(mode=mode)
@@ -221,91 +224,3 @@ class OnlineLearner:
                                              stage=f"o2o-{self.cfg.method}",
                                              metrics={"iteration": iteration}).version
         return versions
-
-
-# --- the loop ------------------------------------------------------------------------
-def wait_for_versions(server: str, versions: dict[str, str], timeout: float) -> float:
-    """Block until the server's /readyz reports ``versions``; returns the seconds it took."""
-    from glider.clients.sdk import GliderClient
-
-    t0 = time.monotonic()
-    with GliderClient(server) as client:
-        while True:
-            health = client.ready()
-            if health is not None and all(health.adapters.get(n) == v for n, v in versions.items()):
-                return time.monotonic() - t0
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"server {server} did not swap to {versions} within {timeout:.0f}s "
-                                   f"(it serves {health.adapters if health else 'nothing'})")
-            time.sleep(0.2)
-
-
-def read_episodes(record_dir: Path, episode_ids: Sequence[str], timeout: float = 30.0) -> list[Trajectory]:
-    """The recorded trajectories of ``episode_ids``, once the server's writer has flushed their closing
-    records (each episode ends with a ``done`` record)."""
-    from glider.trainer.data.logs import log_files, read_records, trajectories_from_records
-
-    wanted = set(episode_ids)
-    deadline = time.monotonic() + timeout
-    while True:
-        records = [r for r in read_records(log_files(record_dir, include_open=True)) if r["episode_id"] in wanted]
-        closed = {r["episode_id"] for r in records if r.get("done")}
-        if closed >= wanted or time.monotonic() > deadline:
-            if closed < wanted:
-                log.warning("episodes %s not closed in the logs after %.0fs; using what is there",
-                            sorted(wanted - closed), timeout)
-            return trajectories_from_records(records)
-        time.sleep(0.2)
-
-
-def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir: Path = Path(".glider/games"),
-            on_iteration=None, before_publish=None) -> list[dict]:
-    """Play → record → update → publish → swap, ``cfg.iterations`` times (0: until stopped); returns
-    the learning curve.  ``before_publish()`` may raise to stop before anything is published (a
-    trainer that lost its leader lock)."""
-    import itertools
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    from glider.clients.play import play_job
-
-    cfg = learner.cfg
-    curve: list[dict] = []
-    played = 0
-    learner.out_dir.mkdir(parents=True, exist_ok=True)
-    iterations = itertools.count() if cfg.iterations == 0 else range(cfg.iterations)
-    with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
-        for it in iterations:
-            t0 = time.monotonic()
-            # variations wrap around: a long (or endless) run replays the split from its start
-            jobs = [("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir),
-                     True) for task, pos in cfg.schedule(it)]
-            reports = list(pool.map(play_job, jobs))
-            played += len(reports)
-            play_s = time.monotonic() - t0
-            trajs = read_episodes(record_dir, [r.episode_id for r in reports])
-            t1 = time.monotonic()
-            stats = learner.update(trajs)
-            if before_publish is not None:
-                before_publish()
-            versions = learner.publish(it + 1)
-            train_s = time.monotonic() - t1
-            swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)
-            point = {**stats, "iteration": it, "episodes": played,  # cumulative online episodes
-                     "score": sum(max(0.0, r.score) for r in reports) / len(reports),
-                     "best": sum(max(0.0, r.max_score) for r in reports) / len(reports),
-                     "tasks": {r.task_name: max(0.0, r.score) for r in reports},
-                     "versions": versions, "play_s": play_s, "train_s": train_s, "swap_s": swap_s}
-            curve.append(point)
-            (learner.out_dir / "curve.json").write_text(json.dumps(curve, indent=2, default=str))
-            log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,
-                     point["score"], len(reports), versions, swap_s)
-            if on_iteration is not None:
-                on_iteration(point)
-    return curve
-
-
-def area_under_curve(curve: Sequence[dict]) -> float:
-    """Mean score over the online episodes played (the curve's area per episode), ×100."""
-    total = sum(p["score"] * (p["episodes"] - (curve[i - 1]["episodes"] if i else 0)) for i, p in enumerate(curve))
-    return 100 * total / max(1, curve[-1]["episodes"]) if curve else float("nan")

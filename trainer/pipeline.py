@@ -74,6 +74,19 @@ class Recipe:
         raise ValueError(f"unknown recipe {name!r} (demo | full)")
 
 
+def full_recipe_variations(train_variations: dict[str, list[int]]) -> tuple[dict[str, list[int]], dict[str, set[int]]]:
+    """Per family, the train variations the full recipe collects (spread over the split) and those of
+    them it holds out for early stopping: what a tuning plan may use, and how."""
+    from glider.trainer.data.collect import recipe_counts, spread
+    from glider.trainer.data.hierarchy import is_held_out
+
+    counts = recipe_counts("glider")
+    collected = {task: spread(list(vs), counts.get(task, 0)) for task, vs in train_variations.items()}
+    held_out = {task: {v for v in vs if is_held_out(f"scienceworld/{task}/train/{v}", Recipe.val_fraction)}
+                for task, vs in collected.items()}
+    return collected, held_out
+
+
 def sft_is_current(registry_root: Path, model_dir: Path, names: list[str]) -> bool:
     """Whether every adapter's current version is an SFT (or later) adapter for this exact backbone."""
     from glider.server.adapters.registry import (
@@ -101,7 +114,8 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict
     from glider.trainer.backbone import build_backbone, is_backbone
     from glider.trainer.data.collect import collect, load_collected
     from glider.trainer.data.hierarchy import SegmentationConfig, split_by_group
-    from glider.trainer.sft import ADAPTER_ROLES, SFTConfig, run_sft
+    from glider.server.policy.modes import ADAPTER_ROLES
+    from glider.trainer.sft import SFTConfig, run_sft
     from glider.trainer.warmup import data_key, warmup_backbone, warmup_info
 
     recipe = recipe or Recipe()

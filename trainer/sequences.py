@@ -23,9 +23,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from glider.server.policy.controller import HierarchyConfig
+from glider.server.policy.modes import Role
 from glider.server.policy.prompts import (
     STOP,
-    Role,
     executor_prompt,
     flat_prompt,
     format_executor_target,

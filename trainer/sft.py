@@ -24,6 +24,7 @@ from pathlib import Path
 
 from glider.server.adapters.registry import base_model_identity
 from glider.server.policy.controller import HierarchyConfig
+from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.data.hierarchy import (
     Annotator,
     HierarchicalEpisode,
@@ -38,12 +39,6 @@ from glider.trainer.training import TrainConfig, evaluate_loss, run_fingerprint,
 
 log = logging.getLogger(__name__)
 
-#: which adapters a mode trains, and on which roles' sequences
-ADAPTER_ROLES: dict[str, dict[str, list[str]]] = {
-    "separate": {"planner": ["planner"], "executor": ["executor"]},
-    "shared": {"shared": ["planner", "executor"]},
-    "flat": {"flat": ["flat"]},
-}
 
 
 def sft_lora() -> LoraSettings:

@@ -246,6 +246,96 @@ def plot_val_curve(curve: Sequence[Sequence[float]], path: Path, title: str = ""
     plt.close(fig)
 
 
+class Checkpoints:
+    """``<out_dir>/checkpoints/latest``: the accelerate state, the loop's position, the held-out curve
+    and the best weights, replaced atomically (written beside, then renamed), and resumed only by the
+    run it was written for (``fingerprint``)."""
+
+    def __init__(self, out_dir: Path, fingerprint: str, name: str):
+        self.root, self.fingerprint, self.name = Path(out_dir) / "checkpoints", fingerprint, name
+        self.latest = self.root / "latest"
+
+    def resume(self, accelerator) -> dict | None:
+        """The saved progress (its accelerate state loaded into the prepared objects), or None."""
+        path = self.latest / "progress.json"
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is not None and saved.get("fingerprint", "") != self.fingerprint:
+            log.warning("%s: checkpoint in %s is from another run (data or base changed); starting over",
+                        self.name, self.latest)
+            saved = None
+            if accelerator.is_main_process:
+                shutil.rmtree(self.root, ignore_errors=True)
+            accelerator.wait_for_everyone()
+        if saved is not None:
+            accelerator.load_state(str(self.latest))
+            log.info("%s: resuming at step %d (epoch %d, batch %d)", self.name, saved["step"], saved["epoch"],
+                     saved["batch"])
+        return saved
+
+    def best_weights(self):
+        import torch
+
+        path = self.latest / "best.pt"
+        return torch.load(path) if path.is_file() else None
+
+    def save(self, accelerator, progress: dict, stopping: EarlyStopping) -> None:
+        import torch
+
+        tmp = self.root / "latest.tmp"
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            if stopping.best_weights is not None:
+                torch.save(stopping.best_weights, tmp / "best.pt")
+            (tmp / "progress.json").write_text(json.dumps({**progress, "val_curve": stopping.curve,
+                                                           "best": stopping.best}))
+            old = self.root / "latest.old"
+            if self.latest.exists():
+                os.replace(self.latest, old)
+            os.replace(tmp, self.latest)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class EarlyStopping:
+    """The held-out loss every ``cfg.eval_every`` steps. After ``cfg.patience`` measurements without a new
+    best, first go back to the best weights at ``plateau_factor`` × the rate (``lr_reductions`` times),
+    then stop; the run ends on the best weights."""
+
+    def __init__(self, cfg: TrainConfig, name: str, saved: dict | None = None, best_weights=None):
+        self.cfg, self.name = cfg, name
+        self.curve: list = (saved or {}).get("val_curve", [])
+        self.best: dict | None = (saved or {}).get("best")  # {"step", "loss", "stale", "reductions"}
+        self.best_weights = best_weights if self.best is not None else None
+        self.lr_scale = [cfg.plateau_factor ** self.best.get("reductions", 0) if self.best else 1.0]
+
+    def measure(self, model, val_sequences, pad_id: int, device, step: int, train_loss: float,
+                log_fn) -> bool:
+        """Held-out loss now; on a plateau, back to the best weights at a lower rate; True when done."""
+        cfg, best = self.cfg, self.best
+        val = evaluate_loss(model, val_sequences, pad_id, device=device)
+        self.curve.append([step, train_loss, val])
+        log_fn(val)
+        if best is None or val < best["loss"] - cfg.min_delta:
+            best = self.best = {"step": step, "loss": val, "stale": 0,
+                                "reductions": (best or {}).get("reductions", 0)}
+            self.best_weights = _trainable_state(model)
+        else:
+            best["stale"] += 1
+        if cfg.patience is None or best["stale"] < cfg.patience:
+            return False
+        if best["reductions"] >= cfg.lr_reductions:
+            return True
+        best["reductions"] += 1
+        best["stale"] = 0
+        self.lr_scale[0] = cfg.plateau_factor ** best["reductions"]
+        _load_trainable(model, self.best_weights)
+        log.info("%s: held-out loss flat since step %d; back to it at lr x%g", self.name, best["step"],
+                 self.lr_scale[0])
+        return False
+
+
 def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: Path, *, pad_id: int,
           name: str = "train", fingerprint: str = "",
           val_sequences: Sequence[TokenSequence] | None = None) -> TrainResult:
@@ -273,74 +363,22 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     total_steps = cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_scale = [1.0]  # lowered on each plateau of the held-out loss
+    lr_scale = [1.0]  # lowered on each plateau of the held-out loss (shared with EarlyStopping)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg, total_steps, lr_scale))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    ckpt_root = out_dir / "checkpoints"
-    progress = {"step": 0, "epoch": 0, "batch": 0, "fingerprint": fingerprint}
-    latest = ckpt_root / "latest"
-    saved = json.loads((latest / "progress.json").read_text()) if (latest / "progress.json").is_file() else None
-    if saved is not None and saved.get("fingerprint", "") != fingerprint:
-        log.warning("%s: checkpoint in %s is from another run (data or base changed); starting over", name,
-                    latest)
-        saved = None
-        if accelerator.is_main_process:
-            shutil.rmtree(ckpt_root, ignore_errors=True)
-        accelerator.wait_for_everyone()
-    if saved is not None:
-        accelerator.load_state(str(latest))
-        progress = saved
-        log.info("%s: resuming at step %d (epoch %d, batch %d)", name, progress["step"], progress["epoch"],
-                 progress["batch"])
+    checkpoints = Checkpoints(out_dir, fingerprint, name)
+    saved = checkpoints.resume(accelerator)
+    progress = saved or {"step": 0, "epoch": 0, "batch": 0, "fingerprint": fingerprint}
     early = val_sequences is not None and len(val_sequences) > 0
-    curve: list = (saved or {}).get("val_curve", [])
-    best = (saved or {}).get("best")  # {"step", "loss", "stale"}: stale = measurements since the best
-    best_weights = None
-    if best is not None and (latest / "best.pt").is_file():
-        best_weights = torch.load(latest / "best.pt")
-    if best is not None:
-        lr_scale[0] = cfg.plateau_factor ** best.get("reductions", 0)
+    stopping = EarlyStopping(cfg, name, saved, checkpoints.best_weights() if saved else None)
+    lr_scale[0] = stopping.lr_scale[0]
+    stopping.lr_scale = lr_scale
 
     def measure(step: int, train_loss: float) -> bool:
-        """Held-out loss now; on a plateau, back to the best weights at a lower rate; True when done."""
-        nonlocal best, best_weights
-        val = evaluate_loss(model, val_sequences, pad_id, device=accelerator.device)
-        curve.append([step, train_loss, val])
-        accelerator.log({"val_loss": val, "lr": scheduler.get_last_lr()[0]}, step=step)
-        if best is None or val < best["loss"] - cfg.min_delta:
-            best = {"step": step, "loss": val, "stale": 0, "reductions": (best or {}).get("reductions", 0)}
-            best_weights = _trainable_state(model)
-        else:
-            best["stale"] += 1
-        if cfg.patience is None or best["stale"] < cfg.patience:
-            return False
-        if best["reductions"] >= cfg.lr_reductions:
-            return True
-        best["reductions"] += 1
-        best["stale"] = 0
-        lr_scale[0] = cfg.plateau_factor ** best["reductions"]
-        _load_trainable(model, best_weights)
-        log.info("%s: held-out loss flat since step %d; back to it at lr x%g", name, best["step"], lr_scale[0])
-        return False
-
-    def checkpoint() -> None:
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            tmp = ckpt_root / "latest.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-        accelerator.save_state(str(ckpt_root / "latest.tmp"))
-        if accelerator.is_main_process:
-            if best_weights is not None:
-                torch.save(best_weights, ckpt_root / "latest.tmp" / "best.pt")
-            (ckpt_root / "latest.tmp" / "progress.json").write_text(
-                json.dumps({**progress, "val_curve": curve, "best": best}))
-            old = ckpt_root / "latest.old"
-            if latest.exists():
-                os.replace(latest, old)
-            os.replace(ckpt_root / "latest.tmp", latest)
-            shutil.rmtree(old, ignore_errors=True)
+        return stopping.measure(model, val_sequences, pad_id, accelerator.device, step, train_loss,
+                                lambda val: accelerator.log({"val_loss": val, "lr": scheduler.get_last_lr()[0]},
+                                                            step=step))
 
     model.train()
     step = progress["step"]
@@ -388,7 +426,7 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                     stopped_early = True
                     break
             if step % cfg.checkpoint_every == 0:
-                checkpoint()
+                checkpoints.save(accelerator, progress, stopping)
             if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
                 stopped_early = True
                 break
@@ -401,14 +439,16 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     if window:
         last_loss = sum(window) / len(window)
         first_loss = last_loss if math.isnan(first_loss) else first_loss
+    curve, best = stopping.curve, stopping.best
     if early and (not curve or curve[-1][0] != step):
         measure(step, last_loss)  # where it stopped, so the best is chosen among every end point
-    checkpoint()
+        best = stopping.best
+    checkpoints.save(accelerator, progress, stopping)
     bar.close()
     accelerator.end_training()
     elapsed = time.monotonic() - started
-    if early and best_weights is not None:
-        _load_trainable(model, best_weights)
+    if early and stopping.best_weights is not None:
+        _load_trainable(model, stopping.best_weights)
         if accelerator.is_main_process:
             (out_dir / "val_curve.json").write_text(json.dumps({"curve": curve, "best": best}))
             plot_val_curve(curve, out_dir / "val_curve.png", title=name)

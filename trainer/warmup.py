@@ -28,6 +28,10 @@ from glider.trainer.sequences import TokenSequence, transcript
 from glider.trainer.training import TrainConfig, evaluate_loss, run_fingerprint, train
 
 
+#: the standalone warm-up's optimiser settings (``glider train warmup``; the recipes set their own)
+WARMUP = TrainConfig(lr=1e-3, epochs=4.0, batch_tokens=8192)
+
+
 def data_key(trajectories: Sequence[Trajectory]) -> str:
     return hashlib.sha256("\n".join(sorted(t.id for t in trajectories)).encode()).hexdigest()[:16]
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from glider.server.adapters.registry import NAME_PATTERN, VERSION_PATTERN
 from glider.server.agent import Agent
-from glider.server.api.schemas import ErrorResponse
+from glider.v1.rest import ErrorResponse
 from glider.server.errors import Forbidden, Unauthorized
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 

@@ -19,6 +19,7 @@ from glider.server.errors import InvalidInput, RateLimited, classify
 from glider.server.policy.state import EpisodeState
 from glider.v1 import agent_pb2 as pb
 from glider.v1 import agent_pb2_grpc as pb_grpc
+from glider.v1.rest import Sampling
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -64,12 +65,25 @@ def _info(s: EpisodeState) -> pb.EpisodeInfo:
     )
     if s.subgoal is not None:
         msg.subgoal = s.subgoal
+    if s.sampling is not None:
+        msg.sampling.CopyFrom(pb.Sampling(**s.sampling.model_dump(exclude_none=True)))
     return msg
 
 
-def _finite(x: float) -> float:
+def _sampling(message, field: str = "sampling") -> Sampling | None:
+    """The contract's Sampling from a message's optional ``sampling``; the Agent checks its ranges."""
+    if not message.HasField(field):
+        return None
+    s = getattr(message, field)
+    return Sampling.model_construct(
+        temperature=_finite(s.temperature, "sampling.temperature must be a finite number") if s.HasField("temperature") else None,
+        top_p=_finite(s.top_p, "sampling.top_p must be a finite number") if s.HasField("top_p") else None,
+        seed=s.seed if s.HasField("seed") else None)
+
+
+def _finite(x: float, message: str = "reward and score must be finite numbers") -> float:
     if x != x or x in (float("inf"), float("-inf")):
-        raise InvalidInput("reward and score must be finite numbers")
+        raise InvalidInput(message)
     return x
 
 
@@ -87,6 +101,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                 done=request.done,
                 step=request.step if request.HasField("step") else None,
                 score=_finite(request.score) if request.HasField("score") else None,
+                sampling=_sampling(request),
             )
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
@@ -102,11 +117,12 @@ class AgentServicer(pb_grpc.AgentServicer):
                         raise InvalidInput("an episode stream starts with a `start` event")
                     start = event.start
                     if start.episode_id:
-                        await self.agent.create_episode(start.task, start.episode_id)
+                        await self.agent.create_episode(start.task, start.episode_id, _sampling(start))
                         result = await self.agent.act(observation=start.observation,
                                                       episode_id=start.episode_id)
                     else:
-                        result = await self.agent.act(observation=start.observation, task=start.task)
+                        result = await self.agent.act(observation=start.observation, task=start.task,
+                                                      sampling=_sampling(start))
                     episode_id = result.episode_id
                 elif kind == "step":
                     result = await self.agent.act(observation=event.step.observation,
@@ -126,7 +142,8 @@ class AgentServicer(pb_grpc.AgentServicer):
 
     async def CreateEpisode(self, request, context) -> pb.EpisodeInfo:
         try:
-            return _info(await self.agent.create_episode(request.task, request.episode_id or None))
+            return _info(await self.agent.create_episode(request.task, request.episode_id or None,
+                                                         _sampling(request)))
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
 

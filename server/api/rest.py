@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from glider.server.agent import Agent
 from glider.server.api.admin import admin_router
-from glider.server.api.schemas import (
+from glider.v1.rest import (
     ActRequest,
     ActResponse,
     EpisodeCreate,
@@ -66,6 +66,7 @@ def episode_view(state: EpisodeState) -> EpisodeView:
         executor_calls=state.executor_calls,
         total_reward=state.total_reward,
         adapter_versions=state.adapter_versions,
+        sampling=state.sampling,
         current=_segment_view(state.current) if state.current else None,
         finished=[_segment_view(s) for s in state.finished],
         history=[TurnView(observation=t.observation, action=t.action, done=t.done) for t in state.history],
@@ -240,7 +241,7 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
     async def act(body: ActRequest) -> ActResponse:
         result = await agent.act(
             observation=body.observation, episode_id=body.episode_id, task=body.task,
-            reward=body.reward, done=body.done, step=body.step, score=body.score,
+            reward=body.reward, done=body.done, step=body.step, score=body.score, sampling=body.sampling,
         )
         return ActResponse(
             episode_id=result.episode_id, step=result.step, action=result.action,
@@ -251,7 +252,7 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
 
     @app.post("/episodes", response_model=EpisodeView, status_code=201, responses=_ERRORS)
     async def create_episode(body: EpisodeCreate) -> EpisodeView:
-        return episode_view(await agent.create_episode(body.task, body.episode_id))
+        return episode_view(await agent.create_episode(body.task, body.episode_id, body.sampling))
 
     @app.get("/episodes/{episode_id}", response_model=EpisodeView, responses=_ERRORS)
     async def get_episode(episode_id: str) -> EpisodeView:

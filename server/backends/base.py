@@ -29,6 +29,7 @@ class GenerationSpec:
     adapter: str | None  # adapter name ("planner", "executor", ...); None = the bare backbone
     max_tokens: int = 32
     temperature: float = 0.0
+    top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ("\n",)
 

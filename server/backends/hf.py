@@ -149,7 +149,7 @@ class HFBackend(Backend):
             groups: dict[tuple, list[_Pending]] = {}
             for item in batch:
                 s = item.spec
-                groups.setdefault((s.temperature, s.max_tokens, s.stop), []).append(item)
+                groups.setdefault((s.temperature, s.top_p, s.max_tokens, s.stop), []).append(item)
             for items in groups.values():
                 live = [p for p in items if not p.future.done()]
                 if not live:
@@ -184,7 +184,7 @@ class HFBackend(Backend):
         if spec.temperature > 0:
             if spec.seed is not None:
                 torch.manual_seed(spec.seed)
-            kwargs.update(do_sample=True, temperature=spec.temperature, top_k=0, top_p=1.0)
+            kwargs.update(do_sample=True, temperature=spec.temperature, top_k=0, top_p=spec.top_p)
         else:
             kwargs.update(do_sample=False)
         if hasattr(self.model, "peft_config"):

@@ -168,6 +168,7 @@ class VLLMBackend(Backend):
         params = SamplingParams(
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
+            top_p=spec.top_p,
             seed=spec.seed,
             stop=list(spec.stop),
             output_kind=RequestOutputKind.FINAL_ONLY,

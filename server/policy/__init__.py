@@ -11,9 +11,8 @@ from glider.server.policy.controller import (
     PolicyRequest,
     StepDecision,
 )
+from glider.server.policy.modes import ADAPTER_FOR_ROLE, ADAPTER_ROLES, ALL_ADAPTERS, PolicyMode, Role
 from glider.server.policy.prompts import (
-    ADAPTER_FOR_ROLE,
-    Role,
     executor_prompt,
     flat_prompt,
     format_executor_target,
@@ -27,6 +26,9 @@ from glider.server.policy.state import EpisodeState, EpisodeStatus, Segment, Tur
 
 __all__ = [
     "ADAPTER_FOR_ROLE",
+    "ADAPTER_ROLES",
+    "ALL_ADAPTERS",
+    "PolicyMode",
     "EpisodeState",
     "EpisodeStatus",
     "GenerateFn",

@@ -33,10 +33,9 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from glider.server.policy.modes import ADAPTER_FOR_ROLE, Role
 from glider.server.policy.prompts import (
-    ADAPTER_FOR_ROLE,
     STOP,
-    Role,
     executor_prompt,
     flat_prompt,
     parse_action,
@@ -46,6 +45,7 @@ from glider.server.policy.prompts import (
     sanitize,
 )
 from glider.server.policy.state import EpisodeState, EpisodeStatus, Segment, Turn
+from glider.v1.rest import Sampling
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class PolicyRequest:
     temperature: float
     seed: int | None = None
     stop: tuple[str, ...] = (STOP,)
+    top_p: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class HierarchyConfig:
     planner_max_tokens: int = 32
     executor_max_tokens: int = 24
     temperature: float = 0.0
+    top_p: float = 1.0
     retry_temperature: float = 0.8
     fallback_action: str = "look around"
     fallback_subgoal: str = "explore the surroundings"
@@ -128,8 +130,8 @@ class PolicyController:
         """Adapters this mode needs loaded (deduplicated, stable order)."""
         return list(dict.fromkeys(self.adapters.values()))
 
-    def new_state(self, episode_id: str, task: str) -> EpisodeState:
-        return EpisodeState(id=episode_id, task=sanitize(task), mode=self.config.mode)
+    def new_state(self, episode_id: str, task: str, sampling: Sampling | None = None) -> EpisodeState:
+        return EpisodeState(id=episode_id, task=sanitize(task), mode=self.config.mode, sampling=sampling)
 
     async def step(
         self,
@@ -264,21 +266,26 @@ class PolicyController:
     async def _sample(self, prompt, role, max_tokens, attempts, parse, state, generate, decision):
         """Generate until ``parse`` accepts the text, at most ``attempts`` times.
 
-        The first attempt uses the configured temperature; retries sample (a
-        greedy retry would only repeat the same unusable text) with a seed
-        derived from the episode so a replay is reproducible.
+        The first attempt uses the episode's temperature (its own ``sampling``, else the
+        server's); retries sample (a greedy retry would only repeat the same unusable text)
+        with a seed derived from the episode so a replay is reproducible: from the episode's
+        own seed when it gave one (the same whatever its id), else from the server's seed
+        and the episode id.
         """
         cfg = self.config
+        own = state.sampling
         adapter = self.adapters[role]
+        first_temperature = own.temperature if own and own.temperature is not None else cfg.temperature
+        top_p = own.top_p if own and own.top_p is not None else cfg.top_p
+        episode_key = f"episode-seed:{own.seed}" if own and own.seed is not None else f"{cfg.seed}/{state.id}"
         version = None
         for attempt in range(attempts):
-            temperature = cfg.temperature if attempt == 0 else cfg.retry_temperature
+            temperature = first_temperature if attempt == 0 else cfg.retry_temperature
             seed = None
             if temperature > 0:
-                key = f"{cfg.seed}/{state.id}/{state.step}/{role.value}/{attempt}"
-                seed = zlib.crc32(key.encode())
-            request = PolicyRequest(prompt=prompt, role=role, adapter=adapter,
-                                    max_tokens=max_tokens, temperature=temperature, seed=seed)
+                seed = zlib.crc32(f"{episode_key}/{state.step}/{role.value}/{attempt}".encode())
+            request = PolicyRequest(prompt=prompt, role=role, adapter=adapter, max_tokens=max_tokens,
+                                    temperature=temperature, seed=seed, top_p=top_p)
             (gen,) = await generate([request])
             if role is Role.planner:
                 state.planner_calls += 1

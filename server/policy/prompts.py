@@ -26,28 +26,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from enum import Enum
 
+from glider.server.policy.modes import Role
 from glider.server.policy.state import Segment, Turn
-
-
-class Role(str, Enum):
-    planner = "planner"
-    executor = "executor"
-    flat = "flat"
 
 
 #: role markers: the first line of each prompt; special tokens in the embedded tokenizer
 ROLE_MARKERS = {Role.planner: "<|planner|>", Role.executor: "<|executor|>", Role.flat: "<|flat|>"}
 #: special tokens of the embedded backbone (role markers + sequence boundaries)
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>", *ROLE_MARKERS.values()]
-
-#: which adapter serves a prompt role, per policy mode (``settings.PolicyMode`` values)
-ADAPTER_FOR_ROLE: dict[str, dict[Role, str]] = {
-    "separate": {Role.planner: "planner", Role.executor: "executor"},
-    "shared": {Role.planner: "shared", Role.executor: "shared"},
-    "flat": {Role.flat: "flat"},
-}
 
 STOP = "\n"
 DONE_TRUE, DONE_FALSE = "true", "false"

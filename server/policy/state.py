@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from enum import Enum
 
+from glider.v1.rest import Sampling
 from pydantic import BaseModel, Field
 
 
@@ -48,6 +49,7 @@ class EpisodeState(BaseModel):
     id: str
     task: str
     mode: str
+    sampling: Sampling | None = None  # the episode's own sampling settings, over the server's
     status: EpisodeStatus = EpisodeStatus.active
     step: int = 0  # env steps answered so far
     version: int = 0  # optimistic concurrency counter, bumped on every commit

@@ -16,11 +16,12 @@ One record per answered step (schema version 1):
      "step": 3, "observation": "...", "reward": 0.0, "done": false, "score": 0.03,
      "action": "open door to kitchen", "subgoal": "go to the kitchen", "new_subgoal": false,
      "subgoal_done": false, "subgoal_index": 0, "total_reward": 0.03, "fallback": false,
-     "adapter_versions": {"planner": "v0002", "executor": "v0003"}, "latency_ms": 41.2}
+     "adapter_versions": {"planner": "v0002", "executor": "v0003"}, "latency_ms": 41.2,
+     "sampling": {"temperature": 0.7, "seed": 42}}
 
 ``observation`` is what the environment showed at ``step``, ``reward`` what the
 previous action earned, ``score`` the environment's own score if the client sent it (else null), ``action`` the agent's answer (null on the closing
-``done`` record).  A transition (o_t, a_t, r_t, o_{t+1}) is record t's
+``done`` record), ``sampling`` the episode's own sampling settings (null: the server's).  A transition (o_t, a_t, r_t, o_{t+1}) is record t's
 observation and action with record t+1's reward and observation.
 """
 

@@ -85,8 +85,11 @@ def test_tune_plan_touches_no_reported_episode_and_no_training_variation(variati
     from glider.trainer.data.collect import recipe_counts, spread
     from glider.trainer.data.hierarchy import is_held_out
 
+    from glider.trainer.pipeline import full_recipe_variations
+
     tune, glider = load_plan("tune"), load_plan("glider")
-    assert build_tune_plan(variations, glider).to_json() == tune.to_json()  # the committed draw
+    collected, held_out = full_recipe_variations({t: v for (s, t), v in variations.items() if s == "train"})
+    assert build_tune_plan(variations, glider, collected, held_out).to_json() == tune.to_json()  # the committed draw
     assert set(tune.episodes).isdisjoint(glider.episodes) and tune.splits == ["seen", "train"]
     assert max(tune.counts().values()) == 4 and len({e.task for e in tune.episodes}) >= 20
     counts = recipe_counts("glider")

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 def test_one_o2o_iteration_is_served_by_the_next_episode(method, swap_server, swap_registry, backbone_dir,
                                                          scienceworld, gold_trajectory, tmp_path):
     from glider.trainer.critic import CriticConfig
-    from glider.trainer.o2o import O2OConfig, OnlineLearner, area_under_curve, run_o2o
+    from glider.trainer.o2o import O2OConfig, OnlineLearner
+    from glider.trainer.online import area_under_curve, run_o2o
 
     registry = AdapterRegistry(swap_registry)
     before = {name: registry.current_version(name) for name in ("planner", "executor")}

@@ -16,6 +16,7 @@ from glider.server.api.rest import BodyLimit, create_app
 from glider.server.backends.base import AdapterHandle, Backend, BackendError, GenerationResult
 from glider.server.settings import Settings
 from glider.server.store import MemoryEpisodeStore
+from glider.server.store.recorder import TrajectoryRecorder
 from glider.trainer.publish import publish_adapter
 from safetensors.numpy import save_file
 
@@ -211,3 +212,47 @@ async def test_a_retried_step_gets_the_same_answer_once_and_a_different_one_is_r
     assert (await client.post("/act", json=end)).json() == closing.json()
     assert error_of(await client.post("/act", json={**end, "step": 3}), 409)["code"] == "episode_finished"
     assert "glider_step_replays_total 2.0" in (await client.get("/metrics")).text
+
+
+async def test_an_episode_samples_with_its_own_settings_and_greedy_ones_keep_the_servers(api, tmp_path):
+    """Online RL plays sampled rollouts beside greedy evaluation on one server: each episode's
+    `sampling` reaches the engine (seeded from its own seed, whatever its id), the others' do not."""
+    client, backend, agent = api
+    seen = []
+    generate = backend.generate
+
+    async def recording(specs):
+        seen.extend(specs)
+        return await generate(specs)
+
+    backend.generate = recording
+    agent.recorder = TrajectoryRecorder(tmp_path / "episodes")
+    agent.recorder.start()
+    own = {"temperature": 0.7, "top_p": 0.9, "seed": 42}
+    sampled = (await client.post("/act", json={"task": "boil water", "observation": "hall", "sampling": own})).json()
+    view = await snapshot(client, sampled["episode_id"])
+    assert view["sampling"] == own
+    assert seen and all((s.temperature, s.top_p) == (0.7, 0.9) and s.seed is not None for s in seen)
+    first_seeds = [s.seed for s in seen]
+
+    seen.clear()  # the same seed under another id draws the same seeds: a rollout is reproducible
+    r = await client.post("/episodes", json={"task": "boil water", "episode_id": "again-42", "sampling": own})
+    assert r.status_code == 201 and r.json()["sampling"] == own
+    await client.post("/act", json={"episode_id": "again-42", "observation": "hall"})
+    assert [s.seed for s in seen] == first_seeds
+
+    seen.clear()  # an episode without its own settings is served with the server's (greedy, unseeded)
+    greedy = await start_episode(client)
+    assert (await snapshot(client, greedy["episode_id"]))["sampling"] is None
+    assert seen and all((s.temperature, s.top_p, s.seed) == (0.0, 1.0, None) for s in seen)
+
+    # the server's bound: an operator may forbid sampled episodes altogether
+    agent.settings.episode_max_temperature = 0.0
+    r = await client.post("/act", json={"task": "boil water", "observation": "hall", "sampling": {"temperature": 0.1}})
+    assert "temperature" in error_of(r, 422)["message"]
+
+    recorder, agent.recorder = agent.recorder, None
+    recorder.close()  # the episode log says how each episode was sampled
+    records = [json.loads(line) for f in (tmp_path / "episodes").glob("*.jsonl") for line in f.read_text().splitlines()]
+    by_episode = {r["episode_id"]: r["sampling"] for r in records}
+    assert by_episode == {sampled["episode_id"]: own, "again-42": own, greedy["episode_id"]: None}

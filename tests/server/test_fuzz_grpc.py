@@ -34,11 +34,16 @@ CLIENT_ERRORS = {S.INVALID_ARGUMENT, S.NOT_FOUND, S.ALREADY_EXISTS, S.ABORTED, S
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)  # protobuf: valid UTF-8
 ids = st.one_of(st.just(""), st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}", fullmatch=True), text)
 numbers = st.floats(allow_nan=True, allow_infinity=True)
+samplings = st.none() | st.builds(
+    lambda t, p, seed: pb.Sampling(**{k: v for k, v in {"temperature": t, "top_p": p, "seed": seed}.items()
+                                      if v is not None}),
+    st.none() | numbers, st.none() | numbers, st.none() | st.integers(-(2**63), 2**63 - 1))
 act_requests = st.builds(
-    lambda obs, eid, task, reward, done, step, score: pb.ActRequest(
-        observation=obs, episode_id=eid, task=task, reward=reward, done=done,
+    lambda obs, eid, task, reward, done, step, score, sampling: pb.ActRequest(
+        observation=obs, episode_id=eid, task=task, reward=reward, done=done, sampling=sampling,
         **({"step": step} if step is not None else {}), **({"score": score} if score is not None else {})),
-    text, ids, text, numbers, st.booleans(), st.none() | st.integers(-(2**63), 2**63 - 1), st.none() | numbers)
+    text, ids, text, numbers, st.booleans(), st.none() | st.integers(-(2**63), 2**63 - 1), st.none() | numbers,
+    samplings)
 
 
 @pytest.fixture
@@ -197,3 +202,45 @@ async def test_misbehaving_streams_end_cleanly_and_leak_nothing(grpc_target):
     assert not step_tasks(), step_tasks()
     # every episode left behind is a committed one that a client can resume or delete
     assert await agent.store.count() >= 1
+
+
+async def test_an_episode_carries_its_sampling_over_grpc(grpc_target):
+    """The same per-episode settings as REST: on Act, on a stream's start and on CreateEpisode, shown
+    by GetEpisode; out of range is INVALID_ARGUMENT with the field named, and creates nothing."""
+    target, agent, backend = grpc_target
+    seen = []
+    generate = backend.generate
+
+    async def recording(specs):
+        seen.extend(specs)
+        return await generate(specs)
+
+    backend.generate = recording
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.AgentStub(channel)
+        own = pb.Sampling(temperature=0.5, top_p=0.8, seed=7)
+        reply = await stub.Act(pb.ActRequest(task="boil water", observation="hall", sampling=own))
+        info = await stub.GetEpisode(pb.GetEpisodeRequest(episode_id=reply.episode_id))
+        assert info.sampling == own
+        assert seen and all((s.temperature, s.top_p) == (0.5, 0.8) for s in seen)
+
+        async def start_only():
+            yield pb.EpisodeEvent(start=pb.EpisodeStart(task="boil water", observation="hall", episode_id="s-7",
+                                                        sampling=pb.Sampling(temperature=0.3)))
+        assert [r.step async for r in stub.Episode(start_only())] == [0]
+        assert (await stub.GetEpisode(pb.GetEpisodeRequest(episode_id="s-7"))).sampling.temperature == 0.3
+        created = await stub.CreateEpisode(pb.CreateEpisodeRequest(task="t", episode_id="c-1",
+                                                                   sampling=pb.Sampling(seed=3)))
+        assert created.sampling.seed == 3 and not created.sampling.HasField("temperature")
+
+        episodes = len(agent.store._episodes)
+        for bad, field in [(pb.Sampling(temperature=float("nan")), "temperature"),
+                           (pb.Sampling(temperature=99.0), "temperature"),
+                           (pb.Sampling(top_p=1.5), "top_p"), (pb.Sampling(seed=-1), "seed")]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Act(pb.ActRequest(task="boil water", observation="hall", sampling=bad))
+            assert err.value.code() == S.INVALID_ARGUMENT and field in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # only when an episode starts
+            await stub.Act(pb.ActRequest(episode_id=reply.episode_id, observation="x", sampling=own))
+        assert err.value.code() == S.INVALID_ARGUMENT and "sampling" in err.value.details()
+        assert len(agent.store._episodes) == episodes

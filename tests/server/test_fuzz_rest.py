@@ -114,7 +114,7 @@ def test_blank_tasks_mean_the_same_to_schema_pydantic_and_agent(fuzz_app):
     import re
 
     import httpx
-    from glider.server.api.schemas import TASK_PATTERN, EpisodeCreate
+    from glider.v1.rest import TASK_PATTERN, EpisodeCreate
     from glider.server.errors import InvalidInput
     from pydantic import ValidationError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from glider.server.policy.controller import HierarchyConfig, PolicyController
-from glider.server.policy.prompts import Role
+from glider.server.policy.modes import Role
 from glider.trainer.data.hierarchy import annotate
 from glider.trainer.sequences import (
     IGNORE,

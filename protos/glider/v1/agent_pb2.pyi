@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ActRequest(_message.Message):
-    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step", "score")
+    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step", "score", "sampling")
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class ActRequest(_message.Message):
     DONE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     observation: str
     episode_id: str
     task: str
@@ -22,7 +23,18 @@ class ActRequest(_message.Message):
     done: bool
     step: int
     score: float
-    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+    sampling: Sampling
+    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ..., score: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+
+class Sampling(_message.Message):
+    __slots__ = ("temperature", "top_p", "seed")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_p: float
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ActResponse(_message.Message):
     __slots__ = ("episode_id", "step", "action", "subgoal", "new_subgoal", "subgoal_done", "subgoal_index", "done", "adapter_versions", "fallback")
@@ -64,14 +76,16 @@ class EpisodeEvent(_message.Message):
     def __init__(self, start: _Optional[_Union[EpisodeStart, _Mapping]] = ..., step: _Optional[_Union[EpisodeStep, _Mapping]] = ...) -> None: ...
 
 class EpisodeStart(_message.Message):
-    __slots__ = ("task", "observation", "episode_id")
+    __slots__ = ("task", "observation", "episode_id", "sampling")
     TASK_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     task: str
     observation: str
     episode_id: str
-    def __init__(self, task: _Optional[str] = ..., observation: _Optional[str] = ..., episode_id: _Optional[str] = ...) -> None: ...
+    sampling: Sampling
+    def __init__(self, task: _Optional[str] = ..., observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class EpisodeStep(_message.Message):
     __slots__ = ("observation", "reward", "done", "score")
@@ -86,12 +100,14 @@ class EpisodeStep(_message.Message):
     def __init__(self, observation: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., score: _Optional[float] = ...) -> None: ...
 
 class CreateEpisodeRequest(_message.Message):
-    __slots__ = ("task", "episode_id")
+    __slots__ = ("task", "episode_id", "sampling")
     TASK_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     task: str
     episode_id: str
-    def __init__(self, task: _Optional[str] = ..., episode_id: _Optional[str] = ...) -> None: ...
+    sampling: Sampling
+    def __init__(self, task: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class GetEpisodeRequest(_message.Message):
     __slots__ = ("episode_id",)
@@ -110,7 +126,7 @@ class DeleteEpisodeResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class EpisodeInfo(_message.Message):
-    __slots__ = ("episode_id", "task", "mode", "status", "step", "subgoal", "subgoal_count", "planner_calls", "executor_calls", "total_reward", "adapter_versions")
+    __slots__ = ("episode_id", "task", "mode", "status", "step", "subgoal", "subgoal_count", "planner_calls", "executor_calls", "total_reward", "adapter_versions", "sampling")
     class AdapterVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +145,7 @@ class EpisodeInfo(_message.Message):
     EXECUTOR_CALLS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_REWARD_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     episode_id: str
     task: str
     mode: str
@@ -140,7 +157,8 @@ class EpisodeInfo(_message.Message):
     executor_calls: int
     total_reward: float
     adapter_versions: _containers.ScalarMap[str, str]
-    def __init__(self, episode_id: _Optional[str] = ..., task: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., subgoal: _Optional[str] = ..., subgoal_count: _Optional[int] = ..., planner_calls: _Optional[int] = ..., executor_calls: _Optional[int] = ..., total_reward: _Optional[float] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    sampling: Sampling
+    def __init__(self, episode_id: _Optional[str] = ..., task: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., subgoal: _Optional[str] = ..., subgoal_count: _Optional[int] = ..., planner_calls: _Optional[int] = ..., executor_calls: _Optional[int] = ..., total_reward: _Optional[float] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
     __slots__ = ()

@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from glider.clients.cli._common import console, require
 from rich.markdown import Markdown
 
-console = Console()
-eval_app = typer.Typer(no_args_is_help=True, help="Evaluate agents on the papers' protocols, with CIs.")
+app = typer.Typer(no_args_is_help=True, help="Evaluate agents on the papers' protocols, with CIs.")
+
+
+@app.callback()
+def _needs_extras() -> None:
+    require("envs", command="eval")
 
 
 def _custom_plan(env: str, tasks: str, episodes: int, seed: int, splits: str, max_steps: int):
@@ -39,7 +43,7 @@ def _custom_plan(env: str, tasks: str, episodes: int, seed: int, splits: str, ma
     return Plan.draw(names, counts, episodes, seed, split_list, env=env, max_steps=max_steps)
 
 
-@eval_app.command("run")
+@app.command("run")
 def run_command(
     out: Annotated[Path, typer.Option(help="Run directory: episodes, transcripts, table, plots. A run "
                                            "restarted on it plays only what is missing.")],
@@ -144,7 +148,7 @@ def run_command(
     console.print(f"learning curve written to {out / 'curve.png'}")
 
 
-@eval_app.command("compare")
+@app.command("compare")
 def compare_command(
     run_a: Annotated[Path, typer.Argument(help="The baseline run's directory (A).")],
     run_b: Annotated[Path, typer.Argument(help="The other run's directory (B): B − A is reported.")],
@@ -165,7 +169,7 @@ def compare_command(
         out.write_text(json.dumps(cmp, indent=2))
 
 
-@eval_app.command("plan")
+@app.command("plan")
 def plan_command(
     protocol: Annotated[str, typer.Option(help="glider | eto | tune")] = "glider",
     seed: Annotated[int, typer.Option(help="glider, tune: draws the variations (the committed plans use 0).")]
@@ -174,6 +178,8 @@ def plan_command(
     = None,
 ):
     """Build a protocol's plan file from the papers' sources (a maintainer's command: plans are committed)."""
+    if protocol == "tune":  # which train variations the recipes collect comes from the trainer
+        require("train", command="eval plan --protocol tune")
     from glider.clients.protocols import (
         build_eto_plan,
         build_glider_plan,
@@ -187,8 +193,11 @@ def plan_command(
     if protocol == "glider":
         plan = build_glider_plan(scienceworld_variations(glider_counts()), seed)
     elif protocol == "tune":
-        plan = build_tune_plan(scienceworld_variations(glider_counts(), splits=("seen", "train")), load_plan("glider"),
-                               seed=seed)
+        from glider.trainer.pipeline import full_recipe_variations
+
+        variations = scienceworld_variations(glider_counts(), splits=("seen", "train"))
+        collected, held_out = full_recipe_variations({t: v for (s, t), v in variations.items() if s == "train"})
+        plan = build_tune_plan(variations, load_plan("glider"), collected, held_out, seed=seed)
     elif protocol == "eto":
         plan = build_eto_plan()
     else:

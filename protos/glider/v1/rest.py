@@ -1,4 +1,9 @@
-"""Wire types of the REST API (pydantic v2); the SDK imports the same models."""
+"""Contract v1, REST half: the wire types of ``POST /act`` and the episode endpoints (pydantic v2).
+
+The server validates requests with these models, the SDK builds and reads them, and the Agent checks
+gRPC requests with the same patterns, so both transports refuse the same input. The gRPC half is
+``agent.proto`` beside this file; the two carry the same fields.
+"""
 
 from __future__ import annotations
 
@@ -33,14 +38,27 @@ BLANK_CHARS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\
 TASK_PATTERN = rf"[^{BLANK_CHARS}]"
 
 
+class Sampling(_Strict):
+    """An episode's own sampling settings: every field left out keeps the server's default. The
+    server bounds them (``GLIDER_EPISODE_MAX_TEMPERATURE``); a seed makes a sampled episode
+    reproducible whatever its id."""
+
+    temperature: float | None = Field(None, ge=0.0, description="0 = greedy.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seeds every sampled generation of the episode.")
+
+
 class ActRequest(_Strict):
     """One environment step: the observation the last action produced (or the first one)."""
 
     # the cross-field rule, in the contract too: an episode to continue, or a task to start one
-    model_config = ConfigDict(json_schema_extra={"anyOf": [
-        {"required": ["episode_id"], "properties": {"episode_id": {"type": "string"}}},
-        {"required": ["task"], "properties": {"task": {"type": "string"}}},
-    ]})
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [
+            {"required": ["episode_id"], "properties": {"episode_id": {"type": "string"}}},
+            {"required": ["task"], "properties": {"task": {"type": "string"}}},
+        ],
+        "not": {"required": ["episode_id", "sampling"], "properties": {"episode_id": {"type": "string"}}},
+    })
 
     observation: str = Field(description="What the environment shows now.")
     episode_id: str | None = Field(None, pattern=EPISODE_ID_PATTERN,
@@ -51,11 +69,15 @@ class ActRequest(_Strict):
     done: bool = Field(False, description="The environment ended the episode; no action is returned.")
     step: int | None = Field(None, ge=0, description="Expected step index; a mismatch is refused (409).")
     score: float | None = Field(None, description="The environment's own score now, if it keeps one (recorded).")
+    sampling: Sampling | None = Field(None, description="The new episode's own sampling settings (only when "
+                                                        "starting one).")
 
     @model_validator(mode="after")
     def _episode_or_task(self) -> ActRequest:
         if self.episode_id is None and self.task is None:
             raise ValueError("task is required to start an episode (or give episode_id to continue one)")
+        if self.episode_id is not None and "sampling" in self.model_fields_set:
+            raise ValueError("sampling is set when an episode starts, not on a later step")
         return self
 
 
@@ -75,6 +97,7 @@ class ActResponse(BaseModel):
 class EpisodeCreate(_Strict):
     task: str = Field(pattern=TASK_PATTERN)
     episode_id: str | None = Field(None, pattern=EPISODE_ID_PATTERN)
+    sampling: Sampling | None = None
 
 
 class TurnView(BaseModel):
@@ -103,6 +126,7 @@ class EpisodeView(BaseModel):
     executor_calls: int
     total_reward: float
     adapter_versions: dict[str, str]
+    sampling: Sampling | None = None
     current: SegmentView | None
     finished: list[SegmentView]
     history: list[TurnView]

@@ -1,0 +1,47 @@
+"""``glider backbone build``: the embedded tiny backbone (tokenizer + Llama), built from a seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from glider.clients.cli._common import console, default_help, given, require, settings, setup_logging, split_list
+from glider.trainer.backbone import BackboneConfig
+
+app = typer.Typer(no_args_is_help=True, help="The embedded tiny backbone.")
+BACKBONE = BackboneConfig()
+
+
+@app.callback()
+def _needs_extras() -> None:
+    require("train", "envs", command="backbone")
+
+
+@app.command("build")
+def backbone_build(
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: <home>/backbone).")] = None,
+    seed: Annotated[int | None, typer.Option(help=default_help("", BACKBONE.seed))] = None,
+    vocab_size: Annotated[int | None, typer.Option(help=default_help("Cap of the BPE vocabulary.",
+                                                                     BACKBONE.vocab_size))] = None,
+    layers: Annotated[int | None, typer.Option(help=default_help("", BACKBONE.num_layers))] = None,
+    hidden: Annotated[int | None, typer.Option(help=default_help("", BACKBONE.hidden_size))] = None,
+    variations_per_task: Annotated[int | None, typer.Option(help=default_help(
+        "Train variations per family in the tokenizer's corpus.", BACKBONE.variations_per_task))] = None,
+    tasks: Annotated[str, typer.Option(help="Comma-separated task families (default: all).")] = "",
+    workers: Annotated[int | None, typer.Option(help=default_help("Environment processes at once.",
+                                                                  BACKBONE.workers))] = None,
+    force: bool = False,
+):
+    """Build the embedded backbone from ScienceWorld text, deterministically from SEED."""
+    from glider.trainer.backbone import build_backbone, is_backbone
+
+    setup_logging()
+    out = out or settings().home / "backbone"
+    if is_backbone(out) and not force:
+        console.print(f"backbone already at {out} (use --force to rebuild)")
+        return
+    cfg = given(BackboneConfig(), seed=seed, vocab_size=vocab_size, num_layers=layers, hidden_size=hidden,
+                variations_per_task=variations_per_task, workers=workers, tasks=split_list(tasks))
+    build_backbone(out, cfg)
+    console.print(f"backbone written to {out}")

@@ -1,0 +1,286 @@
+"""``glider train ...``: the trainer's stages: warm-up of the embedded backbone, SFT, ORL, O2O."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from glider.clients.cli._common import console, default_help, given, require, settings, split_list
+from glider.clients.cli.data import annotator_for, per_task_or_recipe, perturbed_root, trajectories
+from glider.trainer.o2o import O2OConfig
+from glider.trainer.orl import ORLConfig
+from glider.trainer.rl import CriticConfig, RLMethod
+from glider.trainer.sft import SFTConfig
+from glider.trainer.warmup import WARMUP
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, help="Training stages (the trainer sidecar).")
+
+# Every default below is read from a config dataclass (None = "the config's default"), so it is
+# written once, where the trainer defines it.
+SFT, ORL, CRITIC, O2O = SFTConfig(), ORLConfig(), CriticConfig(), O2OConfig()
+
+
+@app.callback()
+def _needs_extras() -> None:
+    require("train", "envs", command="train")
+
+
+def _opt(text: str, default) -> typer.models.OptionInfo:
+    return typer.Option(help=default_help(text, default))
+
+
+@app.command("warmup")
+def train_warmup(
+    model: Annotated[Path | None, typer.Option(help="The embedded backbone (GLIDER_MODEL).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
+    tasks: str = "",
+    per_task: int | None = None,
+    epochs: Annotated[float | None, _opt("", WARMUP.epochs)] = None,
+    lr: Annotated[float | None, _opt("", WARMUP.lr)] = None,
+    batch_tokens: Annotated[int | None, _opt("Padded tokens per micro-batch.", WARMUP.batch_tokens)] = None,
+    grad_accum: Annotated[int | None, _opt("", WARMUP.grad_accum)] = None,
+    max_minutes: Annotated[float | None, _opt("Time box.", WARMUP.max_minutes)] = None,
+    max_steps: Annotated[int | None, _opt("Optimizer steps (overrides epochs).", WARMUP.max_steps)] = None,
+    seed: Annotated[int | None, _opt("", WARMUP.seed)] = None,
+    out: Annotated[Path | None, typer.Option(help="Checkpoints and logs (<home>/runs/warmup).")] = None,
+):
+    """Pre-train the embedded tiny backbone on environment transcripts (real backbones skip this)."""
+    from glider.trainer.warmup import warmup_backbone
+
+    s = settings(model=model)
+    trajs = trajectories(data, tasks, per_task)
+    cfg = given(WARMUP, epochs=epochs, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
+                max_minutes=max_minutes, max_steps=max_steps, seed=seed)
+    info = warmup_backbone(s.model_dir(), trajs, cfg, out or s.home / "runs" / "warmup")
+    console.print_json(json.dumps(info, default=str))
+
+
+@app.command("sft")
+def train_sft(
+    shared: Annotated[bool, typer.Option("--shared", help="One adapter for both roles (the paper's mode).")]
+    = False,
+    flat: Annotated[bool, typer.Option("--flat", help="The no-hierarchy baseline.")] = False,
+    model: Annotated[Path | None, typer.Option(help="Backbone (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="Registry to publish to (GLIDER_ADAPTERS).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
+    logs: Annotated[Path | None, typer.Option(help="Also train on server episode logs from here.")] = None,
+    tasks: str = "",
+    per_task: int | None = None,
+    recipe: Annotated[str | None, typer.Option(help="glider: the paper's per-family counts of the collected "
+                                                    "data (instead of --per-task).")] = None,
+    epochs: Annotated[float | None, _opt("At most this many epochs (early stopping usually ends first).",
+                                         SFT.train.epochs)] = None,
+    lr: Annotated[float | None, _opt("", SFT.train.lr)] = None,
+    rank: Annotated[int | None, _opt("LoRA rank (alpha = 2 × rank).", SFT.lora.r)] = None,
+    batch_tokens: Annotated[int | None, _opt("Padded tokens per micro-batch.", SFT.train.batch_tokens)] = None,
+    grad_accum: Annotated[int | None, _opt("", SFT.train.grad_accum)] = None,
+    max_minutes: Annotated[float | None, _opt("Time box per adapter.", SFT.train.max_minutes)] = None,
+    max_steps: Annotated[int | None, _opt("Optimizer steps (overrides epochs).", SFT.train.max_steps)] = None,
+    patience: Annotated[int | None, _opt("Stop after this many held-out measurements without a new best "
+                                         "(0: train the whole budget); ends on the best weights.",
+                                         SFT.train.patience)] = None,
+    eval_every: Annotated[int | None, _opt("Measure the held-out loss every N optimizer steps.",
+                                           SFT.train.eval_every)] = None,
+    val_fraction: Annotated[float | None, _opt("Share of train variations held out for early stopping.",
+                                               SFT.val_fraction)] = None,
+    seed: Annotated[int | None, _opt("Training and the held-out split.", SFT.train.seed)] = None,
+    annotator: str = "template",
+    llm_url: str | None = None,
+    llm_model: str | None = None,
+    publish: Annotated[bool, typer.Option(help="Publish to the registry when done.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Checkpoints, logs, adapters (<home>/runs/sft-<mode>).")]
+    = None,
+):
+    """Behaviour cloning of the planner and executor (or the shared / flat adapter) with LoRA."""
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.data.hierarchy import SegmentationConfig
+    from glider.trainer.sft import run_sft
+
+    if shared and flat:
+        raise typer.BadParameter("--shared and --flat exclude each other")
+    mode = "shared" if shared else "flat" if flat else "separate"
+    s = settings(model=model, adapters=adapters)
+    trajs = trajectories(data, tasks, per_task_or_recipe(per_task, recipe), logs)
+    defaults = SFTConfig()
+    cfg = given(defaults, mode=mode, val_fraction=val_fraction, split_seed=seed,
+                segmentation=SegmentationConfig(max_len=s.c_max),
+                lora=given(defaults.lora, r=rank, alpha=2 * rank if rank else None),
+                train=given(defaults.train, epochs=epochs, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
+                            max_minutes=max_minutes, max_steps=max_steps, eval_every=eval_every, seed=seed))
+    if patience is not None:
+        cfg.train.patience = patience or None
+    hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": mode}))
+    metrics = run_sft(s.model_dir(), trajs, out or s.home / "runs" / f"sft-{mode}", cfg, hierarchy=hierarchy,
+                      registry=s.adapters_dir() if publish else None,
+                      annotator=annotator_for(annotator, llm_url, llm_model))
+    table = Table("adapter", "tokens", "padding", "tokens/s", "steps (epochs)", "best step", "loss first→last",
+                  "val loss before→after", "minutes", "published")
+    for name, m in metrics["adapters"].items():
+        table.add_row(name, str(m["tokens"]), f"{100 * m['padding_share']:.1f}%", f"{m['tokens_per_s']:.0f}",
+                      f"{m['steps']} ({m['epochs_done']:.1f})", str(m.get("best_step")),
+                      f"{m['first_loss']:.3f}→{m['train_loss']:.3f}",
+                      f"{m['val_loss_before']:.3f}→{m['val_loss_after']:.3f}", f"{m['seconds'] / 60:.1f}",
+                      m.get("published", "-"))
+    console.print(table)
+
+
+@app.command("orl")
+def train_orl(
+    shared: Annotated[bool, typer.Option("--shared", help="One adapter for both roles.")] = False,
+    flat: Annotated[bool, typer.Option("--flat", help="The no-hierarchy baseline.")] = False,
+    init: Annotated[str, typer.Option(help="sft: start from the registry's SFT adapters | scratch: a fresh "
+                                           "LoRA (the ORL-only ablation).")] = "sft",
+    model: Annotated[Path | None, typer.Option(help="Backbone (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="Registry (GLIDER_ADAPTERS).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
+    perturbed: Annotated[Path | None, typer.Option(help="Perturbed replays (`glider data collect --perturb`; "
+                                                        "default <home>/data/perturbed if it exists).")] = None,
+    logs: Annotated[Path | None, typer.Option(help="Server episode logs (the SFT agent's own episodes).")] = None,
+    tasks: str = "",
+    per_task: int | None = None,
+    expectile: Annotated[float | None, _opt("τ of the V loss.", CRITIC.expectile)] = None,
+    lam: Annotated[float | None, _opt("λ of exp(A/λ).", CRITIC.lam)] = None,
+    max_weight: Annotated[float | None, _opt("Clip of exp(A/λ).", CRITIC.max_weight)] = None,
+    gamma: Annotated[float | None, _opt("", CRITIC.gamma)] = None,
+    polyak: Annotated[float | None, _opt("", CRITIC.polyak)] = None,
+    critic_steps: Annotated[int | None, _opt("", CRITIC.steps)] = None,
+    critic_lr: Annotated[float | None, _opt("", CRITIC.lr)] = None,
+    epochs: Annotated[float | None, _opt("Actor epochs.", ORL.actor.epochs)] = None,
+    lr: Annotated[float | None, _opt("Actor learning rate.", ORL.actor.lr)] = None,
+    batch_tokens: Annotated[int | None, _opt("Padded tokens per micro-batch.", ORL.actor.batch_tokens)] = None,
+    grad_accum: Annotated[int | None, _opt("", ORL.actor.grad_accum)] = None,
+    max_minutes: Annotated[float | None, _opt("Time box of the actor.", ORL.actor.max_minutes)] = None,
+    max_steps: Annotated[int | None, _opt("Actor optimizer steps (overrides epochs).", ORL.actor.max_steps)] = None,
+    seed: Annotated[int | None, _opt("", CRITIC.seed)] = None,
+    publish: Annotated[bool, typer.Option(help="Publish to the registry when done.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Checkpoints, critics, adapters (<home>/runs/orl-<mode>).")]
+    = None,
+):
+    """Offline RL: Q/V critic (TD + expectile) and advantage-weighted actor, per level, on expert + suboptimal data."""
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.data.hierarchy import SegmentationConfig
+    from glider.trainer.orl import run_orl
+
+    if shared and flat:
+        raise typer.BadParameter("--shared and --flat exclude each other")
+    if init not in ("sft", "scratch"):
+        raise typer.BadParameter("sft | scratch", param_hint="--init")
+    mode = "shared" if shared else "flat" if flat else "separate"
+    s = settings(model=model, adapters=adapters)
+    if perturbed is None and perturbed_root(None).is_dir():
+        perturbed = perturbed_root(None)
+    trajs = trajectories(data, tasks, per_task, logs, perturbed=perturbed)
+    defaults = ORLConfig()
+    cfg = given(defaults, mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
+                critic=given(defaults.critic, expectile=expectile, lam=lam, max_weight=max_weight, gamma=gamma,
+                             polyak=polyak, steps=critic_steps, lr=critic_lr, seed=seed),
+                actor=given(defaults.actor, epochs=epochs, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
+                            max_minutes=max_minutes, max_steps=max_steps, seed=seed))
+    hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": mode}))
+    metrics = run_orl(s.model_dir(), trajs, out or s.home / "runs" / f"orl-{mode}", cfg, hierarchy=hierarchy,
+                      registry=s.adapters_dir(), publish=publish)
+    console.print(f"trajectories by source: {metrics['trajectories']}")
+    table = Table("adapter", "role", "decisions", "critic loss", "advantage", "weights min/max", "actor loss",
+                  "published")
+    for name, m in metrics["adapters"].items():
+        for role, r in m["roles"].items():
+            table.add_row(name, role, str(r["decisions"]),
+                          " ".join(f"{k}={v:.4f}" for k, v in r["critic_loss"].items()),
+                          f"{r.get('advantage_mean', 0):.3f}±{r.get('advantage_std', 0):.3f}",
+                          f"{r.get('weight_min', 0):.2f}/{r.get('weight_max', 0):.2f}",
+                          f"{m['first_loss']:.3f}→{m['train_loss']:.3f}", m.get("published", "-"))
+    console.print(table)
+
+
+@app.command("o2o")
+def train_o2o(
+    server: Annotated[str, typer.Option(help="The serving server's REST address.")] = "http://127.0.0.1:8000",
+    method: Annotated[RLMethod | None, _opt("", O2O.method)] = None,
+    tasks: Annotated[str | None, _opt("Online (held-out) task families, comma-separated.", ",".join(O2O.tasks))]
+    = None,
+    split: Annotated[str | None, _opt("Whose variations are played online.", O2O.split)] = None,
+    iterations: Annotated[int | None, _opt("0 runs until stopped.", O2O.iterations)] = None,
+    episodes: Annotated[int | None, _opt("Episodes played per iteration.", O2O.episodes_per_iteration)] = None,
+    max_steps: Annotated[int | None, _opt("", O2O.max_steps)] = None,
+    fifo: Annotated[int | None, _opt("Online episodes kept for the updates.", O2O.fifo_episodes)] = None,
+    updates_per_episode: Annotated[int | None, _opt("", O2O.updates_per_episode)] = None,
+    critic_steps: Annotated[int | None, _opt("Critic updates per iteration.", O2O.critic_steps)] = None,
+    adapt_executor: Annotated[bool | None, typer.Option(
+        "--adapt-executor/--no-adapt-executor",
+        help=default_help("Also adapt the executor (the paper adapts the planner).", O2O.adapt_executor))] = None,
+    actor_lr: Annotated[float | None, _opt("", O2O.actor_lr)] = None,
+    offline: Annotated[bool, typer.Option(help="Interleave the expert data (--data) with the online episodes.")]
+    = True,
+    data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
+    offline_tasks: Annotated[str, typer.Option(help="Offline task families (default: all but --tasks).")] = "",
+    per_task: Annotated[int, typer.Option(help="Offline trajectories per family.")] = 3,
+    parallel: Annotated[int | None, _opt("Environment processes at once.", O2O.parallel)] = None,
+    model: Annotated[Path | None, typer.Option(help="Backbone (GLIDER_MODEL).")] = None,
+    adapters: Annotated[Path | None, typer.Option(help="The registry the server watches (GLIDER_ADAPTERS).")]
+    = None,
+    records: Annotated[Path | None, typer.Option(help="The server's episode logs (GLIDER_RECORD_DIR).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Adapters per iteration and curve.json.")] = None,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server's /readyz.")] = 1800.0,
+    leader_lock: Annotated[bool, typer.Option(
+        help="Train only while holding the trainer lock in GLIDER_REDIS_URL (one trainer per deployment; "
+             "the others wait to take over).")] = False,
+    seed: Annotated[int | None, _opt("", O2O.seed)] = None,
+):
+    """Offline-to-online: play through the server, learn from what it recorded, publish, hot-swap, repeat.
+
+    --iterations 0 runs until stopped (the trainer sidecar)."""
+    from glider.clients.envs.scienceworld import TASK_FAMILIES
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.o2o import OnlineLearner
+    from glider.trainer.online import area_under_curve, run_o2o
+
+    online = split_list(tasks) if tasks is not None else O2OConfig().tasks
+    unknown = [t for t in online if t not in TASK_FAMILIES]
+    if not online or unknown:
+        raise typer.BadParameter(f"unknown task families {unknown}" if unknown else "at least one",
+                                 param_hint="--tasks")
+    if iterations is not None and iterations < 0:
+        raise typer.BadParameter("0 (until stopped) or more", param_hint="--iterations")
+    s = settings(model=model, adapters=adapters)
+    mode = getattr(s.mode, "value", s.mode)
+    offline_trajs = []
+    if offline:
+        keep = split_list(offline_tasks) or [t for t in TASK_FAMILIES if t not in online]
+        offline_trajs = trajectories(data, ",".join(keep), per_task)
+    defaults = O2OConfig()
+    cfg = given(defaults, method=method, tasks=online, split=split, iterations=iterations,
+                episodes_per_iteration=episodes, max_steps=max_steps, fifo_episodes=fifo,
+                updates_per_episode=updates_per_episode, critic_steps=critic_steps, adapt_executor=adapt_executor,
+                actor_lr=actor_lr, critic=given(defaults.critic, seed=seed), parallel=parallel, seed=seed)
+    table = Table("iteration", "episodes", "score", "published", "play s", "train s", "swap s")
+
+    def show(point: dict) -> None:
+        console.print(f"iteration {point['iteration']}: score {100 * point['score']:.1f} -> {point['versions']}")
+        table.add_row(str(point["iteration"]), str(point["episodes"]), f"{100 * point['score']:.1f}",
+                      " ".join(f"{k}@{v}" for k, v in point["versions"].items()), f"{point['play_s']:.0f}",
+                      f"{point['train_s']:.0f}", f"{point['swap_s']:.1f}")
+
+    from glider.clients.sdk import GliderClient
+    from glider.trainer.leader import LeaderLock, LeadershipLost
+
+    lock = LeaderLock(s.redis_url.get_secret_value(), prefix=s.redis_prefix) if leader_lock else None
+    if lock is not None:  # before loading the model: a waiting replica holds no memory
+        lock.acquire()
+    try:
+        learner = OnlineLearner(s.model_dir(), s.adapters_dir(), cfg, mode=mode, offline=offline_trajs,
+                                hierarchy=HierarchyConfig.from_settings(s), out_dir=out)
+        with GliderClient(server) as client:  # a sidecar starts beside a server that is still loading
+            client.wait_ready(timeout=ready_timeout)
+        curve = run_o2o(server, records or s.episodes_dir(), learner, games_dir=s.home / "games",
+                        on_iteration=show, before_publish=lock.check if lock else None)
+    except LeadershipLost as exc:
+        console.print(f"[red]stopped before publishing: {exc}[/red]")
+        raise typer.Exit(3) from None
+    finally:
+        if lock is not None:
+            lock.close()
+    console.print(table)
+    console.print(f"area under the curve ({cfg.method}): {area_under_curve(curve):.2f}")

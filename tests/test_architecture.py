@@ -1,0 +1,97 @@
+"""The layer contracts of docs/architecture.md, checked by import-linter (`[tool.importlinter]` in
+pyproject.toml), and proof that the check can fail: the linter must see every import in the source,
+function-local ones included, through setuptools' package-dir mapping of our folders into `glider.*`.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).parent / "lint-imports"
+#: folder -> the package it is installed as (pyproject.toml's package-dir)
+PARTS = {"server": "glider.server", "trainer": "glider.trainer", "clients": "glider.clients",
+         "protos/glider/v1": "glider.v1"}
+
+
+def lint(config: Path | None = None) -> subprocess.CompletedProcess:
+    args = [str(LINT), "--no-cache"] + (["--config", str(config)] if config else [])
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_the_contracts_hold():
+    done = lint()
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "0 broken" in done.stdout and "7 kept" in done.stdout, done.stdout[-2000:]
+
+
+def test_a_broken_contract_fails_even_through_a_function_local_import(tmp_path):
+    """`glider.clients.cli` imports the server only inside functions; a contract forbidding it must
+    fail, naming the line."""
+    config = tmp_path / "violation.toml"
+    config.write_text('''[tool.importlinter]
+root_packages = ["glider.v1", "glider.server", "glider.trainer", "glider.clients"]
+
+[[tool.importlinter.contracts]]
+name = "deliberately violated: the CLI may not import the server app"
+type = "forbidden"
+source_modules = ["glider.clients.cli.serve"]
+forbidden_modules = ["glider.server.app"]
+''')
+    done = lint(config)
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "glider.clients.cli.serve -> glider.server.app" in done.stdout, done.stdout[-2000:]
+
+
+def module_name(path: Path) -> str:
+    for folder, package in PARTS.items():
+        base = ROOT / folder
+        if path.is_relative_to(base):
+            parts = list(path.relative_to(base).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            return ".".join([package, *parts])
+    raise AssertionError(path)
+
+
+def source_imports() -> set[tuple[str, str]]:
+    """(importer, imported) for every `glider.*` import in the source, wherever it is written."""
+    found = set()
+    for folder in PARTS:
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue
+            importer = module_name(path)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("glider."):
+                    found |= {(importer, f"{node.module}.{a.name}") for a in node.names} | {(importer, node.module)}
+                elif isinstance(node, ast.Import):
+                    found |= {(importer, a.name) for a in node.names if a.name.startswith("glider.")}
+    return found
+
+
+def test_the_linter_sees_every_import_in_the_source():
+    graph = grimp.build_graph(*PARTS.values())
+    modules = graph.modules
+    missing = []
+    by_importer: dict[tuple[str, str], bool] = {}
+    for importer, imported in source_imports():
+        if imported not in modules:  # `from pkg import name`: the name is not a module
+            continue
+        key = (importer, imported)
+        by_importer[key] = graph.direct_import_exists(importer=importer, imported=imported)
+    missing = sorted(k for k, ok in by_importer.items() if not ok and k[0] != k[1])
+    assert len(by_importer) > 300, len(by_importer)  # the walk found the source
+    assert not missing, missing[:20]
+
+
+@pytest.mark.parametrize("module", ["glider.clients.cli.train", "glider.server.agent", "glider.trainer.sft"])
+def test_the_linter_resolves_our_folders(module):
+    graph = grimp.build_graph(*PARTS.values())
+    assert module in graph.modules

@@ -1,0 +1,103 @@
+"""O2O's online loop around the learner (``glider.trainer.o2o``): play episodes through the
+server in a process pool, read what the server recorded, update, publish, and wait until the server
+has hot-swapped to what was published before the next iteration plays."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from glider.trainer.data.schema import Trajectory
+from glider.trainer.o2o import OnlineLearner
+
+log = logging.getLogger(__name__)
+
+
+def wait_for_versions(server: str, versions: dict[str, str], timeout: float) -> float:
+    """Block until the server's /readyz reports ``versions``; returns the seconds it took."""
+    from glider.clients.sdk import GliderClient
+
+    t0 = time.monotonic()
+    with GliderClient(server) as client:
+        while True:
+            health = client.ready()
+            if health is not None and all(health.adapters.get(n) == v for n, v in versions.items()):
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"server {server} did not swap to {versions} within {timeout:.0f}s "
+                                   f"(it serves {health.adapters if health else 'nothing'})")
+            time.sleep(0.2)
+
+
+def read_episodes(record_dir: Path, episode_ids: Sequence[str], timeout: float = 30.0) -> list[Trajectory]:
+    """The recorded trajectories of ``episode_ids``, once the server's writer has flushed their closing
+    records (each episode ends with a ``done`` record)."""
+    from glider.trainer.data.logs import log_files, read_records, trajectories_from_records
+
+    wanted = set(episode_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for r in read_records(log_files(record_dir, include_open=True)) if r["episode_id"] in wanted]
+        closed = {r["episode_id"] for r in records if r.get("done")}
+        if closed >= wanted or time.monotonic() > deadline:
+            if closed < wanted:
+                log.warning("episodes %s not closed in the logs after %.0fs; using what is there",
+                            sorted(wanted - closed), timeout)
+            return trajectories_from_records(records)
+        time.sleep(0.2)
+
+
+def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir: Path = Path(".glider/games"),
+            on_iteration=None, before_publish=None) -> list[dict]:
+    """Play → record → update → publish → swap, ``cfg.iterations`` times (0: until stopped); returns
+    the learning curve.  ``before_publish()`` may raise to stop before anything is published (a
+    trainer that lost its leader lock)."""
+    import itertools
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from glider.clients.play import PlayJob, play_job
+
+    cfg = learner.cfg
+    curve: list[dict] = []
+    played = 0
+    learner.out_dir.mkdir(parents=True, exist_ok=True)
+    iterations = itertools.count() if cfg.iterations == 0 else range(cfg.iterations)
+    with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
+        for it in iterations:
+            t0 = time.monotonic()
+            # variations wrap around: a long (or endless) run replays the split from its start
+            jobs = [PlayJob("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps,
+                            Path(games_dir), wrap=True) for task, pos in cfg.schedule(it)]
+            reports = list(pool.map(play_job, jobs))
+            played += len(reports)
+            play_s = time.monotonic() - t0
+            trajs = read_episodes(record_dir, [r.episode_id for r in reports])
+            t1 = time.monotonic()
+            stats = learner.update(trajs)
+            if before_publish is not None:
+                before_publish()
+            versions = learner.publish(it + 1)
+            train_s = time.monotonic() - t1
+            swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)
+            point = {**stats, "iteration": it, "episodes": played,  # cumulative online episodes
+                     "score": sum(max(0.0, r.score) for r in reports) / len(reports),
+                     "best": sum(max(0.0, r.max_score) for r in reports) / len(reports),
+                     "tasks": {r.task_name: max(0.0, r.score) for r in reports},
+                     "versions": versions, "play_s": play_s, "train_s": train_s, "swap_s": swap_s}
+            curve.append(point)
+            (learner.out_dir / "curve.json").write_text(json.dumps(curve, indent=2, default=str))
+            log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,
+                     point["score"], len(reports), versions, swap_s)
+            if on_iteration is not None:
+                on_iteration(point)
+    return curve
+
+
+def area_under_curve(curve: Sequence[dict]) -> float:
+    """Mean score over the online episodes played (the curve's area per episode), ×100."""
+    total = sum(p["score"] * (p["episodes"] - (curve[i - 1]["episodes"] if i else 0)) for i, p in enumerate(curve))
+    return 100 * total / max(1, curve[-1]["episodes"]) if curve else float("nan")
