@@ -29,12 +29,12 @@ from glider.clients.evaluate import EvalConfig, run_episodes, table_markdown, wr
 from glider.clients.protocols import load_plan
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.policy.controller import HierarchyConfig
+from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.critic import CriticConfig
 from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.data.logs import trajectories_from_logs
 from glider.trainer.orl import ORLConfig, run_orl
-from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.training import TrainConfig
 from tqdm import tqdm
 from train_throughput import step_times

@@ -39,8 +39,8 @@ from glider.clients.evaluate import (
     write_report,
 )
 from glider.clients.protocols import load_plan, plan_path
-from glider.trainer.pipeline import Recipe, ensure_trained
 from glider.server.policy.modes import ADAPTER_ROLES
+from glider.trainer.pipeline import Recipe, ensure_trained
 from tqdm import tqdm
 
 LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)"}

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 
 from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import AdapterRegistry
-from glider.v1.rest import EPISODE_ID_PATTERN, TASK_PATTERN, Sampling
 from glider.server.backends.base import Backend, BackendError, GenerationSpec
 from glider.server.errors import EpisodeFinished, InvalidInput, StepMismatch
 from glider.server.metrics import Metrics
@@ -33,6 +32,7 @@ from glider.server.policy.state import LastAnswer
 from glider.server.settings import Settings
 from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
+from glider.v1.rest import EPISODE_ID_PATTERN, TASK_PATTERN, Sampling
 
 log = logging.getLogger(__name__)
 

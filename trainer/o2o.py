@@ -26,21 +26,19 @@ stays frozen unless ``adapt_executor`` (the paper adapts the high level).
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from glider.server.policy.controller import HierarchyConfig
-from glider.trainer.rl import CriticConfig, RLMethod
+from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.data.schema import Trajectory
+from glider.trainer.rl import CriticConfig, RLMethod
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_decisions
-from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.sft import episodes_for
 
 log = logging.getLogger(__name__)

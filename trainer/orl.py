@@ -32,12 +32,12 @@ from pathlib import Path
 
 from glider.server.adapters.registry import AdapterRegistry, base_model_identity
 from glider.server.policy.controller import HierarchyConfig
-from glider.trainer.rl import CriticConfig
+from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.data.hierarchy import Annotator, SegmentationConfig
 from glider.trainer.data.schema import Trajectory
 from glider.trainer.lora import LoraSettings
+from glider.trainer.rl import CriticConfig
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_decisions
-from glider.server.policy.modes import ADAPTER_ROLES
 from glider.trainer.sft import episodes_for, sft_lora
 from glider.trainer.training import TrainConfig, run_fingerprint, train
 

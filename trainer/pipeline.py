@@ -111,10 +111,10 @@ def sft_is_current(registry_root: Path, model_dir: Path, names: list[str]) -> bo
 def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict:
     """Run whatever steps of the recipe are not done yet; returns what each step did."""
     from glider.server.policy.controller import HierarchyConfig
+    from glider.server.policy.modes import ADAPTER_ROLES
     from glider.trainer.backbone import build_backbone, is_backbone
     from glider.trainer.data.collect import collect, load_collected
     from glider.trainer.data.hierarchy import SegmentationConfig, split_by_group
-    from glider.server.policy.modes import ADAPTER_ROLES
     from glider.trainer.sft import SFTConfig, run_sft
     from glider.trainer.warmup import data_key, warmup_backbone, warmup_info
 

@@ -27,7 +27,6 @@ from glider.trainer.data.schema import Trajectory
 from glider.trainer.sequences import TokenSequence, transcript
 from glider.trainer.training import TrainConfig, evaluate_loss, run_fingerprint, train
 
-
 #: the standalone warm-up's optimiser settings (``glider train warmup``; the recipes set their own)
 WARMUP = TrainConfig(lr=1e-3, epochs=4.0, batch_tokens=8192)
 

@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from glider.clients.cli._common import console, default_help, given, require, settings, setup_logging, split_list
+from glider.clients.cli._common import (
+    console,
+    default_help,
+    given,
+    require,
+    settings,
+    setup_logging,
+    split_list,
+)
 from glider.trainer.backbone import BackboneConfig
 
 app = typer.Typer(no_args_is_help=True, help="The embedded tiny backbone.")

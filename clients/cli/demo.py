@@ -9,7 +9,15 @@ import time
 from typing import Annotated
 
 import typer
-from glider.clients.cli._common import adapter_tag, console, free_port, require, settings, setup_logging, wait_ready
+from glider.clients.cli._common import (
+    adapter_tag,
+    console,
+    free_port,
+    require,
+    settings,
+    setup_logging,
+    wait_ready,
+)
 from glider.clients.cli.adapters import adapters_init
 from glider.clients.cli.backbone import backbone_build
 from rich.table import Table

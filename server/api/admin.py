@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Path
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from glider.server.adapters.registry import NAME_PATTERN, VERSION_PATTERN
 from glider.server.agent import Agent
-from glider.v1.rest import ErrorResponse
 from glider.server.errors import Forbidden, Unauthorized
+from glider.v1.rest import ErrorResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 _bearer = HTTPBearer(auto_error=False, description="GLIDER_ADMIN_TOKEN")

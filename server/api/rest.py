@@ -16,6 +16,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from glider.server.agent import Agent
 from glider.server.api.admin import admin_router
+from glider.server.errors import ERROR_TABLE, classify
+from glider.server.policy.state import EpisodeState, Segment
 from glider.v1.rest import (
     ActRequest,
     ActResponse,
@@ -26,8 +28,6 @@ from glider.v1.rest import (
     SegmentView,
     TurnView,
 )
-from glider.server.errors import ERROR_TABLE, classify
-from glider.server.policy.state import EpisodeState, Segment
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 

@@ -11,7 +11,13 @@ from glider.server.policy.controller import (
     PolicyRequest,
     StepDecision,
 )
-from glider.server.policy.modes import ADAPTER_FOR_ROLE, ADAPTER_ROLES, ALL_ADAPTERS, PolicyMode, Role
+from glider.server.policy.modes import (
+    ADAPTER_FOR_ROLE,
+    ADAPTER_ROLES,
+    ALL_ADAPTERS,
+    PolicyMode,
+    Role,
+)
 from glider.server.policy.prompts import (
     executor_prompt,
     flat_prompt,

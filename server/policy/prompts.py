@@ -30,7 +30,6 @@ from collections.abc import Iterable, Sequence
 from glider.server.policy.modes import Role
 from glider.server.policy.state import Segment, Turn
 
-
 #: role markers: the first line of each prompt; special tokens in the embedded tokenizer
 ROLE_MARKERS = {Role.planner: "<|planner|>", Role.executor: "<|executor|>", Role.flat: "<|flat|>"}
 #: special tokens of the embedded backbone (role markers + sequence boundaries)

@@ -84,7 +84,6 @@ def test_quick_plans_are_cut_from_the_glider_plan():
 def test_tune_plan_touches_no_reported_episode_and_no_training_variation(variations):
     from glider.trainer.data.collect import recipe_counts, spread
     from glider.trainer.data.hierarchy import is_held_out
-
     from glider.trainer.pipeline import full_recipe_variations
 
     tune, glider = load_plan("tune"), load_plan("glider")

@@ -114,8 +114,8 @@ def test_blank_tasks_mean_the_same_to_schema_pydantic_and_agent(fuzz_app):
     import re
 
     import httpx
-    from glider.v1.rest import TASK_PATTERN, EpisodeCreate
     from glider.server.errors import InvalidInput
+    from glider.v1.rest import TASK_PATTERN, EpisodeCreate
     from pydantic import ValidationError
 
     agent = fuzz_app.agent
