@@ -6,7 +6,7 @@ figure (each a ratio or a count measured side by side within its bench), and eac
 `quick` runs each bench with smaller counts (about 20 minutes on 2 cores: 19 min on 2026-11-26); `full` uses each
 bench's own defaults and adds the 20-minute soak. train_throughput measures training speed on a
 small slice of expert data; the training-quality benches (quality, orl_ablation, o2o) train for
-tens of minutes each and report in the README's Results sections. `--only` runs any subset by name.
+tens of minutes each and report in docs/results.md. `--only` runs any subset by name.
 """
 
 from __future__ import annotations
