@@ -4,7 +4,10 @@ A split's score is a mean of family means (macro) or of episodes (micro), and
 its families are fixed by the protocol, so the bootstrap is **stratified**:
 each replicate resamples episodes with replacement *within* each family (keeping
 the family's episode count) and recomputes the aggregate.  The 95 % interval is
-the replicates' 2.5th and 97.5th percentiles.
+the replicates' 2.5th and 97.5th percentiles. A family with a single episode has no
+within-family spread to resample, so on its own it would add none (the quick protocol, one
+episode per family, would get a zero-width interval); families with one episode are therefore
+pooled into one stratum ("collapsed strata"), each drawing its episode from the pool.
 
 A comparison of two agents pairs them episode by episode (same split, family and
 variation: both played the same plan), bootstraps the per-episode differences
@@ -63,7 +66,16 @@ def bootstrap(by_family: Mapping[str, Sequence[float]], how: str = "macro", *, n
     if not groups:
         return Estimate(point, float("nan"), float("nan"), float("nan"), 0)
     rng = np.random.default_rng(seed)
-    family_means = np.stack([g[rng.integers(0, len(g), size=(n_boot, len(g)))].mean(axis=1) for g in groups])
+    singles = [g for g in groups if len(g) == 1]
+    collapse = len(singles) >= 2  # collapsed strata: the one-episode families resample from their pool
+    if collapse:
+        groups = [g for g in groups if len(g) > 1] + singles
+    rows = [g[rng.integers(0, len(g), size=(n_boot, len(g)))].mean(axis=1)
+            for g in (groups[:len(groups) - len(singles)] if collapse else groups)]
+    if collapse:
+        pool = np.concatenate(singles)
+        rows += list(pool[rng.integers(0, len(pool), size=(len(singles), n_boot))])
+    family_means = np.stack(rows)
     if how == "macro":
         replicates = family_means.mean(axis=0)
     else:  # each family keeps its size, so the micro mean is the size-weighted mean of family means

@@ -44,6 +44,17 @@ def test_constant_table_has_a_zero_width_interval():
     assert not bootstrap({"a": [-10, 10]}, "macro").excludes_zero()
 
 
+def test_one_episode_per_family_is_resampled_from_the_pooled_families():
+    # the quick protocol: 1 episode per family. Within-family resampling would give a zero-width interval;
+    # pooled, each family draws from {0, 100}, so the macro mean of 2 families is 0, 50, 100 w.p. 1/4, 1/2, 1/4
+    est = bootstrap({"a": [0], "b": [100]}, "macro", n_boot=20_000, seed=3)
+    assert est.mean == 50 and (est.low, est.high) == (0, 100)
+    assert est.se == pytest.approx(math.sqrt(0.5 * 50**2), rel=0.03)
+    # a family with several episodes keeps its own stratum beside the pooled ones
+    mixed = bootstrap({"a": [0], "b": [100], "c": [40, 40]}, "macro", n_boot=20_000, seed=3)
+    assert mixed.mean == pytest.approx(140 / 3) and mixed.high - mixed.low == pytest.approx(100 / 3 * 2)
+
+
 def test_paired_difference_with_its_interval_and_mde():
     a = {("a", "1"): 0, ("a", "2"): 100, ("b", "1"): 50, ("b", "only-a"): 30}
     b = {("a", "1"): 100, ("a", "2"): 100, ("b", "1"): 50}
