@@ -92,8 +92,8 @@ class Settings(BaseSettings):
                                                         "ask for its own (REST/gRPC `sampling`).")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of sampled generations.")
     episode_max_temperature: float = Field(
-        2.0, ge=0.0, description="Highest temperature an episode's own `sampling` may ask for (0: episodes "
-                                 "cannot ask for sampling; the server's setting still applies).")
+        2.0, ge=0.0, description="Highest temperature an episode's own `sampling` may ask for (0: none above "
+                                 "greedy; the server's own temperature and its retries still apply).")
     retry_temperature: float = Field(0.8, gt=0.0)
     fallback_action: str = "look around"
     fallback_subgoal: str = "explore the surroundings"

@@ -95,3 +95,13 @@ def test_the_linter_sees_every_import_in_the_source():
 def test_the_linter_resolves_our_folders(module):
     graph = grimp.build_graph(*PARTS.values())
     assert module in graph.modules
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """setuptools installs only the packages pyproject.toml lists: an editable install finds a missing
+    one anyway (through package-dir), the images' regular install does not."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(init) for folder in PARTS for init in (ROOT / folder).rglob("__init__.py")}
+    assert folders == listed, (sorted(folders - listed), sorted(listed - folders))

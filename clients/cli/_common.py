@@ -12,15 +12,18 @@ from rich.console import Console
 
 console = Console()
 
-#: the extra that brings each command group's dependencies, and a module that proves it is installed
-EXTRAS = {"server": ("fastapi", "uvicorn", "pydantic_settings"), "train": ("torch", "transformers", "peft"),
-          "envs": ("scienceworld", "numpy")}
+#: each extra, and modules whose presence shows it is installed
+EXTRAS = {"server": ("fastapi", "uvicorn", "pydantic_settings"),
+          "train": ("torch", "transformers", "peft", "pydantic_settings"),
+          "envs": ("scienceworld", "numpy", "pydantic_settings")}
 
 
-def require(*extras: str, command: str) -> None:
+def require(*extras: str, command: str, modules: tuple[str, ...] | None = None) -> None:
     """Exit with the pip command to run when a command needs an extra this install lacks (the base
-    install carries only the SDK and its contract), instead of a traceback deep in an import."""
-    missing = [e for e in extras if any(importlib.util.find_spec(m) is None for m in EXTRAS[e])]
+    install carries only the SDK and its contract), instead of a traceback deep in an import.
+    ``modules``: what the command really imports, when that is less than the whole extra. Called at
+    the top of each command (not in a group callback, which would also refuse ``--help``)."""
+    missing = [e for e in extras if any(importlib.util.find_spec(m) is None for m in (modules or EXTRAS[e]))]
     if missing:
         console.print(f"[red]error:[/red] `glider {command}` needs the {', '.join(missing)} "
                       f"extra{'s' if len(missing) > 1 else ''}: pip install 'glider[{','.join(missing)}]'")

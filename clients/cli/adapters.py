@@ -14,10 +14,6 @@ from rich.table import Table
 app = typer.Typer(no_args_is_help=True, help="LoRA adapters in the registry.")
 
 
-@app.callback()
-def _needs_extras() -> None:
-    require("server", command="adapters")
-
 
 @app.command("init")
 def adapters_init(
@@ -75,6 +71,7 @@ def adapters_publish(
     keep: Annotated[int | None, typer.Option(help="Prune to this many versions afterwards.")] = None,
 ):
     """Publish SOURCE as the next version of an adapter; servers watching the registry swap to it."""
+    require("server", command="adapters publish")
     from glider.server.adapters.registry import InvalidAdapter
     from glider.trainer.publish import publish_adapter
 
@@ -92,6 +89,7 @@ def adapters_list(
     adapters: Annotated[Path | None, typer.Option(help="Registry root (GLIDER_ADAPTERS).")] = None,
 ):
     """Adapters in the registry, their versions and which one is current."""
+    require("server", command="adapters list")
     from glider.server.adapters.registry import AdapterNotFound, AdapterRegistry
 
     registry = AdapterRegistry(settings(adapters=adapters).adapters_dir())
@@ -112,6 +110,7 @@ def adapters_prune(
     adapters: Annotated[Path | None, typer.Option(help="Registry root (GLIDER_ADAPTERS).")] = None,
 ):
     """Delete old adapter versions."""
+    require("server", command="adapters prune")
     from glider.server.adapters.registry import AdapterRegistry
 
     registry = AdapterRegistry(settings(adapters=adapters).adapters_dir())

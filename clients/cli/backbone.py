@@ -21,10 +21,6 @@ app = typer.Typer(no_args_is_help=True, help="The embedded tiny backbone.")
 BACKBONE = BackboneConfig()
 
 
-@app.callback()
-def _needs_extras() -> None:
-    require("train", "envs", command="backbone")
-
 
 @app.command("build")
 def backbone_build(
@@ -42,6 +38,7 @@ def backbone_build(
     force: bool = False,
 ):
     """Build the embedded backbone from ScienceWorld text, deterministically from SEED."""
+    require("train", "envs", command="backbone build")
     from glider.trainer.backbone import build_backbone, is_backbone
 
     setup_logging()

@@ -13,10 +13,6 @@ from rich.table import Table
 app = typer.Typer(no_args_is_help=True, help="Expert trajectories and the hierarchical datasets.")
 
 
-@app.callback()
-def _needs_extras() -> None:
-    require("train", "envs", command="data")
-
 
 def expert_root(data: Path | None) -> Path:
     return data if data is not None else settings().home / "data" / "expert"
@@ -76,6 +72,7 @@ def data_collect(
                                                   "--perturb, <home>/data/perturbed).")] = None,
 ):
     """Replay gold action sequences and cache every step on disk (resumable); --perturb for suboptimal replays."""
+    require("envs", command="data collect")
     import time
 
     from glider.trainer.data.collect import collect, recipe_counts
@@ -133,6 +130,7 @@ def data_build(
     llm_model: str | None = None,
 ):
     """Segment trajectories into subgoals and write D^h, D^l and the flat dataset, split by variation."""
+    require("train", command="data build")
     from glider.trainer.data.hierarchy import (
         SegmentationConfig,
         annotate,

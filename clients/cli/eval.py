@@ -19,10 +19,6 @@ from rich.markdown import Markdown
 app = typer.Typer(no_args_is_help=True, help="Evaluate agents on the papers' protocols, with CIs.")
 
 
-@app.callback()
-def _needs_extras() -> None:
-    require("envs", command="eval")
-
 
 def _custom_plan(env: str, tasks: str, episodes: int, seed: int, splits: str, max_steps: int):
     """An ad-hoc plan (``--protocol custom``): N variations per family drawn from a seed."""
@@ -71,6 +67,7 @@ def run_command(
     = "http://127.0.0.1:8000",
 ):
     """Play a protocol's plan through a server and print the paper's table with 95 % CIs."""
+    require("envs", command="eval run")
     from glider.clients.evaluate import (
         EvalConfig,
         parse_checkpoint,
@@ -156,6 +153,7 @@ def compare_command(
 ):
     """B − A paired episode by episode: per split the difference with its 95 % CI and the minimum
     detectable difference at 80 % power, and the per-family differences."""
+    require("envs", command="eval compare", modules=("numpy",))
     from glider.clients.evaluate import compare_runs, comparison_markdown
 
     try:
@@ -178,8 +176,7 @@ def plan_command(
     = None,
 ):
     """Build a protocol's plan file from the papers' sources (a maintainer's command: plans are committed)."""
-    if protocol == "tune":  # which train variations the recipes collect comes from the trainer
-        require("train", command="eval plan --protocol tune")
+    require("envs", command="eval plan")
     from glider.clients.protocols import (
         build_eto_plan,
         build_glider_plan,

@@ -42,7 +42,7 @@ def _parameters() -> list[inspect.Parameter]:
         kind = _flag_type(field.annotation)
         flag = "--" + name.replace("_", "-")
         decls = (f"{flag}/--no-{flag[2:]}",) if kind is bool else (flag,)
-        default = field.default if not field.is_required() else "required"
+        default = getattr(field.default, "value", field.default) if not field.is_required() else "required"
         shown = "(secret)" if "Secret" in str(field.annotation) else default
         text = f"{field.description or ''} [env GLIDER_{name.upper()}; default {shown}]".strip()
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,

@@ -23,10 +23,6 @@ app = typer.Typer(no_args_is_help=True, help="Training stages (the trainer sidec
 SFT, ORL, CRITIC, O2O = SFTConfig(), ORLConfig(), CriticConfig(), O2OConfig()
 
 
-@app.callback()
-def _needs_extras() -> None:
-    require("train", "envs", command="train")
-
 
 def _opt(text: str, default) -> typer.models.OptionInfo:
     return typer.Option(help=default_help(text, default))
@@ -48,6 +44,7 @@ def train_warmup(
     out: Annotated[Path | None, typer.Option(help="Checkpoints and logs (<home>/runs/warmup).")] = None,
 ):
     """Pre-train the embedded tiny backbone on environment transcripts (real backbones skip this)."""
+    require("train", command="train warmup")
     from glider.trainer.warmup import warmup_backbone
 
     s = settings(model=model)
@@ -95,6 +92,7 @@ def train_sft(
     = None,
 ):
     """Behaviour cloning of the planner and executor (or the shared / flat adapter) with LoRA."""
+    require("train", command="train sft")
     from glider.server.policy.controller import HierarchyConfig
     from glider.trainer.data.hierarchy import SegmentationConfig
     from glider.trainer.sft import run_sft
@@ -160,6 +158,7 @@ def train_orl(
     = None,
 ):
     """Offline RL: Q/V critic (TD + expectile) and advantage-weighted actor, per level, on expert + suboptimal data."""
+    require("train", command="train orl")
     from glider.server.policy.controller import HierarchyConfig
     from glider.trainer.data.hierarchy import SegmentationConfig
     from glider.trainer.orl import run_orl
@@ -232,6 +231,7 @@ def train_o2o(
     """Offline-to-online: play through the server, learn from what it recorded, publish, hot-swap, repeat.
 
     --iterations 0 runs until stopped (the trainer sidecar)."""
+    require("train", "envs", command="train o2o")
     from glider.clients.envs.scienceworld import TASK_FAMILIES
     from glider.server.policy.controller import HierarchyConfig
     from glider.trainer.o2o import OnlineLearner

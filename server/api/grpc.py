@@ -118,8 +118,12 @@ class AgentServicer(pb_grpc.AgentServicer):
                     start = event.start
                     if start.episode_id:
                         await self.agent.create_episode(start.task, start.episode_id, _sampling(start))
-                        result = await self.agent.act(observation=start.observation,
-                                                      episode_id=start.episode_id)
+                        try:
+                            result = await self.agent.act(observation=start.observation,
+                                                          episode_id=start.episode_id)
+                        except Exception:  # refused or failed: leave nothing behind, as REST does
+                            await self.agent.delete_episode(start.episode_id)
+                            raise
                     else:
                         result = await self.agent.act(observation=start.observation, task=start.task,
                                                       sampling=_sampling(start))

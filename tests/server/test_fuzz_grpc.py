@@ -244,3 +244,21 @@ async def test_an_episode_carries_its_sampling_over_grpc(grpc_target):
             await stub.Act(pb.ActRequest(episode_id=reply.episode_id, observation="x", sampling=own))
         assert err.value.code() == S.INVALID_ARGUMENT and "sampling" in err.value.details()
         assert len(agent.store._episodes) == episodes
+
+
+async def test_a_refused_stream_start_leaves_no_episode(grpc_target):
+    """A `start` that names its id and is then refused (observation over the limit) creates nothing,
+    as the same step over REST would not."""
+    target, agent, _ = grpc_target
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.AgentStub(channel)
+
+        async def start():
+            yield pb.EpisodeEvent(start=pb.EpisodeStart(task="boil water", observation="x" * 1001,
+                                                        episode_id="refused-1"))
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            [r async for r in stub.Episode(start())]
+        assert err.value.code() == S.INVALID_ARGUMENT and "observation" in err.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetEpisode(pb.GetEpisodeRequest(episode_id="refused-1"))
+        assert err.value.code() == S.NOT_FOUND
