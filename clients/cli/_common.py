@@ -9,6 +9,7 @@ import time
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 
@@ -25,8 +26,9 @@ def require(*extras: str, command: str, modules: tuple[str, ...] | None = None) 
     the top of each command (not in a group callback, which would also refuse ``--help``)."""
     missing = [e for e in extras if any(importlib.util.find_spec(m) is None for m in (modules or EXTRAS[e]))]
     if missing:
+        install = escape(f"pip install 'glider[{','.join(missing)}]'")  # [..] is not rich markup here
         console.print(f"[red]error:[/red] `glider {command}` needs the {', '.join(missing)} "
-                      f"extra{'s' if len(missing) > 1 else ''}: pip install 'glider[{','.join(missing)}]'")
+                      f"extra{'s' if len(missing) > 1 else ''}: {install}", soft_wrap=True)  # copyable: one line
         raise typer.Exit(2)
 
 

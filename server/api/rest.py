@@ -287,6 +287,10 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
                 for option in task.get("anyOf", [task]):
                     if option.get("type") == "string":
                         option["maxLength"] = limits.max_task_chars
+            temperature = models["Sampling"]["properties"]["temperature"]
+            for option in temperature.get("anyOf", [temperature]):
+                if option.get("type") == "number":
+                    option["maximum"] = limits.episode_max_temperature
             app.openapi_schema = schema
         return app.openapi_schema
 
