@@ -169,7 +169,7 @@ def expert_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("expert")
     counts = collect(root, tasks=["find-plant"], per_task=1, workers=1, progress=False)
-    assert counts["played"] == 1
+    assert counts.played == 1
     return root
 
 

@@ -94,8 +94,8 @@ def data_collect(
                      workers=workers, max_steps=max_steps, offset=offset, games_dir=settings().home / "games",
                      perturb=perturb)
     size = sum(f.stat().st_size for f in (root / env / split).rglob("*.json"))
-    console.print(f"{env} {split}: played {counts['played']} ({counts['steps']} steps) in "
-                  f"{time.monotonic() - started:.0f}s, {counts['cached']} cached; cache {size / 2**20:.1f} MiB "
+    console.print(f"{env} {split}: played {counts.played} ({counts.steps} steps) in "
+                  f"{time.monotonic() - started:.0f}s, {counts.cached} cached; cache {size / 2**20:.1f} MiB "
                   f"-> {root / env / split}")
 
 

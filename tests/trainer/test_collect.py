@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 def test_textworld_walkthrough_collection(tmp_path):
     counts = collect(tmp_path / "expert", env="textworld", tasks=["tw-cooking"], per_task=1, workers=1,
                      games_dir=tmp_path / "games", progress=False)
-    assert counts["played"] == 1
+    assert counts.played == 1
     (traj,) = load_collected(tmp_path / "expert", env="textworld")
     assert traj.task_name == "tw-cooking" and traj.task
     # the walkthrough wins the game: the score reaches the maximum and the episode ends
@@ -56,7 +56,7 @@ def test_perturbed_replays_take_detours_and_keep_real_rewards(tmp_path, expert_r
 
     counts = collect(tmp_path / "perturbed", tasks=["find-plant"], per_task=1, workers=1, perturb=0.5,
                      max_steps=30, progress=False)
-    assert counts["played"] == 1
+    assert counts.played == 1
     (traj,) = load_collected(tmp_path / "perturbed")
     assert traj.source == "perturbed-0.5" and traj.id.endswith("/perturbed-0.5")
     gold = [s.action for s in gold_trajectory.steps]
@@ -70,7 +70,7 @@ def test_perturbed_replays_take_detours_and_keep_real_rewards(tmp_path, expert_r
     assert len(traj.steps) <= 30
     # the same replay again is cached, not replayed
     assert collect(tmp_path / "perturbed", tasks=["find-plant"], per_task=1, workers=1, perturb=0.5,
-                   progress=False)["cached"] == 1
+                   progress=False).cached == 1
 
 
 def test_variations_are_taken_spread_over_the_split_and_loaded_alike(tmp_path):

@@ -32,6 +32,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -218,10 +219,19 @@ def textworld_jobs(root: Path, split: str, families: list[str] | None, per_task:
 
 
 # --- driver --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CollectCounts:
+    """What one ``collect`` call did."""
+
+    played: int  # trajectories played now
+    cached: int  # trajectories already in the cache (resumed, not replayed)
+    steps: int  # environment steps played now
+
+
 def collect(root: Path, *, env: str = "scienceworld", split: str = "train", tasks: list[str] | None = None,
             per_task: PerTask = 5, workers: int = 2, max_steps: int = 100, offset: int = 0,
-            games_dir: Path = Path(".glider/games"), perturb: float = 0.0, progress: bool = True) -> dict:
-    """Collect expert trajectories (resuming), return counts {"played", "cached", "steps"}.
+            games_dir: Path = Path(".glider/games"), perturb: float = 0.0, progress: bool = True) -> CollectCounts:
+    """Collect expert trajectories (resuming); returns what was played and what was cached.
 
     ``perturb`` = ε > 0 collects perturbed replays instead (ScienceWorld; keep them under their own ``root``).
     """
@@ -249,7 +259,7 @@ def collect(root: Path, *, env: str = "scienceworld", split: str = "train", task
                     steps += n
                     bar.update(1)
                     bar.set_postfix(steps=steps)
-    return {"played": len(jobs), "cached": cached, "steps": steps}
+    return CollectCounts(played=len(jobs), cached=cached, steps=steps)
 
 
 def load_collected(root: Path, env: str = "scienceworld", split: str = "train",
