@@ -22,6 +22,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from common import ROOT, ServerProcess, machine, settings
@@ -31,7 +32,7 @@ from glider.trainer.critic import CriticConfig
 from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.o2o import O2OConfig, OnlineLearner
-from glider.trainer.online import area_under_curve, run_o2o
+from glider.trainer.online import IterationPoint, area_under_curve, run_o2o
 from glider.trainer.pipeline import SLOW_TASKS, sft_is_current
 from glider.trainer.sft import SFTConfig, run_sft
 from glider.trainer.training import TrainConfig
@@ -39,7 +40,7 @@ from glider.trainer.training import TrainConfig
 ONLINE = "find-plant,find-non-living-thing,lifespan-shortest-lived,power-component-renewable-vs-nonrenewable-energy"
 
 
-def plot(curves: dict[str, list[dict]], out: Path) -> None:
+def plot(curves: dict[str, list[IterationPoint]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +48,7 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for method, curve in curves.items():
-        ax.plot([0] + [p["episodes"] for p in curve], [100 * curve[0]["score"]] + [100 * p["score"] for p in curve],
+        ax.plot([0] + [p.episodes for p in curve], [100 * curve[0].score] + [100 * p.score for p in curve],
                 marker="o", label=f"{method} (AUC {area_under_curve(curve):.1f})", drawstyle="steps-pre")
     ax.set_xlabel("online episodes")
     ax.set_ylabel("score of the episodes played (×100)")
@@ -83,12 +84,13 @@ def main() -> None:
     out = args.out or args.home / "report"
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        curves = json.loads((out / "curves.json").read_text())
+        curves = {m: [IterationPoint.from_json(pt) for pt in c]
+                  for m, c in json.loads((out / "curves.json").read_text()).items()}
         for curve in curves.values():  # curves written before the key fix held per-iteration counts
-            if len(curve) > 1 and curve[1]["episodes"] <= curve[0]["episodes"]:
+            if len(curve) > 1 and curve[1].episodes <= curve[0].episodes:
                 for i, pt in enumerate(curve):
-                    pt["episodes"] = (i + 1) * args.episodes
-        timings = {m: sum(pt["play_s"] + pt["train_s"] + pt["swap_s"] for pt in c) / 60 for m, c in curves.items()}
+                    pt.episodes = (i + 1) * args.episodes
+        timings = {m: sum(pt.play_s + pt.train_s + pt.swap_s for pt in c) / 60 for m, c in curves.items()}
         trajs = load_collected(args.data, "scienceworld", "train", offline_tasks, args.per_task)
         offline = load_collected(args.data, "scienceworld", "train", offline_tasks, args.offline_per_task)
         report(curves, timings, out, args, online, offline_tasks, trajs, offline)
@@ -131,9 +133,9 @@ def main() -> None:
                                     hierarchy=HierarchyConfig.from_settings(s))
             curves[method] = run_o2o(server.url, records, learner, games_dir=args.home / "games",
                                      on_iteration=lambda pt, m=method: print(
-                                         f"{m} iteration {pt['iteration']}: score {100 * pt['score']:.1f} "
-                                         f"({pt['play_s']:.0f}s play, {pt['train_s']:.0f}s train, "
-                                         f"{pt['swap_s']:.1f}s swap)", flush=True))
+                                         f"{m} iteration {pt.iteration}: score {100 * pt.score:.1f} "
+                                         f"({pt.play_s:.0f}s play, {pt.train_s:.0f}s train, "
+                                         f"{pt.swap_s:.1f}s swap)", flush=True))
             timings[method] = (time.monotonic() - t0) / 60
         finally:
             server.close()
@@ -142,7 +144,8 @@ def main() -> None:
 
 def report(curves, timings, out: Path, args, online, offline_tasks, trajs, offline) -> None:
     plot(curves, out / "curves.png")
-    (out / "curves.json").write_text(json.dumps(curves, indent=2, default=str))
+    (out / "curves.json").write_text(json.dumps({m: [asdict(pt) for pt in c] for m, c in curves.items()}, indent=2,
+                                                default=str))
     lines = [f"# O2O on held-out families ({machine()})\n",
              f"Offline: hierarchical SFT (separate adapters) on {len(trajs)} expert trajectories of "
              f"{len(offline_tasks)} families; online: {', '.join(online)} ({args.iterations} iterations × "
@@ -152,13 +155,13 @@ def report(curves, timings, out: Path, args, online, offline_tasks, trajs, offli
              "| method | AUC | first iteration | last iteration | best iteration | minutes |",
              "|---|---:|---:|---:|---:|---:|"]
     for method, curve in curves.items():
-        scores = [100 * pt["score"] for pt in curve]
+        scores = [100 * pt.score for pt in curve]
         lines.append(f"| {method} | {area_under_curve(curve):.2f} | {scores[0]:.1f} | {scores[-1]:.1f} | "
                      f"{max(scores):.1f} | {timings[method]:.1f} |")
     lines.append("\n| iteration | " + " | ".join(curves) + " |")
     lines.append("|---:|" + "---:|" * len(curves))
     for i in range(args.iterations):
-        lines.append(f"| {i} | " + " | ".join(f"{100 * c[i]['score']:.1f}" for c in curves.values()) + " |")
+        lines.append(f"| {i} | " + " | ".join(f"{100 * c[i].score:.1f}" for c in curves.values()) + " |")
     text = "\n".join(lines) + "\n"
     (out / "README.md").write_text(text)
     print(text)

@@ -8,12 +8,37 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from glider.trainer.data.schema import Trajectory
 from glider.trainer.o2o import OnlineLearner
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class IterationPoint:
+    """One point of the learning curve: what an iteration played, learnt and published."""
+
+    iteration: int
+    episodes: int  # online episodes played so far (cumulative)
+    score: float  # mean final score (clipped at 0) of this iteration's episodes
+    best: float  # mean best score reached in them
+    tasks: dict[str, float]  # task family -> score of its episode
+    versions: dict[str, str]  # adapter -> version published
+    play_s: float
+    train_s: float
+    swap_s: float  # until the server served what was published
+    update: dict = field(default_factory=dict)  # the learner's report (OnlineLearner.update)
+
+    @classmethod
+    def from_json(cls, data: dict) -> IterationPoint:
+        """From ``curve.json``; curves written before this class held the learner's report at the top level."""
+        names = {f.name for f in fields(cls)}
+        point = {k: v for k, v in data.items() if k in names}
+        point.setdefault("update", {k: v for k, v in data.items() if k not in names})
+        return cls(**point)
 
 
 def wait_for_versions(server: str, versions: dict[str, str], timeout: float) -> float:
@@ -51,7 +76,7 @@ def read_episodes(record_dir: Path, episode_ids: Sequence[str], timeout: float =
 
 
 def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir: Path = Path(".glider/games"),
-            on_iteration=None, before_publish=None) -> list[dict]:
+            on_iteration=None, before_publish=None) -> list[IterationPoint]:
     """Play → record → update → publish → swap, ``cfg.iterations`` times (0: until stopped); returns
     the learning curve.  ``before_publish()`` may raise to stop before anything is published (a
     trainer that lost its leader lock)."""
@@ -62,7 +87,7 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
     from glider.clients.play import PlayJob, play_job
 
     cfg = learner.cfg
-    curve: list[dict] = []
+    curve: list[IterationPoint] = []
     played = 0
     learner.out_dir.mkdir(parents=True, exist_ok=True)
     iterations = itertools.count() if cfg.iterations == 0 else range(cfg.iterations)
@@ -83,21 +108,21 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
             versions = learner.publish(it + 1)
             train_s = time.monotonic() - t1
             swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)
-            point = {**stats, "iteration": it, "episodes": played,  # cumulative online episodes
-                     "score": sum(max(0.0, r.score) for r in reports) / len(reports),
-                     "best": sum(max(0.0, r.max_score) for r in reports) / len(reports),
-                     "tasks": {r.task_name: max(0.0, r.score) for r in reports},
-                     "versions": versions, "play_s": play_s, "train_s": train_s, "swap_s": swap_s}
+            point = IterationPoint(iteration=it, episodes=played,
+                                   score=sum(max(0.0, r.score) for r in reports) / len(reports),
+                                   best=sum(max(0.0, r.max_score) for r in reports) / len(reports),
+                                   tasks={r.task_name: max(0.0, r.score) for r in reports}, versions=versions,
+                                   play_s=play_s, train_s=train_s, swap_s=swap_s, update=stats)
             curve.append(point)
-            (learner.out_dir / "curve.json").write_text(json.dumps(curve, indent=2, default=str))
+            (learner.out_dir / "curve.json").write_text(json.dumps([asdict(p) for p in curve], indent=2, default=str))
             log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,
-                     point["score"], len(reports), versions, swap_s)
+                     point.score, len(reports), versions, swap_s)
             if on_iteration is not None:
                 on_iteration(point)
     return curve
 
 
-def area_under_curve(curve: Sequence[dict]) -> float:
+def area_under_curve(curve: Sequence[IterationPoint]) -> float:
     """Mean score over the online episodes played (the curve's area per episode), ×100."""
-    total = sum(p["score"] * (p["episodes"] - (curve[i - 1]["episodes"] if i else 0)) for i, p in enumerate(curve))
-    return 100 * total / max(1, curve[-1]["episodes"]) if curve else float("nan")
+    total = sum(p.score * (p.episodes - (curve[i - 1].episodes if i else 0)) for i, p in enumerate(curve))
+    return 100 * total / max(1, curve[-1].episodes) if curve else float("nan")

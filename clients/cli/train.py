@@ -257,11 +257,11 @@ def train_o2o(
                 actor_lr=actor_lr, critic=given(defaults.critic, seed=seed), parallel=parallel, seed=seed)
     table = Table("iteration", "episodes", "score", "published", "play s", "train s", "swap s")
 
-    def show(point: dict) -> None:
-        console.print(f"iteration {point['iteration']}: score {100 * point['score']:.1f} -> {point['versions']}")
-        table.add_row(str(point["iteration"]), str(point["episodes"]), f"{100 * point['score']:.1f}",
-                      " ".join(f"{k}@{v}" for k, v in point["versions"].items()), f"{point['play_s']:.0f}",
-                      f"{point['train_s']:.0f}", f"{point['swap_s']:.1f}")
+    def show(point) -> None:
+        console.print(f"iteration {point.iteration}: score {100 * point.score:.1f} -> {point.versions}")
+        table.add_row(str(point.iteration), str(point.episodes), f"{100 * point.score:.1f}",
+                      " ".join(f"{k}@{v}" for k, v in point.versions.items()), f"{point.play_s:.0f}",
+                      f"{point.train_s:.0f}", f"{point.swap_s:.1f}")
 
     from glider.clients.sdk import GliderClient
     from glider.trainer.leader import LeaderLock, LeadershipLost

@@ -29,14 +29,14 @@ def test_one_o2o_iteration_is_served_by_the_next_episode(method, swap_server, sw
 
     point = curve[0]
     # the trainer consumed the episode the server recorded: its planner decisions reached the critic
-    assert point["episodes"] == point["new_episodes"] == 1 and point["roles"]["planner"]["decisions"] >= 1 + len(
+    assert point.episodes == point.update["new_episodes"] == 1 and point.update["roles"]["planner"]["decisions"] >= 1 + len(
         [d for d in learner.offline["planner"].decisions])
-    assert point["planner"]["actor_steps"] == 2
-    new = point["versions"]["planner"]
+    assert point.update["planner"]["actor_steps"] == 2
+    new = point.versions["planner"]
     assert new != before["planner"] and registry.current_version("planner") == new
     assert registry.get("planner").manifest["stage"] == f"o2o-{method}"
     assert registry.current_version("executor") == before["executor"]
-    assert area_under_curve(curve) == pytest.approx(100 * point["score"])
+    assert area_under_curve(curve) == pytest.approx(100 * point.score)
     # the loop returned only once the server had swapped: the next episode is served by the new planner
     with GliderClient(swap_server.url) as client:
         reply = client.act(observation=gold_trajectory.steps[0].observation, task=gold_trajectory.task)

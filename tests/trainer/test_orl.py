@@ -226,8 +226,10 @@ def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
 
 
 def test_area_under_the_curve_weights_each_iteration_by_its_episodes():
-    from glider.trainer.online import area_under_curve
+    from glider.trainer.online import IterationPoint, area_under_curve
 
-    curve = [{"episodes": 4, "score": 0.1}, {"episodes": 8, "score": 0.3}, {"episodes": 16, "score": 0.5}]
+    curve = [IterationPoint.from_json({"iteration": i, "episodes": n, "score": s, "best": s, "tasks": {}, "versions": {},
+                                       "play_s": 0, "train_s": 0, "swap_s": 0})
+             for i, (n, s) in enumerate([(4, 0.1), (8, 0.3), (16, 0.5)])]
     assert area_under_curve(curve) == pytest.approx(100 * (0.1 * 4 + 0.3 * 4 + 0.5 * 8) / 16)
     assert math.isnan(area_under_curve([]))
