@@ -24,6 +24,13 @@ SFT, ORL, CRITIC, O2O = SFTConfig(), ORLConfig(), CriticConfig(), O2OConfig()
 
 
 
+def _mode(shared: bool, flat: bool) -> str:
+    """The policy mode the --shared / --flat flags choose (neither: separate adapters)."""
+    if shared and flat:
+        raise typer.BadParameter("--shared and --flat exclude each other")
+    return "shared" if shared else "flat" if flat else "separate"
+
+
 def _opt(text: str, default) -> typer.models.OptionInfo:
     return typer.Option(help=default_help(text, default))
 
@@ -97,9 +104,7 @@ def train_sft(
     from glider.trainer.data.hierarchy import SegmentationConfig
     from glider.trainer.sft import run_sft
 
-    if shared and flat:
-        raise typer.BadParameter("--shared and --flat exclude each other")
-    mode = "shared" if shared else "flat" if flat else "separate"
+    mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
     trajs = trajectories(data, tasks, per_task_or_recipe(per_task, recipe), logs)
     defaults = SFTConfig()
@@ -163,11 +168,9 @@ def train_orl(
     from glider.trainer.data.hierarchy import SegmentationConfig
     from glider.trainer.orl import run_orl
 
-    if shared and flat:
-        raise typer.BadParameter("--shared and --flat exclude each other")
     if init not in ("sft", "scratch"):
         raise typer.BadParameter("sft | scratch", param_hint="--init")
-    mode = "shared" if shared else "flat" if flat else "separate"
+    mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
     if perturbed is None and perturbed_root(None).is_dir():
         perturbed = perturbed_root(None)

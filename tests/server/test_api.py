@@ -32,6 +32,7 @@ class ControlledBackend(Backend):
         super().__init__()
         self.gate: asyncio.Event | None = None
         self.fail = False
+        self.specs: list = []  # every generation asked for, in order
 
     async def start(self):
         self.ready = True
@@ -45,6 +46,7 @@ class ControlledBackend(Backend):
             await self.gate.wait()
         if self.fail:
             raise BackendError("engine unavailable")
+        self.specs.extend(specs)
         return [GenerationResult("look around; false", self._handle(s.adapter).version, 10, 4) for s in specs]
 
 
@@ -218,14 +220,7 @@ async def test_an_episode_samples_with_its_own_settings_and_greedy_ones_keep_the
     """Online RL plays sampled rollouts beside greedy evaluation on one server: each episode's
     `sampling` reaches the engine (seeded from its own seed, whatever its id), the others' do not."""
     client, backend, agent = api
-    seen = []
-    generate = backend.generate
-
-    async def recording(specs):
-        seen.extend(specs)
-        return await generate(specs)
-
-    backend.generate = recording
+    seen = backend.specs
     agent.recorder = TrajectoryRecorder(tmp_path / "episodes")
     agent.recorder.start()
     own = {"temperature": 0.7, "top_p": 0.9, "seed": 42}
