@@ -17,10 +17,17 @@ episodes, so Redis Cluster is not supported.
 Leases are owned: ``acquire`` remembers its token in this process, ``commit`` and ``release``
 only touch a lease that carries it.  A step that outlives its lease and finds another step's
 lease fails with ``EpisodeBusy`` instead of overwriting that step's state.
+
+A step is cancelled when its client goes away (a gRPC deadline, a closed connection), and the
+cancellation may land while a script's reply is still on its way: the lease is then taken or held
+with nobody left to give it back, and the episode would stay busy for ``lease_s``.  So the scripts
+that take or give back a lease run to the end whatever happens to the step, and a lease taken for a
+step that was cancelled meanwhile is released as soon as its reply arrives.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from contextlib import contextmanager
 
@@ -131,6 +138,7 @@ class RedisEpisodeStore(EpisodeStore):
         self._delete = self._redis.register_script(_DELETE)
         self._count = self._redis.register_script(_COUNT)
         self._leases: dict[str, str] = {}  # episode id -> token of the lease this process holds
+        self._cleanups: set[asyncio.Task] = set()  # releases of leases whose step was cancelled
 
     def _keys(self, episode_id: str) -> list[str]:
         return [f"{self.prefix}ep:{episode_id}", f"{self.prefix}lease:{episode_id}", self._index]
@@ -157,9 +165,14 @@ class RedisEpisodeStore(EpisodeStore):
 
     async def acquire(self, episode_id: str) -> EpisodeState:
         token = secrets.token_hex(16)
-        with _reachable():
-            reply = await self._acquire(keys=self._keys(episode_id),
-                                        args=[episode_id, token, self.ttl_ms, self.lease_ms])
+        call = asyncio.ensure_future(self._acquire(keys=self._keys(episode_id),
+                                                   args=[episode_id, token, self.ttl_ms, self.lease_ms]))
+        try:
+            with _reachable():
+                reply = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: self._give_back(done, episode_id, token))
+            raise
         if reply[0] == -1:
             raise _not_found(episode_id)
         if reply[0] == -2:
@@ -171,8 +184,8 @@ class RedisEpisodeStore(EpisodeStore):
         token = self._leases.pop(state.id, "")
         new = state.model_copy(update={"version": expected_version + 1})
         with _reachable():
-            code = await self._commit(keys=self._keys(state.id), args=[
-                state.id, token, expected_version, new.model_dump_json(), self.ttl_ms])
+            code = await asyncio.shield(self._commit(keys=self._keys(state.id), args=[
+                state.id, token, expected_version, new.model_dump_json(), self.ttl_ms]))
         if code == -1:
             raise _not_found(state.id)
         if code == -2:
@@ -187,7 +200,15 @@ class RedisEpisodeStore(EpisodeStore):
         if token is None:
             return
         with _reachable():
-            await self._release(keys=self._keys(episode_id)[1:2], args=[token])
+            await asyncio.shield(self._release(keys=self._keys(episode_id)[1:2], args=[token]))
+
+    def _give_back(self, call: asyncio.Future, episode_id: str, token: str) -> None:
+        """Release the lease an acquire took for a step that was cancelled before it learnt so."""
+        if call.cancelled() or call.exception() is not None or call.result()[0] != 0:
+            return
+        task = asyncio.ensure_future(self._release(keys=self._keys(episode_id)[1:2], args=[token]))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def delete(self, episode_id: str) -> None:
         self._leases.pop(episode_id, None)

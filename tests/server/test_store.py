@@ -2,7 +2,7 @@
 
 Redis-only tests below the suite: a restarted replica or a restarted redis-server loses nothing,
 steps of one episode from many replicas at once never lose an update, a dead replica's lease
-runs out, and an unreachable Redis is ``StoreUnavailable`` until it returns.
+runs out, a step cancelled mid-acquire gives its lease back, and an unreachable Redis is ``StoreUnavailable`` until it returns.
 """
 
 import asyncio
@@ -225,6 +225,44 @@ async def test_exactly_one_of_simultaneous_acquires_wins(redis_url):
     assert all(isinstance(r, EpisodeBusy) for r in results if not isinstance(r, EpisodeState))
     for r in replicas:
         await r.close()
+
+
+async def test_a_step_cancelled_while_its_lease_is_taken_leaves_the_episode_free(redis_url):
+    """A client's deadline cancels its step just after Redis took the lease, before the reply came
+    back: the lease is given back when the reply arrives, not held for ``lease_s`` (120 s here)."""
+    store = RedisEpisodeStore(redis_url)
+    await store.create(state())
+    script, ran, reply_arrives = store._acquire, asyncio.Event(), asyncio.Event()
+
+    async def reply_in_flight(**kw):
+        reply = await script(**kw)
+        ran.set()
+        await reply_arrives.wait()
+        return reply
+
+    store._acquire = reply_in_flight
+    cancelled = asyncio.create_task(store.acquire("e1"))
+    await ran.wait()
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    store._acquire = script
+    with pytest.raises(EpisodeBusy):  # Redis holds the lease for a step nobody will finish
+        await store.acquire("e1")
+    reply_arrives.set()
+    for _ in range(200):
+        try:
+            taken = await store.acquire("e1")
+            break
+        except EpisodeBusy:
+            await asyncio.sleep(0.01)
+    else:
+        pytest.fail("the cancelled step's lease was not given back")
+    new = taken.model_copy(deep=True)
+    new.step = 1
+    await store.commit(new, taken.version)
+    assert (await store.get("e1")).step == 1
+    await store.close()
 
 
 async def test_a_dead_replicas_lease_runs_out_and_its_late_commit_is_refused(redis_url):
