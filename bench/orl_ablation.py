@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, ServerProcess, machine, settings
-from glider.clients.evaluate import EvalConfig, run_episodes, table_markdown, write_report
+from glider.clients.evaluate import EvalConfig, Summary, run_episodes, table_markdown, write_report
 from glider.clients.protocols import load_plan
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.policy.controller import HierarchyConfig
@@ -115,10 +115,10 @@ def main() -> None:
                 metrics = run_orl(model, trajs, args.home / "runs" / f"orl-{mode}-{init}", cfg, registry=registry,
                                   hierarchy=HierarchyConfig.from_settings(s.model_copy(update={"mode": mode})),
                                   make_current=False, start_versions=sft_versions)
-                versions[key] = {n: m["published"] for n, m in metrics["adapters"].items()}
+                versions[key] = {n: m.published for n, m in metrics.adapters.items()}
                 state_file.write_text(json.dumps(versions, indent=2))
-            metrics = json.loads(metrics_file.read_text())
-            for name, m in metrics["adapters"].items():
+            saved = json.loads(metrics_file.read_text())  # also for runs a resumed ablation did earlier
+            for name, m in saved["adapters"].items():
                 for role, r in m["roles"].items():
                     train_rows.append(
                         f"| {key} | {name}/{role} | {r['decisions']:,} | "
@@ -146,9 +146,9 @@ def main() -> None:
                 label = f"{LABEL[mode]} {stage}"
                 run_out = args.out / f"{mode}-{stage.replace('+', '-')}"
                 done = run_out / "summary.json"
-                if args.reuse and done.is_file() and json.loads(done.read_text()).get("meta", {}).get(
-                        "versions") == wanted and json.loads(done.read_text()).get("meta", {}).get("tasks") == tasks:
-                    summaries[label] = json.loads(done.read_text())
+                earlier = Summary.load(done) if args.reuse and done.is_file() else None
+                if earlier is not None and earlier.meta.get("versions") == wanted and earlier.meta.get("tasks") == tasks:
+                    summaries[label] = earlier
                     tables.append(f"### {label} ({wanted}; earlier run)\n\n" + table_markdown(summaries[label]))
                     continue
                 with GliderClient(server.url) as client:
@@ -166,17 +166,17 @@ def main() -> None:
         finally:
             server.close()
 
-    base = summaries.get("flat SFT", {}).get("overall")
+    base = summaries["flat SFT"].overall if "flat SFT" in summaries else None
     report = [f"# ORL ablation on the embedded backbone ({machine()})\n", data_line + ".\n",
               f"Evaluation: {plan.describe()} (score ×100).\n",
               "| agent | seen | unseen | seen ÷ flat SFT | unseen ÷ flat SFT | steps/episode | subgoals/episode |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for label, summary in summaries.items():
-        o = summary["overall"]
-        ratio = [o[split]["mean"] / base[split]["mean"] if base and base[split]["mean"] else float("nan")
+        o = summary.overall
+        ratio = [o[split].mean / base[split].mean if base and base[split].mean else float("nan")
                  for split in ("seen", "unseen")]
-        report.append(f"| {label} | {o['seen']['mean']:.2f} | {o['unseen']['mean']:.2f} | {ratio[0]:.2f}× | "
-                      f"{ratio[1]:.2f}× | {o['seen']['steps']:.1f} | {o['seen']['subgoals']:.1f} |")
+        report.append(f"| {label} | {o['seen'].mean:.2f} | {o['unseen'].mean:.2f} | {ratio[0]:.2f}× | "
+                      f"{ratio[1]:.2f}× | {o['seen'].steps:.1f} | {o['seen'].subgoals:.1f} |")
     report += ["\n## Training\n", "| run | adapter/role | decisions | critic loss (last batch) | advantage | clipped | "
                "actor steps | actor loss first→last | minutes |", "|---|---|---:|---|---|---:|---:|---|---:|",
                *train_rows]
@@ -189,7 +189,8 @@ def main() -> None:
     text = "\n".join(report) + "\n\n" + "\n\n".join(tables) + "\n"
     (args.out / "README.md").write_text(text)
     (args.out / "summary.json").write_text(json.dumps({"versions": versions, "step_times": steps,
-                                                       "overall": {k: v["overall"] for k, v in summaries.items()}},
+                                                       "overall": {k: v.to_dict()["overall"]
+                                                                   for k, v in summaries.items()}},
                                                       indent=2))
     print(text)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from common import ROOT, ServerProcess, machine, settings
 from glider.clients.evaluate import (
     EvalConfig,
+    SplitDifference,
     compare_runs,
     comparison_markdown,
     difference_cell,
@@ -71,9 +72,10 @@ def train(args, recipe: Recipe, mode: str) -> dict:
     s = settings(home=args.home, mode=mode)
     t0 = time.monotonic()
     done = ensure_trained(s, dataclasses.replace(recipe, mode=mode, diagnose_segments=args.diagnose), say=lambda msg: print(f"[{recipe.name}/{mode}] {msg}", flush=True))
+    # the adapters' figures from their metrics file: SFT may have run in an earlier session of a resumed run
     metrics_file = args.home / "runs" / f"sft-{mode}" / "sft_metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return {"minutes_this_run": (time.monotonic() - t0) / 60, "stages_run": sorted(done),
+    return {"minutes_this_run": (time.monotonic() - t0) / 60, "stages_run": done.stages(),
             "adapters": {name: {k: m.get(k) for k in ("steps", "epochs_done", "best_step", "best_val_loss",
                                                       "val_loss_before", "tokens_per_s", "seconds",
                                                       "stopped_early", "published", "completion_marker",
@@ -161,7 +163,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     for a, b in pairs:
         cmp = compare_runs(runs[a][0], runs[b][0])
         print(comparison_markdown(cmp, a, b), flush=True)
-        comparisons.append({"a": a, "b": b, **{k: v for k, v in cmp.items() if k not in ("a", "b")}})
+        comparisons.append({**cmp.to_dict(), "a": a, "b": b})  # the agents' labels, not their run directories
     episodes_dir = args.results.parent / "runs" / recipe.name
     episodes_dir.mkdir(parents=True, exist_ok=True)
     def episodes_file(label: str) -> Path:
@@ -180,11 +182,11 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    "sft": vars(recipe.sft)},
         "training": training,
         "agents": {label: {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
-                           "commit": summary["meta"].get("commit"), "run": str(out.relative_to(ROOT)),
+                           "commit": summary.meta.get("commit"), "run": str(out.relative_to(ROOT)),
                            "episodes_file": str(episodes_file(label).relative_to(ROOT)),
-                           "minutes": summary["meta"].get("minutes"),
-                           "splits": {s: {k: o[k] for k in ("episodes", "mean", "low", "high", "se")}
-                                      for s, o in summary["overall"].items()}}
+                           "minutes": summary.meta.get("minutes"),
+                           "splits": {s: {k: getattr(o, k) for k in ("episodes", "mean", "low", "high", "se")}
+                                      for s, o in summary.overall.items()}}
                    for label, (out, summary) in runs.items()},
         "comparisons": comparisons,
     }
@@ -216,8 +218,7 @@ def render(results: dict) -> str:
             cells = []
             for split in ("seen", "unseen"):
                 d = c["splits"].get(split)
-                cells += [difference_cell(d), f"{d['mde']:.2f}"] \
-                    if d else ["–", "–"]
+                cells += [difference_cell(SplitDifference.from_dict(d)), f"{d['mde']:.2f}"] if d else ["–", "–"]
             out.append(f"| {LABEL.get(c['b'], c['b'])} − {LABEL.get(c['a'], c['a'])} | " + " | ".join(cells) + " |")
         out += ["", "MDE: the minimum difference detectable at 80 % power with these episodes.", "",
                 "| mode | adapter | optimizer steps | epochs | best step | held-out loss before → best | "

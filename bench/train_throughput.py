@@ -86,15 +86,16 @@ def main() -> None:
             metrics = run_sft(model, trajs, home / "runs" / f"sft-{mode}", cfg, registry=registry,
                               hierarchy=HierarchyConfig.from_settings(s.model_copy(update={"mode": mode})))
             tokens = seconds = 0.0
-            for name, m in metrics["adapters"].items():
-                rows.append(f"| {mode} | {name} | {m['sequences']} | {m['tokens']:,} | {m['target_tokens']:,} "
-                            f"| {100 * m['padding_share']:.1f} % | {m['tokens_per_s']:,.0f} | {m['seconds']:.1f} |")
-                tokens += m["tokens"]
-                seconds += m["seconds"]
+            for name, m in metrics.adapters.items():
+                t = m.training
+                rows.append(f"| {mode} | {name} | {m.sequences} | {m.tokens:,} | {m.target_tokens:,} "
+                            f"| {100 * t.padding_share:.1f} % | {t.tokens_per_s:,.0f} | {t.seconds:.1f} |")
+                tokens += m.tokens
+                seconds += t.seconds
             totals[mode] = (tokens, seconds)
             if mode == "separate":
-                executor = metrics["adapters"]["executor"]
-                executor_epoch_s = executor["seconds"] / max(executor["epochs_done"], 1e-9)
+                executor = metrics.adapters["executor"].training
+                executor_epoch_s = executor.seconds / max(executor.epochs_done, 1e-9)
         steps = step_times(model, registry, trajs, s, args.step_bench, home / "step-times")
     finally:
         if args.home is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from common import ROOT, machine
@@ -60,15 +61,15 @@ def main() -> None:
             cmp = compare_runs(runs[base][0], runs[other][0])
             print(comparison_markdown(cmp, base, other), flush=True)
             comparisons.append({"a": base, "b": other,
-                                "splits": {s: {k: v for k, v in c.items() if k != "per_family"}
-                                           for s, c in cmp["splits"].items()}})
+                                "splits": {s: {k: v for k, v in asdict(c).items() if k != "per_family"}
+                                           for s, c in cmp.splits.items()}})
         results = json.loads(args.results.read_text()) if args.results.is_file() else {}
         key = f"{args.home.resolve().relative_to(ROOT) if args.home.resolve().is_relative_to(ROOT) else args.home}"
         results[f"{key}:{args.mode}:{plan.protocol}"] = {
             "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
             "variants": {n: {"env": e, "run": str(runs[n][0]),
-                             "splits": {s: {k: o[k] for k in ("episodes", "mean", "low", "high")}
-                                        for s, o in runs[n][1]["overall"].items()}}
+                             "splits": {s: {k: getattr(o, k) for k in ("episodes", "mean", "low", "high")}
+                                        for s, o in runs[n][1].overall.items()}}
                          for n, e in variants if n in runs},
             "comparisons": comparisons,
         }

@@ -38,7 +38,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from glider.clients.play import EpisodeReport, StepRecord
@@ -305,7 +305,50 @@ def _by_family(results: Sequence[EpisodeResult], split: str, scoring: str) -> di
     return dict(out)
 
 
-def summarize(results: Sequence[EpisodeResult], plan: Plan) -> dict:
+@dataclass
+class SplitSummary:
+    """One split of a run: the protocol's aggregate with its 95 % CI, and the other figures beside it."""
+    mean: float
+    low: float
+    high: float
+    se: float
+    episodes: int  # played
+    planned: int
+    macro: float  # of the final score
+    micro: float  # of the final score
+    best_micro: float  # of the best score reached
+    steps: float  # per episode
+    subgoals: float  # per episode
+
+
+@dataclass
+class Summary:
+    """A run's table (``summary.json``): per family and split the protocol's score ×100, per split its
+    aggregate with its CI."""
+    protocol: str
+    plan: str  # the plan as a sentence
+    scoring: str  # final | best
+    aggregate: str  # macro | micro
+    tasks: list[str]
+    splits: list[str]
+    per_task: dict[str, dict[str, float]]  # family -> split -> score
+    overall: dict[str, SplitSummary]
+    label: str = ""
+    meta: dict = field(default_factory=dict)  # what the caller recorded with the run (server, adapters...)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Summary:
+        return cls(**{**data, "overall": {s: SplitSummary(**o) for s, o in data["overall"].items()}})
+
+    @classmethod
+    def load(cls, path: Path) -> Summary:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def summarize(results: Sequence[EpisodeResult], plan: Plan) -> Summary:
     """Per family and split the protocol's score ×100; per split the protocol's aggregate with its 95 % CI,
     and the other figures beside it (macro and micro of the final score, micro of the best)."""
     tasks = sorted({r.task for r in results})
@@ -319,50 +362,44 @@ def summarize(results: Sequence[EpisodeResult], plan: Plan) -> dict:
         estimate = bootstrap(by_family, plan.aggregate)
         final, best = _by_family(results, s, "final"), _by_family(results, s, "best")
         in_split = [r for r in results if r.split == s]
-        overall[s] = {"mean": estimate.mean, "low": estimate.low, "high": estimate.high, "se": estimate.se,
-                      "episodes": estimate.episodes, "planned": sum(1 for e in plan.episodes if e.split == s),
-                      "macro": aggregate(final, "macro"),
-                      "micro": aggregate(final, "micro"),
-                      "best_micro": aggregate(best, "micro"),
-                      "steps": sum(r.steps for r in in_split) / len(in_split),
-                      "subgoals": sum(r.subgoals for r in in_split) / len(in_split)}
-    return {"protocol": plan.protocol, "plan": plan.describe(), "scoring": plan.scoring,
-            "aggregate": plan.aggregate, "tasks": tasks, "splits": splits, "per_task": per_task,
-            "overall": overall}
+        overall[s] = SplitSummary(mean=estimate.mean, low=estimate.low, high=estimate.high, se=estimate.se,
+                                  episodes=estimate.episodes, planned=sum(1 for e in plan.episodes if e.split == s),
+                                  macro=aggregate(final, "macro"), micro=aggregate(final, "micro"),
+                                  best_micro=aggregate(best, "micro"),
+                                  steps=sum(r.steps for r in in_split) / len(in_split),
+                                  subgoals=sum(r.subgoals for r in in_split) / len(in_split))
+    return Summary(protocol=plan.protocol, plan=plan.describe(), scoring=plan.scoring, aggregate=plan.aggregate,
+                   tasks=tasks, splits=splits, per_task=per_task, overall=overall)
 
 
-def table_markdown(summary: dict, label: str = "") -> str:
-    splits = summary["splits"]
+def table_markdown(summary: Summary, label: str = "") -> str:
+    splits = summary.splits
     lines = [f"| task family | {' | '.join(splits)} |", "|---|" + "---:|" * len(splits)]
-    for task in summary["tasks"]:
-        cells = [f"{summary['per_task'][task][s]:.2f}" if s in summary["per_task"][task] else "–"
-                 for s in splits]
+    for task in summary.tasks:
+        cells = [f"{summary.per_task[task][s]:.2f}" if s in summary.per_task[task] else "–" for s in splits]
         lines.append(f"| {task} | {' | '.join(cells)} |")
-    overall = summary["overall"]
 
-    def row(name: str, fmt: Callable[[dict], str]) -> str:
-        return f"| {name} | " + " | ".join(fmt(overall[s]) for s in splits) + " |"
+    def row(name: str, fmt: Callable[[SplitSummary], str]) -> str:
+        return f"| {name} | " + " | ".join(fmt(summary.overall[s]) for s in splits) + " |"
 
-    lines += [row(f"**overall ({summary['aggregate']}), 95 % CI**",
-                  lambda o: f"**{o['mean']:.2f}** [{o['low']:.2f}, {o['high']:.2f}]"),
-              row("final score, macro", lambda o: f"{o['macro']:.2f}"),
-              row("final score, micro", lambda o: f"{o['micro']:.2f}"),
-              row("best score reached, micro", lambda o: f"{o['best_micro']:.2f}"),
-              row("episodes (played / planned)", lambda o: f"{o['episodes']} / {o['planned']}"),
-              row("steps per episode", lambda o: f"{o['steps']:.1f}")]
+    lines += [row(f"**overall ({summary.aggregate}), 95 % CI**", lambda o: f"**{o.mean:.2f}** [{o.low:.2f}, {o.high:.2f}]"),
+              row("final score, macro", lambda o: f"{o.macro:.2f}"),
+              row("final score, micro", lambda o: f"{o.micro:.2f}"),
+              row("best score reached, micro", lambda o: f"{o.best_micro:.2f}"),
+              row("episodes (played / planned)", lambda o: f"{o.episodes} / {o.planned}"),
+              row("steps per episode", lambda o: f"{o.steps:.1f}")]
     head = f"**{label}** — " if label else ""
-    rule = "final score clipped at 0" if summary["scoring"] == "final" else "best score reached"
-    return (f"{head}{summary['plan']}\n\nscore ×100 ({rule}; {summary['aggregate']} mean; "
+    rule = "final score clipped at 0" if summary.scoring == "final" else "best score reached"
+    return (f"{head}{summary.plan}\n\nscore ×100 ({rule}; {summary.aggregate} mean; "
             "95 % stratified bootstrap CI)\n\n" + "\n".join(lines) + "\n")
 
 
 def write_report(results: Sequence[EpisodeResult], out: Path, plan: Plan, *, label: str = "",
-                 meta: dict | None = None) -> dict:
+                 meta: dict | None = None) -> Summary:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, plan)
-    summary["label"] = label
-    summary["meta"] = meta or {}
+    summary.label, summary.meta = label, meta or {}
     with (out / "episodes.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[f.name for f in fields(EpisodeResult)])
         writer.writeheader()
@@ -370,27 +407,69 @@ def write_report(results: Sequence[EpisodeResult], out: Path, plan: Plan, *, lab
             writer.writerow(asdict(r))
     with (out / "table.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["task", *summary["splits"]])
-        for task in summary["tasks"]:
-            writer.writerow([task, *(f"{summary['per_task'][task].get(s, float('nan')):.2f}"
-                                     for s in summary["splits"])])
+        writer.writerow(["task", *summary.splits])
+        for task in summary.tasks:
+            writer.writerow([task, *(f"{summary.per_task[task].get(s, float('nan')):.2f}" for s in summary.splits)])
         for key in ("mean", "low", "high"):
-            writer.writerow([f"overall_{key}", *(f"{summary['overall'][s][key]:.2f}" for s in summary["splits"])])
+            writer.writerow([f"overall_{key}", *(f"{getattr(summary.overall[s], key):.2f}" for s in summary.splits)])
     (out / "table.md").write_text(table_markdown(summary, label))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
     plot_scores(summary, out / "scores.png")
     return summary
 
 
 # --- comparisons --------------------------------------------------------------------
-def compare_runs(run_a: Path, run_b: Path) -> dict:
+@dataclass
+class FamilyDifference:
+    difference: float  # mean B − A over the family's paired episodes
+    episodes: int
+
+
+@dataclass
+class SplitDifference:
+    """B − A on one split, paired over the episodes both played."""
+    a: float  # A's aggregate over the paired episodes
+    b: float
+    difference: float
+    low: float  # 95 % CI of the difference
+    high: float
+    se: float
+    mde: float  # the minimum difference detectable at 80 % power with these episodes
+    episodes: int  # paired
+    only_a: int  # episodes only A played (left out)
+    only_b: int
+    per_family: dict[str, FamilyDifference] = field(default_factory=dict)
+
+    @property
+    def significant(self) -> bool:
+        """The CI excludes 0: a finding."""
+        return self.low > 0 or self.high < 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SplitDifference:
+        families = {f: FamilyDifference(**d) for f, d in data.get("per_family", {}).items()}
+        return cls(**{**data, "per_family": families})
+
+
+@dataclass
+class RunComparison:
+    a: str  # the runs' directories
+    b: str
+    protocol: str
+    splits: dict[str, SplitDifference]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_runs(run_a: Path, run_b: Path) -> RunComparison:
     """B − A, paired over the episodes both runs played, per split: the difference with its 95 % CI,
     the minimum detectable difference at 80 % power, and the per-family differences."""
     plan_a, results_a = load_run(run_a)
     plan_b, results_b = load_run(run_b)
     if (plan_a.scoring, plan_a.aggregate) != (plan_b.scoring, plan_b.aggregate):
         raise ValueError(f"{run_a} and {run_b} score differently ({plan_a.protocol} vs {plan_b.protocol})")
-    out = {"a": str(run_a), "b": str(run_b), "protocol": plan_a.protocol, "splits": {}}
+    out = RunComparison(a=str(run_a), b=str(run_b), protocol=plan_a.protocol, splits={})
     for split in plan_a.splits:
         va, vb = ({(r.task, r.key): r.value(plan_a.scoring) for r in results if r.split == split}
                   for results in (results_a, results_b))
@@ -398,13 +477,12 @@ def compare_runs(run_a: Path, run_b: Path) -> dict:
             continue
         c = paired(va, vb, plan_a.aggregate)
         common = set(va) & set(vb)
-        mean_a = aggregate(_group(va, common), plan_a.aggregate)
-        mean_b = aggregate(_group(vb, common), plan_a.aggregate)
-        out["splits"][split] = {
-            "a": mean_a, "b": mean_b, "difference": c.difference.mean, "low": c.difference.low,
-            "high": c.difference.high, "se": c.difference.se, "mde": c.mde, "episodes": c.difference.episodes,
-            "only_a": c.only_a, "only_b": c.only_b,
-            "per_family": {f: {"difference": d, "episodes": n} for f, (d, n) in c.per_family.items()}}
+        d = c.difference
+        out.splits[split] = SplitDifference(
+            a=aggregate(_group(va, common), plan_a.aggregate), b=aggregate(_group(vb, common), plan_a.aggregate),
+            difference=d.mean, low=d.low, high=d.high, se=d.se, mde=c.mde, episodes=d.episodes,
+            only_a=c.only_a, only_b=c.only_b,
+            per_family={f: FamilyDifference(difference=diff, episodes=n) for f, (diff, n) in c.per_family.items()})
     return out
 
 
@@ -415,61 +493,60 @@ def _group(values: dict, keep: set) -> dict[str, list[float]]:
     return dict(out)
 
 
-def difference_cell(c: dict) -> str:
+def difference_cell(c: SplitDifference) -> str:
     """A paired difference with its CI; bold only when the CI excludes 0 (a finding)."""
-    value = f"{c['difference']:+.2f}"
-    if c["low"] > 0 or c["high"] < 0:
+    value = f"{c.difference:+.2f}"
+    if c.significant:
         value = f"**{value}**"
-    return f"{value} [{c['low']:+.2f}, {c['high']:+.2f}]"
+    return f"{value} [{c.low:+.2f}, {c.high:+.2f}]"
 
 
-def comparison_markdown(cmp: dict, label_a: str = "A", label_b: str = "B") -> str:
-    splits = list(cmp["splits"])
-    lines = [f"paired comparison on protocol {cmp['protocol']}: B = {label_b}, A = {label_a} "
+def comparison_markdown(cmp: RunComparison, label_a: str = "A", label_b: str = "B") -> str:
+    splits = list(cmp.splits)
+    lines = [f"paired comparison on protocol {cmp.protocol}: B = {label_b}, A = {label_a} "
              "(score ×100; 95 % stratified bootstrap CI of B − A; MDE = minimum detectable difference "
              "at 80 % power)", "",
              "| split | A | B | B − A [95 % CI] | MDE | paired episodes |", "|---|---:|---:|---:|---:|---:|"]
     for s in splits:
-        c = cmp["splits"][s]
-        lines.append(f"| {s} | {c['a']:.2f} | {c['b']:.2f} | {difference_cell(c)} "
-                     f"| {c['mde']:.2f} | {c['episodes']} |")
-    families = sorted({f for s in splits for f in cmp["splits"][s]["per_family"]})
+        c = cmp.splits[s]
+        lines.append(f"| {s} | {c.a:.2f} | {c.b:.2f} | {difference_cell(c)} | {c.mde:.2f} | {c.episodes} |")
+    families = sorted({f for s in splits for f in cmp.splits[s].per_family})
     lines += ["", "| family (B − A) | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     for f in families:
         cells = []
         for s in splits:
-            d = cmp["splits"][s]["per_family"].get(f)
-            cells.append(f"{d['difference']:+.1f} (n={d['episodes']})" if d else "–")
+            d = cmp.splits[s].per_family.get(f)
+            cells.append(f"{d.difference:+.1f} (n={d.episodes})" if d else "–")
         lines.append(f"| {f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 # --- plots --------------------------------------------------------------------------
-def plot_scores(summary: dict, path: Path) -> None:
+def plot_scores(summary: Summary, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks, splits = summary["tasks"], summary["splits"]
+    tasks, splits = summary.tasks, summary.splits
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(tasks) + 2), 4))
     width = 0.8 / max(1, len(splits))
     for i, split in enumerate(splits):
         xs = [j + i * width for j in range(len(tasks))]
-        o = summary["overall"][split]
-        ax.bar(xs, [summary["per_task"][t].get(split, 0.0) for t in tasks], width,
-               label=f"{split}: {o['mean']:.1f} [{o['low']:.1f}, {o['high']:.1f}]")
+        o = summary.overall[split]
+        ax.bar(xs, [summary.per_task[t].get(split, 0.0) for t in tasks], width,
+               label=f"{split}: {o.mean:.1f} [{o.low:.1f}, {o.high:.1f}]")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("score ×100")
     ax.set_ylim(0, 100)
-    ax.set_title(summary.get("label") or f"score per task family ({summary['protocol']})")
+    ax.set_title(summary.label or f"score per task family ({summary.protocol})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_curve(points: Sequence[tuple[str, dict]], out: Path) -> None:
+def plot_curve(points: Sequence[tuple[str, Summary]], out: Path) -> None:
     """Overall score per split, with its CI, against successive checkpoints (adapter versions)."""
     import matplotlib
 
@@ -477,20 +554,25 @@ def plot_curve(points: Sequence[tuple[str, dict]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out = Path(out)
-    splits = sorted({s for _, summary in points for s in summary["overall"]},
+    splits = sorted({s for _, summary in points for s in summary.overall},
                     key=lambda s: (s not in ("seen", "unseen"), s))
-    nan = {"mean": float("nan"), "low": float("nan"), "high": float("nan")}
+    nan = float("nan")
+
+    def band(summary: Summary, split: str) -> tuple[float, float, float]:
+        o = summary.overall.get(split)
+        return (o.mean, o.low, o.high) if o else (nan, nan, nan)
+
     with (out / "curve.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["checkpoint", *splits])
         for label, summary in points:
-            writer.writerow([label, *(f"{summary['overall'].get(s, nan)['mean']:.2f}" for s in splits)])
+            writer.writerow([label, *(f"{band(summary, s)[0]:.2f}" for s in splits)])
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = [label for label, _ in points]
     for split in splits:
-        rows = [summary["overall"].get(split, nan) for _, summary in points]
-        ax.plot(labels, [r["mean"] for r in rows], marker="o", label=split)
-        ax.fill_between(labels, [r["low"] for r in rows], [r["high"] for r in rows], alpha=0.2)
+        rows = [band(summary, split) for _, summary in points]
+        ax.plot(labels, [r[0] for r in rows], marker="o", label=split)
+        ax.fill_between(labels, [r[1] for r in rows], [r[2] for r in rows], alpha=0.2)
     ax.set_xlabel("checkpoint")
     ax.set_ylabel("score ×100 (95 % CI)")
     ax.legend()

@@ -200,10 +200,10 @@ def tiny_model_dir(backbone_dir, gold_trajectory, tmp_path_factory):
     from glider.trainer.training import TrainConfig
     from glider.trainer.warmup import warmup_backbone, warmup_info
 
-    info = warmup_backbone(out, [gold_trajectory], TrainConfig(lr=3e-3, max_steps=150, progress=False,
+    report = warmup_backbone(out, [gold_trajectory], TrainConfig(lr=3e-3, max_steps=150, progress=False,
                                                                warmup_steps=10, checkpoint_every=1000),
                            tmp_path_factory.mktemp("warmup"))
-    assert info["train_loss"] < info["first_loss"] and warmup_info(out)["steps"] == 150
+    assert report.training.train_loss < report.training.first_loss and warmup_info(out)["steps"] == 150
     return out
 
 

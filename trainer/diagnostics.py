@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from glider.server.policy.controller import (
     HierarchyConfig,
@@ -70,12 +71,30 @@ class LocalGenerator:
         return [PolicyGeneration(text=t) for t in texts]
 
 
+@dataclass
+class MarkerMetrics:
+    """How well the executor's ``; true`` matches the labels, teacher-forced on held-out pairs."""
+    pairs: int
+    labelled_true: int
+    precision: float  # nan when it never said ``; true``
+    recall: float  # nan when no pair was labelled ``; true``
+    action_accuracy: float
+
+
+@dataclass
+class SegmentCompletion:
+    """Share of held-out gold segments the executor reaches, and marks done, from its gold subgoal."""
+    segments: int
+    reached: float
+    completed: float
+
+
 def marker_metrics(generator: LocalGenerator, episodes: Sequence[HierarchicalEpisode], cfg: HierarchyConfig,
-                   limit: int = 1500) -> dict:
-    """Precision / recall of the generated ``; true`` against the labels, teacher-forced."""
+                   limit: int = 1500) -> MarkerMetrics | None:
+    """Precision / recall of the generated ``; true`` against the labels, teacher-forced (None: no pairs)."""
     pairs = [p for ep in episodes for seg in executor_pairs(ep, cfg) for p in seg][:limit]
     if not pairs:
-        return {}
+        return None
     texts = generator.complete([p.prompt for p in pairs], cfg.executor_max_tokens)
     tp = fp = fn = same_action = 0
     for pair, text in zip(pairs, texts, strict=True):
@@ -87,13 +106,14 @@ def marker_metrics(generator: LocalGenerator, episodes: Sequence[HierarchicalEpi
         same_action += got_action == want_action
     precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
-    return {"pairs": len(pairs), "labelled_true": tp + fn, "precision": precision, "recall": recall,
-            "action_accuracy": same_action / len(pairs)}
+    return MarkerMetrics(pairs=len(pairs), labelled_true=tp + fn, precision=precision, recall=recall,
+                         action_accuracy=same_action / len(pairs))
 
 
 def completion_share(generator: LocalGenerator, episodes: Sequence[HierarchicalEpisode], cfg: HierarchyConfig,
-                     limit: int = 60) -> dict:
-    """Share of held-out gold segments the executor reaches (and marks done) given their gold subgoal."""
+                     limit: int = 60) -> SegmentCompletion | None:
+    """Share of held-out gold segments the executor reaches (and marks done) given their gold subgoal
+    (None: no completed ScienceWorld segment to try)."""
     import asyncio
 
     from glider.clients.envs.scienceworld import ScienceWorld, open_env
@@ -103,7 +123,7 @@ def completion_share(generator: LocalGenerator, episodes: Sequence[HierarchicalE
     step = max(1, len(segments) // max(1, limit))
     segments = segments[::step][:limit]  # spread over trajectories and positions
     if not segments:
-        return {}
+        return None
     jvm = open_env(step_limit=200)
     reached = completed = 0
     try:
@@ -120,7 +140,8 @@ def completion_share(generator: LocalGenerator, episodes: Sequence[HierarchicalE
             completed += marked
     finally:
         jvm.close()
-    return {"segments": len(segments), "reached": reached / len(segments), "completed": completed / len(segments)}
+    return SegmentCompletion(segments=len(segments), reached=reached / len(segments),
+                             completed=completed / len(segments))
 
 
 def _run_segment(run, generator, cfg: HierarchyConfig, task: str, subgoal: str, observation: str, world,

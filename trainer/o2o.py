@@ -80,6 +80,39 @@ class O2OConfig:
 
 
 @dataclass
+class CriticUpdate:
+    """One role's critic in an update: the decisions it fitted, its losses, its advantages' spread."""
+    decisions: int
+    critic_loss: dict[str, float]
+    advantage_std: float
+
+
+@dataclass
+class ActorUpdate:
+    """One adapter's actor in an update."""
+    actor_steps: int
+    actor_loss: float
+
+
+@dataclass
+class UpdateReport:
+    """What ``OnlineLearner.update`` did with a batch of new episodes."""
+    new_episodes: int = 0
+    critics: dict[str, CriticUpdate] = field(default_factory=dict)  # role -> its critic's update
+    actors: dict[str, ActorUpdate] = field(default_factory=dict)  # adapter -> its actor's steps
+
+    @classmethod
+    def from_dict(cls, data: dict) -> UpdateReport:
+        """From ``curve.json``; earlier curves kept the critics under ``roles`` and each actor under its
+        adapter's name."""
+        critics = data.get("critics", data.get("roles", {}))
+        actors = data.get("actors") or {k: v for k, v in data.items() if isinstance(v, dict) and "actor_steps" in v}
+        return cls(new_episodes=data.get("new_episodes", 0),
+                   critics={role: CriticUpdate(**c) for role, c in critics.items()},
+                   actors={name: ActorUpdate(**a) for name, a in actors.items()})
+
+
+@dataclass
 class RoleData:
     """A role's decisions with features, for the critic, and its sequences, for the actor."""
 
@@ -152,16 +185,16 @@ class OnlineLearner:
         return RoleData(seqs, decisions, state, utterance)
 
     # -- one update from new episodes --------------------------------------------------------
-    def update(self, trajectories: Sequence[Trajectory]) -> dict:
+    def update(self, trajectories: Sequence[Trajectory]) -> UpdateReport:
         """Critic and actor updates from newly recorded episodes; returns what happened."""
         from glider.trainer.orl import attach_weights
 
         new = [t for t in trajectories if t.id not in self.seen and t.steps]
         self.seen.update(t.id for t in new)
         if not new:
-            return {"new_episodes": 0}
+            return UpdateReport()
         episodes = episodes_for(new, seg=self.segmentation)
-        stats: dict = {"new_episodes": len(new), "roles": {}}
+        report = UpdateReport(new_episodes=len(new))
         for name, rs in self.roles.items():
             for role in rs:
                 for ep in episodes:  # one FIFO entry per episode
@@ -180,16 +213,16 @@ class OnlineLearner:
                                critic.actor_weights(data, adv))
                 pools.append(([s for part in online for s in part.sequences],
                               [s for part in offline for s in part.sequences]))
-                stats["roles"][role] = {"decisions": len(data), "critic_loss": losses,
-                                        "advantage_std": float(adv.std()) if len(data) > 1 else 0.0}
+                report.critics[role] = CriticUpdate(decisions=len(data), critic_loss=losses,
+                                                    advantage_std=float(adv.std()) if len(data) > 1 else 0.0)
             online_seqs = [s for on, _ in pools for s in on]
             offline_seqs = [s for _, off in pools for s in off]
-            stats[name] = self._actor_steps(name, online_seqs, offline_seqs,
-                                            self.cfg.updates_per_episode * len(new))
-        return stats
+            report.actors[name] = self._actor_steps(name, online_seqs, offline_seqs,
+                                                    self.cfg.updates_per_episode * len(new))
+        return report
 
     def _actor_steps(self, name: str, online: list[TokenSequence], offline: list[TokenSequence], steps: int
-                     ) -> dict:
+                     ) -> ActorUpdate:
         import torch
         from glider.trainer.training import batch_loss, bucket_batches
 
@@ -209,7 +242,7 @@ class OnlineLearner:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
             losses.append(float(loss.detach()))
-        return {"actor_steps": steps, "actor_loss": sum(losses) / max(1, len(losses))}
+        return ActorUpdate(actor_steps=steps, actor_loss=sum(losses) / max(1, len(losses)))
 
     def publish(self, iteration: int) -> dict[str, str]:
         from glider.trainer.publish import publish_adapter

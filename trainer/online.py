@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from glider.trainer.data.schema import Trajectory
-from glider.trainer.o2o import OnlineLearner
+from glider.trainer.o2o import OnlineLearner, UpdateReport
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,14 @@ class IterationPoint:
     play_s: float
     train_s: float
     swap_s: float  # until the server served what was published
-    update: dict = field(default_factory=dict)  # the learner's report (OnlineLearner.update)
+    update: UpdateReport = field(default_factory=UpdateReport)  # what the learner did (OnlineLearner.update)
 
     @classmethod
     def from_json(cls, data: dict) -> IterationPoint:
         """From ``curve.json``; curves written before this class held the learner's report at the top level."""
         names = {f.name for f in fields(cls)}
         point = {k: v for k, v in data.items() if k in names}
-        point.setdefault("update", {k: v for k, v in data.items() if k not in names})
+        point["update"] = UpdateReport.from_dict(point.get("update", {k: v for k, v in data.items() if k not in names}))
         return cls(**point)
 
 

@@ -39,7 +39,7 @@ from glider.trainer.lora import LoraSettings
 from glider.trainer.rl import CriticConfig
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_decisions
 from glider.trainer.sft import episodes_for, sft_lora
-from glider.trainer.training import TrainConfig, run_fingerprint, train
+from glider.trainer.training import TrainConfig, TrainResult, run_fingerprint, train
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,80 @@ def attach_weights(sequences: Sequence[TokenSequence], weights) -> None:
         raise ValueError(f"{len(weights)} weights for {at} decisions")
 
 
-def weight_stats(adv, weights, cfg: CriticConfig) -> dict:
+@dataclass
+class WeightStats:
     """What the advantages and actor weights looked like: the numbers to check an RL run by."""
+    decisions: int
+    advantage_mean: float = 0.0
+    advantage_std: float = 0.0
+    weight_min: float = 0.0
+    weight_max: float = 0.0
+    clipped_share: float | None = None  # GLIDER's exp(A/λ) with a cap: the share of weights at the cap
+
+
+def weight_stats(adv, weights, cfg: CriticConfig) -> WeightStats:
     import math
 
-    out: dict = {"decisions": int(adv.numel())}
     if not adv.numel():
-        return out
-    out.update(advantage_mean=float(adv.mean()), advantage_std=float(adv.std()) if adv.numel() > 1 else 0.0,
-               weight_min=float(weights.min()), weight_max=float(weights.max()))
+        return WeightStats(decisions=0)
+    clipped = None
     if cfg.kind == "glider" and cfg.max_weight is not None:
-        out["clipped_share"] = float((adv / cfg.lam > math.log(cfg.max_weight)).float().mean())
-    return out
+        clipped = float((adv / cfg.lam > math.log(cfg.max_weight)).float().mean())
+    return WeightStats(decisions=int(adv.numel()), advantage_mean=float(adv.mean()),
+                       advantage_std=float(adv.std()) if adv.numel() > 1 else 0.0,
+                       weight_min=float(weights.min()), weight_max=float(weights.max()), clipped_share=clipped)
+
+
+@dataclass
+class ORLRoleReport:
+    """One role's critic: its data, its final losses, and the weights it gave the actor."""
+    sequences: int
+    critic_loss: dict[str, float]  # loss name -> last value
+    reward_sum: float
+    weights: WeightStats
+
+    def to_dict(self) -> dict:
+        return {"sequences": self.sequences, "critic_loss": self.critic_loss, "reward_sum": self.reward_sum,
+                **{k: v for k, v in asdict(self.weights).items() if v is not None}}
+
+
+@dataclass
+class ORLAdapterReport:
+    roles: dict[str, ORLRoleReport]
+    critic_seconds: float
+    tokens: int
+    training: TrainResult
+    started_from: str | None = None  # the registry version the actor started from (init="sft")
+    published: str | None = None
+
+    def to_dict(self) -> dict:
+        """The layout of ``orl_metrics.json``'s adapter entries (the actor's training figures flat)."""
+        out = {"roles": {role: r.to_dict() for role, r in self.roles.items()}, "critic_seconds": self.critic_seconds,
+               **self.training.as_dict(), "tokens": self.tokens}
+        if self.published is not None:
+            out["published"] = self.published
+        return out
+
+    def scalars(self) -> dict[str, float]:
+        return {k: v for k, v in self.to_dict().items() if isinstance(v, int | float)}
+
+
+@dataclass
+class ORLReport:
+    mode: str
+    init: str
+    trajectories: dict[str, int]  # source (expert, perturbed, rollout...) -> count
+    config: ORLConfig
+    adapters: dict[str, ORLAdapterReport] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"mode": self.mode, "init": self.init, "trajectories": self.trajectories,
+               "config": {"critic": asdict(self.config.critic), "actor": asdict(self.config.actor)},
+               "adapters": {name: a.to_dict() for name, a in self.adapters.items()}}
+        started = {name: a.started_from for name, a in self.adapters.items() if a.started_from}
+        if started:
+            out["started_from"] = started
+        return out
 
 
 def critic_and_weights(model, sequences: Sequence[TokenSequence], decisions, pad_id: int, cfg: CriticConfig,
@@ -113,13 +175,14 @@ def critic_and_weights(model, sequences: Sequence[TokenSequence], decisions, pad
 def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, cfg: ORLConfig, *,
             hierarchy: HierarchyConfig | None = None, registry: Path | None = None,
             annotator: Annotator | None = None, publish: bool = True, make_current: bool = True,
-            start_versions: dict[str, str] | None = None, progress: bool = True) -> dict:
+            start_versions: dict[str, str] | None = None, progress: bool = True) -> ORLReport:
     """Train the mode's adapters with ORL; publish them (stage ``orl``) to ``registry`` when given and
     ``publish``.
 
     ``init="sft"`` starts each adapter from the registry's current version of it (run SFT first), or
     the version ``start_versions`` names; ``init="scratch"`` from a fresh LoRA.  ``make_current=False``
-    publishes without serving (an experiment switches versions itself).  Returns the metrics (also ``<out_dir>/orl_metrics.json``).
+    publishes without serving (an experiment switches versions itself).  Returns what each adapter's
+    critic and actor did (also ``<out_dir>/orl_metrics.json``).
     """
     import time
 
@@ -144,16 +207,14 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
     jobs = {name: {role: role_decisions(episodes, role, SequenceBuilder(tokenizer, cfg.max_len), hierarchy)
                    for role in roles} for name, roles in ADAPTER_ROLES[cfg.mode].items()}
     total_tokens = sum(len(s) for per_role in jobs.values() for seqs, _ in per_role.values() for s in seqs)
-    metrics: dict = {"mode": cfg.mode, "init": cfg.init, "trajectories": sources,
-                     "config": {"critic": asdict(cfg.critic), "actor": asdict(cfg.actor)}, "adapters": {}}
+    report = ORLReport(mode=cfg.mode, init=cfg.init, trajectories=sources, config=cfg)
     for name, per_role in jobs.items():
-        start_adapter = None
+        start_adapter = started_from = None
         if cfg.init == "sft":
             start = AdapterRegistry(registry).get(name, (start_versions or {}).get(name))
-            start_adapter = start.path
-            metrics.setdefault("started_from", {})[name] = start.version
+            start_adapter, started_from = start.path, start.version
         model = load_policy(model_dir, adapter=start_adapter, lora=cfg.lora, seed=cfg.actor.seed)
-        entry: dict = {"roles": {}}
+        roles: dict[str, ORLRoleReport] = {}
         t0 = time.monotonic()
         all_seqs: list[TokenSequence] = []
         for role, (seqs, decisions) in per_role.items():
@@ -163,11 +224,12 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
             all_seqs += seqs
             if state.is_main_process:
                 critic.save(out_dir / name / f"critic-{role}.safetensors")
-            entry["roles"][role] = {"sequences": len(seqs), "critic_loss": losses,
-                                    "reward_sum": float(data.reward.sum()), **weight_stats(adv, weights, cfg.critic)}
+            stats = weight_stats(adv, weights, cfg.critic)
+            roles[role] = ORLRoleReport(sequences=len(seqs), critic_loss=losses, reward_sum=float(data.reward.sum()),
+                                        weights=stats)
             log.info("%s/%s: %d decisions, critic %s, advantage %.3f±%.3f", name, role, len(decisions), losses,
-                     entry["roles"][role].get("advantage_mean", 0.0), entry["roles"][role].get("advantage_std", 0.0))
-        entry["critic_seconds"] = time.monotonic() - t0
+                     stats.advantage_mean, stats.advantage_std)
+        critic_seconds = time.monotonic() - t0
         actor_cfg = cfg.actor
         if actor_cfg.max_minutes is not None:  # the stage's budget, shared by the adapters by data size
             actor_cfg = TrainConfig(**{**asdict(actor_cfg), "max_minutes": actor_cfg.max_minutes * sum(
@@ -176,8 +238,8 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
                                       str(start_adapter), name, "orl")
         result = train(model, all_seqs, actor_cfg, out_dir / name, pad_id=tokenizer.pad_token_id,
                        name=f"orl-{name}", fingerprint=fingerprint)
-        entry.update(result.as_dict())
-        entry["tokens"] = sum(len(s) for s in all_seqs)
+        entry = ORLAdapterReport(roles=roles, critic_seconds=critic_seconds, tokens=sum(len(s) for s in all_seqs),
+                                 training=result, started_from=started_from)
         if not state.is_main_process:
             continue
         adapter_dir = out_dir / name / "adapter"
@@ -185,13 +247,12 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         if registry is not None and publish:
             from glider.trainer.publish import publish_adapter
 
-            published = publish_adapter(registry, name, adapter_dir, model_dir, make_current=make_current,
-                                        stage="orl" if cfg.init == "sft" else "orl-scratch",
-                                        metrics={k: v for k, v in entry.items() if isinstance(v, int | float)})
-            entry["published"] = published.version
-        metrics["adapters"][name] = entry
+            entry.published = publish_adapter(registry, name, adapter_dir, model_dir, make_current=make_current,
+                                              stage="orl" if cfg.init == "sft" else "orl-scratch",
+                                              metrics=entry.scalars()).version
+        report.adapters[name] = entry
         del model
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "orl_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
+        (out_dir / "orl_metrics.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    return report

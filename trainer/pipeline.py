@@ -13,8 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from glider.trainer.training import TrainConfig
+
+if TYPE_CHECKING:  # the reports' modules import torch-side code: the recipe stays light to import
+    from glider.trainer.data.collect import CollectCounts
+    from glider.trainer.sft import SFTReport
+    from glider.trainer.warmup import WarmupReport
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +114,22 @@ def sft_is_current(registry_root: Path, model_dir: Path, names: list[str]) -> bo
     return True
 
 
-def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict:
+@dataclass
+class PipelineRun:
+    """What ``ensure_trained`` did: each step that ran, with its report (None: it was done already)."""
+    collected: CollectCounts
+    backbone_built: bool = False
+    warmup: WarmupReport | None = None
+    sft: SFTReport | None = None
+
+    def stages(self) -> list[str]:
+        """The steps that ran (collection always runs: it tops the data up and skips what it has)."""
+        ran = {"backbone": self.backbone_built, "collect": True, "warmup": self.warmup is not None,
+               "sft": self.sft is not None}
+        return [name for name, did in ran.items() if did]
+
+
+def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> PipelineRun:
     """Run whatever steps of the recipe are not done yet; returns what each step did."""
     from glider.server.policy.controller import HierarchyConfig
     from glider.server.policy.modes import ADAPTER_ROLES
@@ -120,22 +141,22 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict
 
     recipe = recipe or Recipe()
     model_dir, home = settings.model_dir(), settings.home
-    done: dict = {}
-    if not is_backbone(model_dir):
+    built = not is_backbone(model_dir)
+    if built:
         say("building the embedded backbone")
         build_backbone(model_dir)
-        done["backbone"] = "built"
     expert = home / "data" / "expert"
     say(f"expert data: {recipe.per_task} train variations per task family, spread over the split")
-    done["collect"] = collect(expert, per_task=recipe.per_task, workers=recipe.workers,
-                              tasks=recipe.tasks or None, max_steps=recipe.max_steps, games_dir=home / "games")
+    collected = collect(expert, per_task=recipe.per_task, workers=recipe.workers, tasks=recipe.tasks or None,
+                        max_steps=recipe.max_steps, games_dir=home / "games")
+    done = PipelineRun(collected=collected, backbone_built=built)
     trajs = load_collected(expert, "scienceworld", "train", recipe.tasks or None, recipe.per_task)
     warm = warmup_info(model_dir)
     if warm is None or warm.get("data") != data_key(trajs):
         say(f"backbone warm-up on {len(trajs)} transcripts")
         train_trajs, held_out = split_by_group(trajs, recipe.val_fraction)
-        done["warmup"] = warmup_backbone(model_dir, train_trajs, recipe.warmup, home / "runs" / "warmup",
-                                         held_out=held_out)
+        done.warmup = warmup_backbone(model_dir, train_trajs, recipe.warmup, home / "runs" / "warmup",
+                                      held_out=held_out)
     names = list(ADAPTER_ROLES[recipe.mode])
     if not sft_is_current(settings.adapters_dir(), model_dir, names):
         say(f"SFT ({recipe.mode}) on {len(trajs)} trajectories")
@@ -143,6 +164,6 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> dict
                         segmentation=SegmentationConfig(max_len=settings.c_max),
                         diagnose_segments=recipe.diagnose_segments)
         hierarchy = HierarchyConfig.from_settings(settings.model_copy(update={"mode": recipe.mode}))
-        done["sft"] = run_sft(model_dir, trajs, home / "runs" / f"sft-{recipe.mode}", cfg, hierarchy=hierarchy,
-                              registry=settings.adapters_dir())
+        done.sft = run_sft(model_dir, trajs, home / "runs" / f"sft-{recipe.mode}", cfg, hierarchy=hierarchy,
+                           registry=settings.adapters_dir())
     return done

@@ -33,9 +33,10 @@ from glider.trainer.data.hierarchy import (
     split_by_group,
 )
 from glider.trainer.data.schema import Trajectory
+from glider.trainer.diagnostics import MarkerMetrics, SegmentCompletion
 from glider.trainer.lora import LoraSettings
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_sequences
-from glider.trainer.training import TrainConfig, evaluate_loss, run_fingerprint, train
+from glider.trainer.training import TrainConfig, TrainResult, evaluate_loss, run_fingerprint, train
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,44 @@ class SFTConfig:
     diagnose_segments: int = 0
 
 
+@dataclass
+class SFTAdapterReport:
+    """One adapter's SFT run: its data, its held-out loss before and after, the training loop's result,
+    and the executor's diagnostics on held-out segments (None where they did not run)."""
+    sequences: int
+    tokens: int
+    target_tokens: int
+    val_loss_before: float
+    val_loss_after: float
+    training: TrainResult
+    completion_marker: MarkerMetrics | None = None
+    segment_completion: SegmentCompletion | None = None
+    published: str | None = None  # the registry version, when it was published
+
+    def to_dict(self) -> dict:
+        """The flat layout of ``sft_metrics.json`` (the training figures beside the data's)."""
+        out = {k: v for k, v in asdict(self).items() if k != "training"}
+        return {**out, **self.training.as_dict()}
+
+    def scalars(self) -> dict[str, float]:
+        """The numbers a registry entry keeps as its metrics."""
+        return {k: v for k, v in self.to_dict().items() if isinstance(v, int | float)}
+
+
+@dataclass
+class SFTReport:
+    mode: str
+    train_trajectories: int
+    val_trajectories: int
+    config: SFTConfig
+    adapters: dict[str, SFTAdapterReport] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "trajectories": {"train": self.train_trajectories, "val": self.val_trajectories},
+                "config": {"lora": asdict(self.config.lora), "train": asdict(self.config.train)},
+                "adapters": {name: a.to_dict() for name, a in self.adapters.items()}}
+
+
 def episodes_for(trajs: Sequence[Trajectory], annotator: Annotator | None = None,
                  seg: SegmentationConfig = SegmentationConfig()) -> list[HierarchicalEpisode]:
     return [annotate(t, annotator, seg) for t in trajs if t.steps]
@@ -77,8 +116,9 @@ def build_sequences(episodes, roles, tokenizer, hierarchy: HierarchyConfig, max_
 
 def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, cfg: SFTConfig, *,
             hierarchy: HierarchyConfig | None = None, registry: Path | None = None,
-            annotator: Annotator | None = None) -> dict:
-    """Train the mode's adapters; publish them to ``registry`` when given.  Returns the metrics."""
+            annotator: Annotator | None = None) -> SFTReport:
+    """Train the mode's adapters; publish them to ``registry`` when given.  Returns what each run did
+    (also written to ``<out_dir>/sft_metrics.json``)."""
     import torch
     from accelerate import PartialState
     from peft import LoraConfig, get_peft_model
@@ -97,8 +137,8 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
                    build_sequences(val_eps, roles, tokenizer, hierarchy, cfg.max_len))
             for name, roles in ADAPTER_ROLES[cfg.mode].items()}
     total_tokens = sum(sum(len(s) for s in tr) for tr, _ in jobs.values())
-    metrics: dict = {"mode": cfg.mode, "trajectories": {"train": len(train_trajs), "val": len(val_trajs)},
-                     "config": {"lora": asdict(cfg.lora), "train": asdict(cfg.train)}, "adapters": {}}
+    report = SFTReport(mode=cfg.mode, train_trajectories=len(train_trajs), val_trajectories=len(val_trajs),
+                       config=cfg)
     for name, (train_seqs, val_seqs) in jobs.items():
         roles = ADAPTER_ROLES[cfg.mode][name]
         tokens = sum(len(s) for s in train_seqs)
@@ -118,31 +158,30 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         result = train(model, train_seqs, train_cfg, out_dir / name, pad_id=tokenizer.pad_token_id, name=name,
                        fingerprint=fingerprint, val_sequences=val_seqs)
         val_after = evaluate_loss(model, val_seqs, tokenizer.pad_token_id)
-        diagnostics = {}
+        marker = segments = None
         if "executor" in roles and val_eps:
             from glider.trainer.diagnostics import LocalGenerator, completion_share, marker_metrics
 
             generator = LocalGenerator(model, tokenizer)
-            diagnostics["completion_marker"] = marker_metrics(generator, val_eps, hierarchy)
+            marker = marker_metrics(generator, val_eps, hierarchy)
             if cfg.diagnose_segments:
-                diagnostics["segment_completion"] = completion_share(generator, val_eps, hierarchy,
-                                                                     cfg.diagnose_segments)
-            log.info("%s: executor diagnostics on held-out segments %s", name, diagnostics)
+                segments = completion_share(generator, val_eps, hierarchy, cfg.diagnose_segments)
+            log.info("%s: executor diagnostics on held-out segments: %s %s", name, marker, segments)
         adapter_dir = out_dir / name / "adapter"
         if not state.is_main_process:  # under `accelerate launch`, one process writes and publishes
             continue
         model.save_pretrained(adapter_dir, safe_serialization=True)
-        entry = {"sequences": len(train_seqs), "tokens": tokens,
-                 "target_tokens": sum(s.target_tokens for s in train_seqs),
-                 "val_loss_before": val_before, "val_loss_after": val_after, **diagnostics, **result.as_dict()}
+        entry = SFTAdapterReport(sequences=len(train_seqs), tokens=tokens,
+                                 target_tokens=sum(s.target_tokens for s in train_seqs), val_loss_before=val_before,
+                                 val_loss_after=val_after, training=result, completion_marker=marker,
+                                 segment_completion=segments)
         if registry is not None:
             from glider.trainer.publish import publish_adapter
 
-            published = publish_adapter(registry, name, adapter_dir, model_dir, stage="sft",
-                                        metrics={k: v for k, v in entry.items() if isinstance(v, int | float)})
-            entry["published"] = published.version
-        metrics["adapters"][name] = entry
+            entry.published = publish_adapter(registry, name, adapter_dir, model_dir, stage="sft",
+                                              metrics=entry.scalars()).version
+        report.adapters[name] = entry
         del model, base
     if state.is_main_process:
-        (out_dir / "sft_metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
+        (out_dir / "sft_metrics.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    return report

@@ -70,6 +70,7 @@ def run_command(
     require("envs", command="eval run")
     from glider.clients.evaluate import (
         EvalConfig,
+        Summary,
         parse_checkpoint,
         plot_curve,
         run_episodes,
@@ -95,7 +96,7 @@ def run_command(
     cfg = EvalConfig(plan=plan, server=server, transport=transport, parallel=parallel, policy=policy)
     console.print(plan.describe())
 
-    def one_run(run_label: str, run_out: Path, meta: dict) -> dict:
+    def one_run(run_label: str, run_out: Path, meta: dict) -> Summary:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[steps]} steps"))
         with Progress(*columns, console=console) as progress:
@@ -140,8 +141,8 @@ def run_command(
             for name, version in original.items():  # leave the server as it was
                 client.load_adapter(name, version, token=token)
     plot_curve(points, out)
-    (out / "curve.json").write_text(json.dumps([{"checkpoint": c, "overall": s["overall"]} for c, s in points],
-                                               indent=2))
+    (out / "curve.json").write_text(json.dumps([{"checkpoint": c, "overall": s.to_dict()["overall"]}
+                                                for c, s in points], indent=2))
     console.print(f"learning curve written to {out / 'curve.png'}")
 
 
@@ -160,11 +161,11 @@ def compare_command(
         cmp = compare_runs(run_a, run_b)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if not cmp["splits"]:
+    if not cmp.splits:
         raise typer.BadParameter(f"{run_a} and {run_b} share no episode")
     console.print(Markdown(comparison_markdown(cmp, str(run_a), str(run_b))))
     if out is not None:
-        out.write_text(json.dumps(cmp, indent=2))
+        out.write_text(json.dumps(cmp.to_dict(), indent=2))
 
 
 @app.command("plan")

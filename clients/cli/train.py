@@ -58,8 +58,9 @@ def train_warmup(
     trajs = trajectories(data, tasks, per_task)
     cfg = given(WARMUP, epochs=epochs, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
                 max_minutes=max_minutes, max_steps=max_steps, seed=seed)
-    info = warmup_backbone(s.model_dir(), trajs, cfg, out or s.home / "runs" / "warmup")
-    console.print_json(json.dumps(info, default=str))
+    report = warmup_backbone(s.model_dir(), trajs, cfg, out or s.home / "runs" / "warmup")
+    if report is not None:
+        console.print_json(json.dumps(report.to_dict(), default=str))
 
 
 @app.command("sft")
@@ -121,12 +122,13 @@ def train_sft(
                       annotator=annotator_for(annotator, llm_url, llm_model))
     table = Table("adapter", "tokens", "padding", "tokens/s", "steps (epochs)", "best step", "loss first→last",
                   "val loss before→after", "minutes", "published")
-    for name, m in metrics["adapters"].items():
-        table.add_row(name, str(m["tokens"]), f"{100 * m['padding_share']:.1f}%", f"{m['tokens_per_s']:.0f}",
-                      f"{m['steps']} ({m['epochs_done']:.1f})", str(m.get("best_step")),
-                      f"{m['first_loss']:.3f}→{m['train_loss']:.3f}",
-                      f"{m['val_loss_before']:.3f}→{m['val_loss_after']:.3f}", f"{m['seconds'] / 60:.1f}",
-                      m.get("published", "-"))
+    for name, m in metrics.adapters.items():
+        t = m.training
+        table.add_row(name, str(m.tokens), f"{100 * t.padding_share:.1f}%", f"{t.tokens_per_s:.0f}",
+                      f"{t.steps} ({t.epochs_done:.1f})", str(t.best_step),
+                      f"{t.first_loss:.3f}→{t.train_loss:.3f}",
+                      f"{m.val_loss_before:.3f}→{m.val_loss_after:.3f}", f"{t.seconds / 60:.1f}",
+                      m.published or "-")
     console.print(table)
 
 
@@ -184,16 +186,16 @@ def train_orl(
     hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": mode}))
     metrics = run_orl(s.model_dir(), trajs, out or s.home / "runs" / f"orl-{mode}", cfg, hierarchy=hierarchy,
                       registry=s.adapters_dir(), publish=publish)
-    console.print(f"trajectories by source: {metrics['trajectories']}")
+    console.print(f"trajectories by source: {metrics.trajectories}")
     table = Table("adapter", "role", "decisions", "critic loss", "advantage", "weights min/max", "actor loss",
                   "published")
-    for name, m in metrics["adapters"].items():
-        for role, r in m["roles"].items():
-            table.add_row(name, role, str(r["decisions"]),
-                          " ".join(f"{k}={v:.4f}" for k, v in r["critic_loss"].items()),
-                          f"{r.get('advantage_mean', 0):.3f}±{r.get('advantage_std', 0):.3f}",
-                          f"{r.get('weight_min', 0):.2f}/{r.get('weight_max', 0):.2f}",
-                          f"{m['first_loss']:.3f}→{m['train_loss']:.3f}", m.get("published", "-"))
+    for name, m in metrics.adapters.items():
+        for role, r in m.roles.items():
+            w = r.weights
+            table.add_row(name, role, str(w.decisions),
+                          " ".join(f"{k}={v:.4f}" for k, v in r.critic_loss.items()),
+                          f"{w.advantage_mean:.3f}±{w.advantage_std:.3f}", f"{w.weight_min:.2f}/{w.weight_max:.2f}",
+                          f"{m.training.first_loss:.3f}→{m.training.train_loss:.3f}", m.published or "-")
     console.print(table)
 
 

@@ -11,6 +11,7 @@ from glider.clients.cli import app
 from glider.clients.evaluate import (
     EpisodeResult,
     EvalConfig,
+    Summary,
     load_run,
     run_episodes,
     summarize,
@@ -43,10 +44,11 @@ def test_quick_ci_protocol_end_to_end_resumes_and_compares(vllm_server, tmp_path
     table = (run / "table.md").read_text()
     assert "protocol quick-ci" in table and "95 % CI" in table and "| find-plant |" in table
     for split in ("seen", "unseen"):
-        o = summary["overall"][split]
+        o = summary.overall[split]
         scores = [100 * r.score for r in first if r.split == split]
-        assert o["mean"] == pytest.approx(sum(scores) / len(scores))  # one episode per family: macro = micro
-        assert o["low"] <= o["mean"] <= o["high"] and o["episodes"] == o["planned"] == 3
+        assert o.mean == pytest.approx(sum(scores) / len(scores))  # one episode per family: macro = micro
+        assert o.low <= o.mean <= o.high and o.episodes == o.planned == 3
+    assert Summary.load(run / "summary.json") == summary
     assert len(list(csv.DictReader((run / "episodes.csv").open()))) == 6
     assert (run / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -79,13 +81,14 @@ def test_summary_is_per_family_first_with_a_ci():
     rs = [EpisodeResult("seen", "a", 0, 1.0, 1.0, 5, 1, True), EpisodeResult("seen", "a", 1, 0.0, 0.5, 5, 1, False),
           EpisodeResult("seen", "a", 2, 0.0, 0.0, 5, 1, False), EpisodeResult("seen", "b", 0, 0.5, 0.5, 5, 1, True)]
     s = summarize(rs, plan)
-    assert s["per_task"]["a"]["seen"] == pytest.approx(100 / 3)
-    assert s["overall"]["seen"]["mean"] == pytest.approx((100 / 3 + 50) / 2)
-    assert s["overall"]["seen"]["micro"] == pytest.approx(150 / 4)
-    assert s["overall"]["seen"]["best_micro"] == pytest.approx(200 / 4)
-    assert s["overall"]["seen"]["low"] < s["overall"]["seen"]["mean"] < s["overall"]["seen"]["high"]
+    assert s.per_task["a"]["seen"] == pytest.approx(100 / 3)
+    seen = s.overall["seen"]
+    assert seen.mean == pytest.approx((100 / 3 + 50) / 2)
+    assert seen.micro == pytest.approx(150 / 4)
+    assert seen.best_micro == pytest.approx(200 / 4)
+    assert seen.low < seen.mean < seen.high
     eto = summarize(rs, load_plan("eto"))  # ETO scores the best score reached, micro
-    assert eto["overall"]["seen"]["mean"] == pytest.approx(200 / 4)
+    assert eto.overall["seen"].mean == pytest.approx(200 / 4)
     assert PlannedEpisode("seen", "a", 2).key == rs[2].key
 
 

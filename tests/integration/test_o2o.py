@@ -29,9 +29,9 @@ def test_one_o2o_iteration_is_served_by_the_next_episode(method, swap_server, sw
 
     point = curve[0]
     # the trainer consumed the episode the server recorded: its planner decisions reached the critic
-    assert point.episodes == point.update["new_episodes"] == 1 and point.update["roles"]["planner"]["decisions"] >= 1 + len(
+    assert point.episodes == point.update.new_episodes == 1 and point.update.critics["planner"].decisions >= 1 + len(
         [d for d in learner.offline["planner"].decisions])
-    assert point.update["planner"]["actor_steps"] == 2
+    assert point.update.actors["planner"].actor_steps == 2
     new = point.versions["planner"]
     assert new != before["planner"] and registry.current_version("planner") == new
     assert registry.get("planner").manifest["stage"] == f"o2o-{method}"

@@ -54,7 +54,7 @@ def test_sft_adapters_publish_and_the_server_serves_them(swap_server, swap_regis
     cfg = SFTConfig(mode="separate", val_fraction=0.0,
                     train=TrainConfig(lr=2e-3, max_steps=3, batch_tokens=4096, progress=False))
     metrics = run_sft(backbone_dir, [gold_trajectory], tmp_path, cfg, registry=swap_registry)
-    published = {name: m["published"] for name, m in metrics["adapters"].items()}
+    published = {name: m.published for name, m in metrics.adapters.items()}
     deadline = time.monotonic() + 60
     served = {}
     while time.monotonic() < deadline:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from glider.server.policy.controller import HierarchyConfig, PolicyGeneration
 from glider.trainer.data.hierarchy import annotate
-from glider.trainer.diagnostics import LocalGenerator, completion_share, marker_metrics
+from glider.trainer.diagnostics import (
+    LocalGenerator,
+    MarkerMetrics,
+    SegmentCompletion,
+    completion_share,
+    marker_metrics,
+)
 from glider.trainer.sequences import executor_pairs
 
 
@@ -36,11 +42,11 @@ def test_marker_metrics_against_an_oracle_and_a_model(gold_trajectory, tiny_mode
     ep = annotate(gold_trajectory)
     cfg = HierarchyConfig()
     perfect = marker_metrics(Oracle(ep), [ep], cfg)
-    assert perfect == {"pairs": 10, "labelled_true": 5, "precision": 1.0, "recall": 1.0, "action_accuracy": 1.0}
+    assert perfect == MarkerMetrics(pairs=10, labelled_true=5, precision=1.0, recall=1.0, action_accuracy=1.0)
     always = marker_metrics(Oracle(ep, done=lambda i, n: True), [ep], cfg)
-    assert always["precision"] == pytest.approx(5 / 10) and always["recall"] == 1.0
+    assert always.precision == pytest.approx(5 / 10) and always.recall == 1.0
     never = marker_metrics(Oracle(ep, done=lambda i, n: False), [ep], cfg)
-    assert never["recall"] == 0.0
+    assert never.recall == 0.0
     # the real thing on a real (tiny) model: numbers, within range, from generated text
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -49,14 +55,14 @@ def test_marker_metrics_against_an_oracle_and_a_model(gold_trajectory, tiny_mode
     texts = gen.complete([p.prompt for p in executor_pairs(ep, cfg)[0]], 8)
     assert len(texts) == 2 and all("\n" not in t for t in texts)
     real = marker_metrics(gen, [ep], cfg)
-    assert real["pairs"] == 10 and 0.0 <= real["action_accuracy"] <= 1.0
+    assert real.pairs == 10 and 0.0 <= real.action_accuracy <= 1.0
 
 
 def test_completion_replays_the_gold_path_in_scienceworld(gold_trajectory):
     ep = annotate(gold_trajectory)
     cfg = HierarchyConfig()
     shares = completion_share(Oracle(ep), [ep], cfg, limit=5)
-    assert shares == {"segments": 5, "reached": 1.0, "completed": 1.0}
+    assert shares == SegmentCompletion(segments=5, reached=1.0, completed=1.0)
     # an executor that never says done reaches the goals but completes none
     lazy = completion_share(Oracle(ep, done=lambda i, n: False), [ep], cfg, limit=5)
-    assert lazy["reached"] == 1.0 and lazy["completed"] == 0.0
+    assert lazy.reached == 1.0 and lazy.completed == 0.0

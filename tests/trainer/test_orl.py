@@ -199,8 +199,8 @@ def test_orl_prefers_the_high_return_action_where_bc_copies_the_frequent_one(tin
     orl.lora.r, orl.lora.alpha = 8, 16
     metrics = run_orl(model_dir, data, tmp_path / "orl", orl, progress=False)
     orl_margin = _choice_margin(model_dir, tmp_path / "orl" / "flat" / "adapter")
-    stats = metrics["adapters"]["flat"]["roles"]["flat"]
-    assert stats["decisions"] == 80 and stats["reward_sum"] == pytest.approx(8.0)
+    stats = metrics.adapters["flat"].roles["flat"]
+    assert stats.weights.decisions == 80 and stats.reward_sum == pytest.approx(8.0)
     assert bc_margin < 0, f"BC should copy the frequent rock ({bc_margin:.2f})"
     assert orl_margin > 0, f"ORL should prefer the coin ({orl_margin:.2f}); {stats}"
     assert (tmp_path / "orl" / "flat" / "critic-flat.safetensors").is_file()
@@ -233,3 +233,21 @@ def test_area_under_the_curve_weights_each_iteration_by_its_episodes():
              for i, (n, s) in enumerate([(4, 0.1), (8, 0.3), (16, 0.5)])]
     assert area_under_curve(curve) == pytest.approx(100 * (0.1 * 4 + 0.3 * 4 + 0.5 * 8) / 16)
     assert math.isnan(area_under_curve([]))
+
+
+def test_curves_written_by_earlier_versions_load_with_the_learners_report():
+    from glider.trainer.o2o import ActorUpdate, CriticUpdate
+    from glider.trainer.online import IterationPoint
+
+    base = {"iteration": 0, "episodes": 2, "score": 0.1, "best": 0.2, "tasks": {}, "versions": {"planner": "v2"},
+            "play_s": 1, "train_s": 2, "swap_s": 0.5}
+    critic = {"decisions": 7, "critic_loss": {"q_loss": 0.5}, "advantage_std": 0.1}
+    actor = {"actor_steps": 16, "actor_loss": 1.5}
+    layouts = [{**base, "new_episodes": 2, "roles": {"planner": critic}, "planner": actor},  # report at the top
+               {**base, "update": {"new_episodes": 2, "roles": {"planner": critic}, "planner": actor}},
+               {**base, "update": {"new_episodes": 2, "critics": {"planner": critic}, "actors": {"planner": actor}}}]
+    for layout in layouts:
+        update = IterationPoint.from_json(layout).update
+        assert update.new_episodes == 2
+        assert update.critics == {"planner": CriticUpdate(**critic)}
+        assert update.actors == {"planner": ActorUpdate(**actor)}

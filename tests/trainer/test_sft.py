@@ -30,12 +30,12 @@ def test_sft_loss_falls_and_publishes(tiny_model_dir, gold_trajectory, tmp_path)
     cfg.lora.r, cfg.lora.alpha = 8, 16
     metrics = run_sft(tiny_model_dir, [gold_trajectory], tmp_path / "run", cfg, registry=tmp_path / "registry")
     for name in ("planner", "executor"):
-        m = metrics["adapters"][name]
-        assert m["steps"] == 150
-        assert m["train_loss"] < 0.5 * m["first_loss"], m  # a clear margin, not noise
-        assert 0 <= m["padding_share"] < 0.5
+        m = metrics.adapters[name]
+        assert m.training.steps == 150
+        assert m.training.train_loss < 0.5 * m.training.first_loss, m  # a clear margin, not noise
+        assert 0 <= m.training.padding_share < 0.5
         version = AdapterRegistry(tmp_path / "registry").get(name)
-        assert version.manifest["stage"] == "sft" and m["published"] == version.version
+        assert version.manifest["stage"] == "sft" and m.published == version.version
         assert (tmp_path / "run" / name / "tensorboard").is_dir()
     saved = json.loads((tmp_path / "run" / "sft_metrics.json").read_text())
     assert saved["adapters"]["executor"]["target_tokens"] > 0
@@ -45,19 +45,19 @@ def test_training_resumes_from_its_checkpoint(tiny_model_dir, gold_trajectory, t
     cfg = SFTConfig(mode="flat", val_fraction=0.0,
                     train=TrainConfig(lr=3e-3, max_steps=6, batch_tokens=2048, checkpoint_every=3,
                                       log_every=1, progress=False))
-    first = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg)["adapters"]["flat"]
+    first = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
     progress = json.loads((tmp_path / "flat" / "checkpoints" / "latest" / "progress.json").read_text())
     assert progress["step"] == 6
     # the same run again with a longer budget continues from step 6 instead of starting over
     cfg.train.max_steps = 9
-    again = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg)["adapters"]["flat"]
-    assert first["steps"] == 6 and again["steps"] == 9
+    again = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
+    assert first.steps == 6 and again.steps == 9
     progress = json.loads((tmp_path / "flat" / "checkpoints" / "latest" / "progress.json").read_text())
     assert progress["step"] == 9
     # other data in the same directory: that checkpoint is not resumed, training starts over
     shorter = gold_trajectory.model_copy(update={"steps": gold_trajectory.steps[:5]})
-    other = run_sft(tiny_model_dir, [shorter], tmp_path, cfg)["adapters"]["flat"]
-    assert other["steps"] == 9 and other["first_loss"] > again["train_loss"]
+    other = run_sft(tiny_model_dir, [shorter], tmp_path, cfg).adapters["flat"].training
+    assert other.steps == 9 and other.first_loss > again.train_loss
     progress = json.loads((tmp_path / "flat" / "checkpoints" / "latest" / "progress.json").read_text())
     assert progress["step"] == 9 and progress["fingerprint"]
 
