@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/quality.py --recipe demo            # the demo recipe (3 train variations / family)
     .venv/bin/python bench/quality.py --recipe full            # the paper's 1,284 trajectories
+    .venv/bin/python bench/quality.py --recipe full --warmup-minutes 10 --sft-minutes 20 --modes separate
+                                                               # the same data in shorter boxes (full-w10-s20)
     .venv/bin/python bench/quality.py --recipe demo --repeat 2 --guards-off   # + an A/A run and the guards off
 
 Every stage is cached or resumable, so a run cut off (a session's end, a kill) carries on where it stopped
@@ -118,7 +120,9 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=ROOT / ".glider" / "data",
                    help="expert data cache shared by every recipe")
     p.add_argument("--parallel", type=int, default=8, help="episodes in flight")
-    p.add_argument("--minutes-per-adapter", type=float, default=None, help="full recipe: SFT time box")
+    p.add_argument("--sft-minutes", type=float, default=60.0,
+                   help="full recipe: a mode's SFT time box (its adapters share it by data size)")
+    p.add_argument("--warmup-minutes", type=float, default=45.0, help="full recipe: the warm-up's time box")
     p.add_argument("--diagnose", type=int, default=60,
                    help="held-out gold segments replayed to measure the executor's completion")
     p.add_argument("--repeat", type=int, default=1, help="evaluate the separate agent this many times (A/A)")
@@ -127,12 +131,12 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     p.add_argument("--page", type=Path, default=ROOT / "docs" / "results.md")
     args = p.parse_args()
-    args.home = args.home or ROOT / ".glider" / f"quality-{args.recipe}"
+    recipe = Recipe.full(args.sft_minutes, args.warmup_minutes) if args.recipe == "full" else Recipe.named(args.recipe)
+    args.home = args.home or ROOT / ".glider" / f"quality-{recipe.name}"
     args.home.mkdir(parents=True, exist_ok=True)
     if not (args.home / "data").exists():  # collected gold paths are shared between recipes
         args.data.mkdir(parents=True, exist_ok=True)
         os.symlink(args.data.resolve(), args.home / "data")
-    recipe = Recipe.full(args.minutes_per_adapter or 60.0) if args.recipe == "full" else Recipe.named(args.recipe)
     modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in ADAPTER_ROLES]
     if unknown:

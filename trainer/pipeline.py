@@ -3,9 +3,10 @@
     backbone build -> data collect -> backbone warm-up -> SFT (separate adapters) -> publish
 
 This is what ``glider demo`` (README command a) runs on a 2-core CPU within its
-~20-minute budget.  ``Recipe.full()`` is the full-size recipe's data and
-training sizes (all train variations, more epochs, no time cap: run it on a GPU
-node, e.g. the Kubernetes training Job); each step is also a CLI command.
+~20-minute budget.  ``Recipe.full()`` is the paper's data (GLIDER's 1,284 train
+trajectories) with longer time boxes (45-minute warm-up, 60 minutes of SFT per mode):
+hours on 2 cores, in the background (``bench/quality.py --recipe full``), or a GPU
+node (the Kubernetes training Job).  Each step is also a CLI command.
 """
 
 from __future__ import annotations
@@ -60,16 +61,21 @@ class Recipe:
     diagnose_segments: int = 0  # held-out gold segments replayed to measure executor completion
 
     @classmethod
-    def full(cls, minutes_per_adapter: float = 60.0) -> Recipe:
-        """The paper's data: GLIDER's per-family train counts (1,284 trajectories over 23 families)."""
+    def full(cls, sft_minutes: float = 60.0, warmup_minutes: float = 45.0) -> Recipe:
+        """The paper's data: GLIDER's per-family train counts (1,284 trajectories over 23 families).
+
+        ``sft_minutes`` boxes a mode's SFT (its adapters share it by data size), ``warmup_minutes`` the
+        warm-up; a recipe with other boxes than the defaults is named after them (``full-w10-s20``), so
+        its runs and results stay apart from the full-size recipe's."""
         from glider.trainer.data.collect import recipe_counts
 
         counts = recipe_counts("glider")
-        return cls(name="full", per_task=counts, tasks=list(counts),
+        name = "full" if (sft_minutes, warmup_minutes) == (60.0, 45.0) else f"full-w{warmup_minutes:g}-s{sft_minutes:g}"
+        return cls(name=name, per_task=counts, tasks=list(counts),
                    warmup=TrainConfig(lr=1e-3, epochs=10, batch_tokens=8192, patience=3, eval_every=100,
-                                      max_minutes=45),
+                                      max_minutes=warmup_minutes),
                    sft=TrainConfig(lr=2e-3, epochs=30, batch_tokens=2048, patience=4, eval_every=100,
-                                   max_minutes=minutes_per_adapter))
+                                   max_minutes=sft_minutes))
 
     @classmethod
     def named(cls, name: str) -> Recipe:
