@@ -79,8 +79,17 @@ def test_detectable_difference_is_z_sum_times_se():
 
 
 def test_difference_cell_bolds_only_a_ci_that_excludes_zero():
-    from glider.clients.evaluate import difference_cell
+    from glider.clients.evaluate import SplitDifference, difference_cell
 
-    assert difference_cell({"difference": 0.8, "low": -0.18, "high": 1.77}) == "+0.80 [-0.18, +1.77]"
-    assert difference_cell({"difference": 3.18, "low": 1.98, "high": 4.31}) == "**+3.18** [+1.98, +4.31]"
-    assert difference_cell({"difference": -2.0, "low": -3.0, "high": -0.5}) == "**-2.00** [-3.00, -0.50]"
+    def cell(difference, low, high):
+        return difference_cell(SplitDifference(a=0.0, b=difference, difference=difference, low=low, high=high,
+                                               se=0.0, mde=0.0, episodes=10, only_a=0, only_b=0))
+
+    assert cell(0.8, -0.18, 1.77) == "+0.80 [-0.18, +1.77]"
+    assert cell(3.18, 1.98, 4.31) == "**+3.18** [+1.98, +4.31]"
+    assert cell(-2.0, -3.0, -0.5) == "**-2.00** [-3.00, -0.50]"
+    # a comparison as quality.json stores it reads back whole
+    stored = {"a": 1.0, "b": 2.0, "difference": 1.0, "low": 0.2, "high": 1.8, "se": 0.4, "mde": 1.1, "episodes": 9,
+              "only_a": 0, "only_b": 1, "per_family": {"boil": {"difference": 1.0, "episodes": 9}}}
+    back = SplitDifference.from_dict(stored)
+    assert back.significant and back.per_family["boil"].episodes == 9
