@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from common import ROOT, ServerProcess, machine, settings
@@ -144,7 +143,7 @@ def main() -> None:
 
 def report(curves, timings, out: Path, args, online, offline_tasks, trajs, offline) -> None:
     plot(curves, out / "curves.png")
-    (out / "curves.json").write_text(json.dumps({m: [asdict(pt) for pt in c] for m, c in curves.items()}, indent=2,
+    (out / "curves.json").write_text(json.dumps({m: [pt.to_json() for pt in c] for m, c in curves.items()}, indent=2,
                                                 default=str))
     lines = [f"# O2O on held-out families ({machine()})\n",
              f"Offline: hierarchical SFT (separate adapters) on {len(trajs)} expert trajectories of "

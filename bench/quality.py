@@ -180,7 +180,9 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         else plan.protocol
     results["recipes"][recipe.name] = {
         "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
-        "command": f"bench/quality.py --recipe {recipe.name} --modes {args.modes} --protocol {args.protocol}"
+        "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
+                   + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
+                      if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else ""),
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},

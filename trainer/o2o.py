@@ -101,6 +101,14 @@ class UpdateReport:
     critics: dict[str, CriticUpdate] = field(default_factory=dict)  # role -> its critic's update
     actors: dict[str, ActorUpdate] = field(default_factory=dict)  # adapter -> its actor's steps
 
+    def to_dict(self) -> dict:
+        """The layout ``curve.json`` has always had: the critics under ``roles``, each actor under its
+        adapter's name, and nothing but the count when there was nothing new."""
+        if not self.new_episodes:
+            return {"new_episodes": 0}
+        return {"new_episodes": self.new_episodes, "roles": {r: asdict(c) for r, c in self.critics.items()},
+                **{name: asdict(a) for name, a in self.actors.items()}}
+
     @classmethod
     def from_dict(cls, data: dict) -> UpdateReport:
         """From ``curve.json``; earlier curves kept the critics under ``roles`` and each actor under its

@@ -32,6 +32,9 @@ class IterationPoint:
     swap_s: float  # until the server served what was published
     update: UpdateReport = field(default_factory=UpdateReport)  # what the learner did (OnlineLearner.update)
 
+    def to_json(self) -> dict:
+        return {**asdict(self), "update": self.update.to_dict()}
+
     @classmethod
     def from_json(cls, data: dict) -> IterationPoint:
         """From ``curve.json``; curves written before this class held the learner's report at the top level."""
@@ -114,7 +117,7 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
                                    tasks={r.task_name: max(0.0, r.score) for r in reports}, versions=versions,
                                    play_s=play_s, train_s=train_s, swap_s=swap_s, update=stats)
             curve.append(point)
-            (learner.out_dir / "curve.json").write_text(json.dumps([asdict(p) for p in curve], indent=2, default=str))
+            (learner.out_dir / "curve.json").write_text(json.dumps([p.to_json() for p in curve], indent=2, default=str))
             log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,
                      point.score, len(reports), versions, swap_s)
             if on_iteration is not None:

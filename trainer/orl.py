@@ -115,8 +115,10 @@ class ORLRoleReport:
     weights: WeightStats
 
     def to_dict(self) -> dict:
+        weights = {k: v for k, v in asdict(self.weights).items() if v is not None} if self.weights.decisions \
+            else {"decisions": 0}  # no decisions, no advantages to describe
         return {"sequences": self.sequences, "critic_loss": self.critic_loss, "reward_sum": self.reward_sum,
-                **{k: v for k, v in asdict(self.weights).items() if v is not None}}
+                **weights}
 
 
 @dataclass

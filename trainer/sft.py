@@ -82,8 +82,11 @@ class SFTAdapterReport:
 
     def to_dict(self) -> dict:
         """The flat layout of ``sft_metrics.json`` (the training figures beside the data's)."""
-        out = {k: v for k, v in asdict(self).items() if k != "training"}
-        return {**out, **self.training.as_dict()}
+        out = {k: v for k, v in asdict(self).items() if k not in ("training", "published") and v is not None}
+        out.update(self.training.as_dict())
+        if self.published is not None:
+            out["published"] = self.published
+        return out
 
     def scalars(self) -> dict[str, float]:
         """The numbers a registry entry keeps as its metrics."""

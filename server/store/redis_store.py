@@ -28,6 +28,7 @@ step that was cancelled meanwhile is released as soon as its reply arrives.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from contextlib import contextmanager
 
@@ -42,6 +43,8 @@ from glider.server.store.base import (
     StoreUnavailable,
 )
 from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 # Each script starts from Redis's clock; "touch" renews the idle TTL of the hash and its index entry.
 _NOW = """
@@ -138,7 +141,7 @@ class RedisEpisodeStore(EpisodeStore):
         self._delete = self._redis.register_script(_DELETE)
         self._count = self._redis.register_script(_COUNT)
         self._leases: dict[str, str] = {}  # episode id -> token of the lease this process holds
-        self._cleanups: set[asyncio.Task] = set()  # releases of leases whose step was cancelled
+        self._scripts: set[asyncio.Future] = set()  # lease scripts still running (close waits for them)
 
     def _keys(self, episode_id: str) -> list[str]:
         return [f"{self.prefix}ep:{episode_id}", f"{self.prefix}lease:{episode_id}", self._index]
@@ -165,8 +168,8 @@ class RedisEpisodeStore(EpisodeStore):
 
     async def acquire(self, episode_id: str) -> EpisodeState:
         token = secrets.token_hex(16)
-        call = asyncio.ensure_future(self._acquire(keys=self._keys(episode_id),
-                                                   args=[episode_id, token, self.ttl_ms, self.lease_ms]))
+        call = self._run_to_end(self._acquire(keys=self._keys(episode_id),
+                                              args=[episode_id, token, self.ttl_ms, self.lease_ms]))
         try:
             with _reachable():
                 reply = await asyncio.shield(call)
@@ -184,8 +187,8 @@ class RedisEpisodeStore(EpisodeStore):
         token = self._leases.pop(state.id, "")
         new = state.model_copy(update={"version": expected_version + 1})
         with _reachable():
-            code = await asyncio.shield(self._commit(keys=self._keys(state.id), args=[
-                state.id, token, expected_version, new.model_dump_json(), self.ttl_ms]))
+            code = await asyncio.shield(self._run_to_end(self._commit(keys=self._keys(state.id), args=[
+                state.id, token, expected_version, new.model_dump_json(), self.ttl_ms])))
         if code == -1:
             raise _not_found(state.id)
         if code == -2:
@@ -200,15 +203,23 @@ class RedisEpisodeStore(EpisodeStore):
         if token is None:
             return
         with _reachable():
-            await asyncio.shield(self._release(keys=self._keys(episode_id)[1:2], args=[token]))
+            await asyncio.shield(self._run_to_end(self._release(keys=self._keys(episode_id)[1:2], args=[token])))
+
+    def _run_to_end(self, script) -> asyncio.Future:
+        """A lease script as a task of its own: a cancelled step does not cut it off, ``close`` waits for it."""
+        task = asyncio.ensure_future(script)
+        self._scripts.add(task)
+        task.add_done_callback(self._scripts.discard)
+        return task
 
     def _give_back(self, call: asyncio.Future, episode_id: str, token: str) -> None:
         """Release the lease an acquire took for a step that was cancelled before it learnt so."""
         if call.cancelled() or call.exception() is not None or call.result()[0] != 0:
             return
-        task = asyncio.ensure_future(self._release(keys=self._keys(episode_id)[1:2], args=[token]))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        task = self._run_to_end(self._release(keys=self._keys(episode_id)[1:2], args=[token]))
+        task.add_done_callback(lambda done: done.cancelled() or done.exception() is None or log.warning(
+            "episode %s: the lease of a cancelled step could not be given back (%s); it expires in %.0f s",
+            episode_id, done.exception(), self.lease_ms / 1000))
 
     async def delete(self, episode_id: str) -> None:
         self._leases.pop(episode_id, None)
@@ -222,4 +233,10 @@ class RedisEpisodeStore(EpisodeStore):
             return int(await self._count(keys=[self._index]))
 
     async def close(self) -> None:
+        # a shutdown cancels the running steps: let their lease scripts (and the give-backs those
+        # start when they finish) end first, or the leases outlive the replica by lease_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while self._scripts and loop.time() < deadline:
+            await asyncio.wait(set(self._scripts), timeout=deadline - loop.time())
         await self._redis.aclose()

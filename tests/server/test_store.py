@@ -265,6 +265,28 @@ async def test_a_step_cancelled_while_its_lease_is_taken_leaves_the_episode_free
     await store.close()
 
 
+async def test_a_replica_shutting_down_mid_acquire_gives_the_lease_back_before_it_closes(redis_url):
+    store = RedisEpisodeStore(redis_url)
+    await store.create(state())
+    script, ran = store._acquire, asyncio.Event()
+
+    async def slow_reply(**kw):
+        reply = await script(**kw)
+        ran.set()
+        await asyncio.sleep(0.3)  # the reply is on its way when the shutdown cancels the step
+        return reply
+
+    store._acquire = slow_reply
+    cancelled = asyncio.create_task(store.acquire("e1"))
+    await ran.wait()
+    cancelled.cancel()
+    await store.close()  # waits for the acquire's reply and the release it starts
+    other = RedisEpisodeStore(redis_url)
+    taken = await other.acquire("e1")  # free at once, not after the 120 s lease
+    assert taken.id == "e1"
+    await other.close()
+
+
 async def test_a_dead_replicas_lease_runs_out_and_its_late_commit_is_refused(redis_url):
     dead = RedisEpisodeStore(redis_url, lease_s=0.3)
     alive = RedisEpisodeStore(redis_url, lease_s=0.3)

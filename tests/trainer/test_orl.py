@@ -247,7 +247,11 @@ def test_curves_written_by_earlier_versions_load_with_the_learners_report():
                {**base, "update": {"new_episodes": 2, "roles": {"planner": critic}, "planner": actor}},
                {**base, "update": {"new_episodes": 2, "critics": {"planner": critic}, "actors": {"planner": actor}}}]
     for layout in layouts:
-        update = IterationPoint.from_json(layout).update
+        point = IterationPoint.from_json(layout)
+        update = point.update
         assert update.new_episodes == 2
         assert update.critics == {"planner": CriticUpdate(**critic)}
         assert update.actors == {"planner": ActorUpdate(**actor)}
+        assert point.to_json() == layouts[1]  # written back in the layout curve.json has always had
+    nothing = IterationPoint.from_json({**base, "update": {"new_episodes": 0}})
+    assert nothing.to_json()["update"] == {"new_episodes": 0}

@@ -39,6 +39,9 @@ def test_sft_loss_falls_and_publishes(tiny_model_dir, gold_trajectory, tmp_path)
         assert (tmp_path / "run" / name / "tensorboard").is_dir()
     saved = json.loads((tmp_path / "run" / "sft_metrics.json").read_text())
     assert saved["adapters"]["executor"]["target_tokens"] > 0
+    # the file's layout: diagnostics only where they ran (not for the planner), the registry version last
+    assert "completion_marker" not in saved["adapters"]["planner"]
+    assert list(saved["adapters"]["planner"])[-1] == "published"
 
 
 def test_training_resumes_from_its_checkpoint(tiny_model_dir, gold_trajectory, tmp_path):
