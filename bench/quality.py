@@ -217,16 +217,19 @@ def render(results: dict) -> str:
             sp = a["splits"]
             out.append(f"| {LABEL.get(label, label)} | {_ci(sp['seen'])} | {_ci(sp['unseen'])} | "
                        f"{sp['seen']['episodes']} / {sp['unseen']['episodes']} |")
-        out += ["", "Score ×100 on the glider plan, mean with its 95 % stratified bootstrap CI.", "",
-                "| comparison (B − A) | seen: difference [95 % CI] | MDE | unseen: difference [95 % CI] | MDE |",
-                "|---|---:|---:|---:|---:|"]
+        out += ["", "Score ×100 on the glider plan, mean with its 95 % stratified bootstrap CI.", ""]
+        if r["comparisons"]:
+            out += ["| comparison (B − A) | seen: difference [95 % CI] | MDE | unseen: difference [95 % CI] | MDE |",
+                    "|---|---:|---:|---:|---:|"]
         for c in r["comparisons"]:
             cells = []
             for split in ("seen", "unseen"):
                 d = c["splits"].get(split)
                 cells += [difference_cell(SplitDifference.from_dict(d)), f"{d['mde']:.2f}"] if d else ["–", "–"]
             out.append(f"| {LABEL.get(c['b'], c['b'])} − {LABEL.get(c['a'], c['a'])} | " + " | ".join(cells) + " |")
-        out += ["", "MDE: the minimum difference detectable at 80 % power with these episodes.", "",
+        if r["comparisons"]:
+            out += ["", "MDE: the minimum difference detectable at 80 % power with these episodes."]
+        out += ["",
                 "| mode | adapter | optimizer steps | epochs | best step | held-out loss before → best | "
                 "tokens/s | minutes | `; true` precision / recall | segments reached / completed |",
                 "|---|---|---:|---:|---:|---|---:|---:|---|---|"]
