@@ -217,7 +217,8 @@ def render(results: dict) -> str:
             sp = a["splits"]
             out.append(f"| {LABEL.get(label, label)} | {_ci(sp['seen'])} | {_ci(sp['unseen'])} | "
                        f"{sp['seen']['episodes']} / {sp['unseen']['episodes']} |")
-        out += ["", "Score ×100 on the glider plan, mean with its 95 % stratified bootstrap CI.", ""]
+        protocols = sorted({a["protocol"] for a in r["agents"].values()})
+        out += ["", f"Score ×100 on the {' / '.join(protocols)} plan, mean with its 95 % stratified bootstrap CI.", ""]
         if r["comparisons"]:
             out += ["| comparison (B − A) | seen: difference [95 % CI] | MDE | unseen: difference [95 % CI] | MDE |",
                     "|---|---:|---:|---:|---:|"]
