@@ -33,6 +33,7 @@ from common import ROOT, ServerProcess, machine, settings
 from glider.clients.evaluate import (
     EvalConfig,
     SplitDifference,
+    Summary,
     compare_runs,
     comparison_markdown,
     difference_cell,
@@ -85,7 +86,7 @@ def train(args, recipe: Recipe, mode: str) -> dict:
                          for name, m in metrics.get("adapters", {}).items()}}
 
 
-def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, dict]:
+def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, Summary]:
     s = settings(home=args.home, mode=mode)
     server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()), GLIDER_ADAPTERS=str(s.adapters_dir()),
                            GLIDER_RECORD="false", **env)
@@ -147,7 +148,7 @@ def main() -> None:
     if args.skip_eval:
         print(json.dumps(training, indent=2))
         return
-    runs: dict[str, tuple[Path, dict]] = {}
+    runs: dict[str, tuple[Path, Summary]] = {}
     wanted = [(mode, mode, "", {}) for mode in modes]
     if "separate" in modes:
         wanted += [(f"separate (repeat {k})", "separate", f" (repeat {k})", {}) for k in range(2, args.repeat + 1)]
@@ -158,7 +159,7 @@ def main() -> None:
         record(args, recipe, plan, training, runs)
 
 
-def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Path, dict]]) -> None:
+def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Path, Summary]]) -> None:
     """Merge this recipe's agents and comparisons into the results file and page; copy each run's
     per-episode scores beside them, so every figure can be recomputed from the repository."""
     pairs = [(a, b) for a, b in COMPARE if a in runs and b in runs]

@@ -39,7 +39,13 @@ from glider.trainer.lora import LoraSettings
 from glider.trainer.rl import CriticConfig
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_decisions
 from glider.trainer.sft import episodes_for, sft_lora
-from glider.trainer.training import TrainConfig, TrainResult, run_fingerprint, train
+from glider.trainer.training import (
+    AdapterReportLayout,
+    TrainConfig,
+    TrainResult,
+    run_fingerprint,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +128,7 @@ class ORLRoleReport:
 
 
 @dataclass
-class ORLAdapterReport:
+class ORLAdapterReport(AdapterReportLayout):
     roles: dict[str, ORLRoleReport]
     critic_seconds: float
     tokens: int
@@ -132,14 +138,8 @@ class ORLAdapterReport:
 
     def to_dict(self) -> dict:
         """The layout of ``orl_metrics.json``'s adapter entries (the actor's training figures flat)."""
-        out = {"roles": {role: r.to_dict() for role, r in self.roles.items()}, "critic_seconds": self.critic_seconds,
-               **self.training.as_dict(), "tokens": self.tokens}
-        if self.published is not None:
-            out["published"] = self.published
-        return out
-
-    def scalars(self) -> dict[str, float]:
-        return {k: v for k, v in self.to_dict().items() if isinstance(v, int | float)}
+        return self.flat({"roles": {role: r.to_dict() for role, r in self.roles.items()},
+                          "critic_seconds": self.critic_seconds}, {"tokens": self.tokens})
 
 
 @dataclass

@@ -36,7 +36,14 @@ from glider.trainer.data.schema import Trajectory
 from glider.trainer.diagnostics import MarkerMetrics, SegmentCompletion
 from glider.trainer.lora import LoraSettings
 from glider.trainer.sequences import SequenceBuilder, TokenSequence, role_sequences
-from glider.trainer.training import TrainConfig, TrainResult, evaluate_loss, run_fingerprint, train
+from glider.trainer.training import (
+    AdapterReportLayout,
+    TrainConfig,
+    TrainResult,
+    evaluate_loss,
+    run_fingerprint,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +74,7 @@ class SFTConfig:
 
 
 @dataclass
-class SFTAdapterReport:
+class SFTAdapterReport(AdapterReportLayout):
     """One adapter's SFT run: its data, its held-out loss before and after, the training loop's result,
     and the executor's diagnostics on held-out segments (None where they did not run)."""
     sequences: int
@@ -82,15 +89,8 @@ class SFTAdapterReport:
 
     def to_dict(self) -> dict:
         """The flat layout of ``sft_metrics.json`` (the training figures beside the data's)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("training", "published") and v is not None}
-        out.update(self.training.as_dict())
-        if self.published is not None:
-            out["published"] = self.published
-        return out
-
-    def scalars(self) -> dict[str, float]:
-        """The numbers a registry entry keeps as its metrics."""
-        return {k: v for k, v in self.to_dict().items() if isinstance(v, int | float)}
+        return self.flat({k: v for k, v in asdict(self).items()
+                          if k not in ("training", "published") and v is not None})
 
 
 @dataclass

@@ -197,6 +197,27 @@ class TrainResult:
         return asdict(self)
 
 
+class AdapterReportLayout:
+    """What an adapter's report (SFT, ORL) shares: its file layout puts the training loop's figures
+    flat between the report's own, and the registry version, when there is one, last."""
+
+    training: TrainResult
+    published: str | None
+
+    def flat(self, before: dict, after: dict | None = None) -> dict:
+        out = {**before, **self.training.as_dict(), **(after or {})}
+        if self.published is not None:
+            out["published"] = self.published
+        return out
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def scalars(self) -> dict[str, float]:
+        """The numbers a registry version keeps as its metrics."""
+        return {k: v for k, v in self.to_dict().items() if isinstance(v, int | float)}
+
+
 def run_fingerprint(cfg: TrainConfig, sequences: Sequence[TokenSequence], *extra) -> str:
     """What a checkpoint must match to be resumed: the data, the optimiser setting, anything in ``extra``
     (base model, adapter config).  The step budget is left out: extending a run is a resume."""
