@@ -1,6 +1,6 @@
 """Evaluation throughput against the environment's own floor, on the same episodes.
 
-    .venv/bin/python bench/eval_throughput.py [--protocol quick] [--parallel 8] [--home .glider]
+    .venv/bin/python bench/eval_throughput.py [--protocol quick] [--parallel 8,24] [--home .glider]
 
 1. **Served**: the plan's episodes through a real server (``glider serve`` in its own process, the
    home's trained adapters), ``--parallel`` episodes in flight, one bounded ScienceWorld JVM each.
@@ -92,8 +92,8 @@ def measured(cfg: EvalConfig, server_pid: int | None) -> tuple[list, float, dict
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", default="quick")
-    p.add_argument("--parallel", default="8", help="episodes in flight; several: 4,8")
-    p.add_argument("--busy-wait", default="1,0.002",
+    p.add_argument("--parallel", default="8,24", help="episodes in flight; several: 8,24")
+    p.add_argument("--busy-wait", default="0.002",
                    help="GLIDER_ENGINE_BUSY_WAIT_S values served side by side (1 = vLLM's own spin)")
     p.add_argument("--home", type=Path, default=ROOT / ".glider", help="a home with trained adapters")
     p.add_argument("--mode", default="separate")

@@ -36,6 +36,7 @@ from glider.clients.evaluate import (
     Summary,
     compare_runs,
     comparison_markdown,
+    default_parallel,
     difference_cell,
     load_results,
     run_episodes,
@@ -99,7 +100,7 @@ def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, Summary]
         slug = (mode + tag).replace(" (", "-").replace(")", "").replace(" ", "-")
         out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
-        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
+        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel or default_parallel())
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
         with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {mode}{tag}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
@@ -120,7 +121,8 @@ def main() -> None:
     p.add_argument("--home", type=Path, default=None, help="default .glider/quality-<recipe>")
     p.add_argument("--data", type=Path, default=ROOT / ".glider" / "data",
                    help="expert data cache shared by every recipe")
-    p.add_argument("--parallel", type=int, default=8, help="episodes in flight")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="episodes in flight (default: as many as free memory holds JVMs for, up to 24)")
     p.add_argument("--sft-minutes", type=float, default=60.0,
                    help="full recipe: a mode's SFT time box (its adapters share it by data size)")
     p.add_argument("--warmup-minutes", type=float, default=45.0, help="full recipe: the warm-up's time box")

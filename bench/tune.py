@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--variant", action="append", required=True, help="NAME[: GLIDER_VAR=VALUE ...]; "
                    "the first is the baseline every other is compared with")
     p.add_argument("--protocol", default="tune")
-    p.add_argument("--parallel", type=int, default=8)
+    p.add_argument("--parallel", type=int, default=None, help="episodes in flight (default: as many as memory holds)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "tune.json")
     args = p.parse_args()
     plan = load_plan(args.protocol)

@@ -17,7 +17,11 @@ the same plan).  Beside it, one readable transcript per episode under
 environment (a bounded ScienceWorld JVM, reused across that thread's
 episodes).  A thread spends its time waiting on the JVM or the server, both
 outside the GIL, so many episodes are in flight at once and the engine batches
-their generations.  ``policy="gold"`` replays each episode's gold path with no
+their generations.  The engine's cost is per decoding step, not per sequence
+(a small model on a CPU), so the more episodes share a step the closer the
+evaluation runs to the environment's own speed; the default
+(``default_parallel``) is as many as free memory holds JVMs for, up to
+``MAX_DEFAULT_PARALLEL``.  ``policy="gold"`` replays each episode's gold path with no
 model: the environment's own floor, which ``bench/eval_throughput.py`` sets
 beside the served run.
 
@@ -47,13 +51,27 @@ from glider.clients.stats import aggregate, bootstrap, paired
 
 log = logging.getLogger(__name__)
 
+#: resident memory of one evaluation environment: a ScienceWorld JVM at ``-Xmx384m`` holds ~0.48 GiB
+ENV_RESIDENT_GIB = 0.5
+#: the default's ceiling: past it the engine's batches stopped paying on 2 cores (``bench/eval_throughput.py``)
+MAX_DEFAULT_PARALLEL = 24
+
+
+def default_parallel(reserve_gib: float = 2.0) -> int:
+    """Episodes in flight when none is asked for: one JVM each, as many as the memory available now holds
+    (keeping ``reserve_gib`` free), between 2 and ``MAX_DEFAULT_PARALLEL``."""
+    import psutil
+
+    free_gib = psutil.virtual_memory().available / 2**30 - reserve_gib
+    return max(2, min(MAX_DEFAULT_PARALLEL, int(free_gib / ENV_RESIDENT_GIB)))
+
 
 @dataclass
 class EvalConfig:
     plan: Plan
     server: str = "127.0.0.1:50051"
     transport: str = "grpc"
-    parallel: int = 8  # episodes in flight, one environment each
+    parallel: int = field(default_factory=default_parallel)  # episodes in flight, one environment each
     policy: str = "server"  # server: the agent behind ``server`` | gold: replay the gold path (the floor)
     games_dir: Path = Path(".glider/games")
     # gold policy: play each episode (by key) to this many steps, "look around" after the gold path, so the

@@ -31,7 +31,8 @@ def demo(
     port: int = 8765,
     protocol: Annotated[str, typer.Option(help="The closing table's evaluation plan (quick: one episode per "
                                                "family and split of GLIDER's protocol; '' skips it).")] = "quick",
-    parallel: Annotated[int, typer.Option(help="Episodes in flight for the table.")] = 8,
+    parallel: Annotated[int | None, typer.Option(
+        help="Episodes in flight for the table (default: as many as free memory holds, up to 24).")] = None,
     train: Annotated[bool, typer.Option(help="Train SFT adapters first when they are missing.")] = True,
 ):
     """Build and train what is missing, start a server, play ScienceWorld through /act, print the table.
@@ -42,7 +43,7 @@ def demo(
     """
     require("server", "train", "envs", command="demo")
     from glider.clients.envs.scienceworld import ScienceWorld
-    from glider.clients.evaluate import EvalConfig, run_episodes, write_report
+    from glider.clients.evaluate import EvalConfig, default_parallel, run_episodes, write_report
     from glider.clients.play import play_episode
     from glider.clients.protocols import load_plan
     from glider.clients.sdk import GliderClient
@@ -93,7 +94,8 @@ def demo(
         if protocol:
             console.rule("seen (dev) and unseen (test) variations")
             plan = load_plan(protocol)
-            cfg = EvalConfig(plan=plan, server=f"http://127.0.0.1:{port}", transport="rest", parallel=parallel)
+            cfg = EvalConfig(plan=plan, server=f"http://127.0.0.1:{port}", transport="rest",
+                             parallel=parallel or default_parallel())
             out = s.home / "eval" / f"demo-{protocol}-{health.mode}-{adapter_tag(health.adapters)}"
             t0 = time.monotonic()
             results = run_episodes(cfg, out=out)

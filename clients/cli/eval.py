@@ -49,7 +49,8 @@ def run_command(
     = "glider",
     server: Annotated[str | None, typer.Option(help="host:port (grpc) or http://host:port (rest).")] = None,
     transport: Annotated[str, typer.Option(help="grpc | rest")] = "grpc",
-    parallel: Annotated[int, typer.Option(help="Episodes in flight (one environment each).")] = 8,
+    parallel: Annotated[int | None, typer.Option(
+        help="Episodes in flight, one environment each (default: as many as free memory holds, up to 24).")] = None,
     policy: Annotated[str, typer.Option(help="server: the agent | gold: replay gold paths with no model "
                                              "(the environment's throughput floor)")] = "server",
     label: str = "",
@@ -71,6 +72,7 @@ def run_command(
     from glider.clients.evaluate import (
         EvalConfig,
         Summary,
+        default_parallel,
         parse_checkpoint,
         plot_curve,
         run_episodes,
@@ -93,7 +95,8 @@ def run_command(
             raise typer.BadParameter(str(exc), param_hint="--protocol") from None
     if server is None:
         server = "127.0.0.1:50051" if transport == "grpc" else "http://127.0.0.1:8000"
-    cfg = EvalConfig(plan=plan, server=server, transport=transport, parallel=parallel, policy=policy)
+    cfg = EvalConfig(plan=plan, server=server, transport=transport, policy=policy,
+                     parallel=parallel or default_parallel())
     console.print(plan.describe())
 
     def one_run(run_label: str, run_out: Path, meta: dict) -> Summary:
@@ -115,7 +118,7 @@ def run_command(
         console.print(Markdown((run_out / "table.md").read_text()))
         return summary
 
-    meta = {"server": server, "transport": transport, "policy": policy, "parallel": parallel}
+    meta = {"server": server, "transport": transport, "policy": policy, "parallel": cfg.parallel}
     if not checkpoints:
         one_run(label, out, meta)
         console.print(f"written to {out}")

@@ -1,0 +1,21 @@
+"""How many episodes an evaluation keeps in flight when the user does not say: what memory holds."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import psutil
+import pytest
+from glider.clients.evaluate import ENV_RESIDENT_GIB, MAX_DEFAULT_PARALLEL, default_parallel
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(("available_gib", "expected"), [
+    (1.0, 2),  # nothing to spare still runs two
+    (8.0, int((8.0 - 2.0) / ENV_RESIDENT_GIB)),  # 6 GiB past the reserve: one JVM per 0.5 GiB
+    (200.0, MAX_DEFAULT_PARALLEL),  # a big machine stops at the ceiling
+])
+def test_the_default_fits_the_available_memory(monkeypatch, available_gib, expected):
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available_gib * GIB))
+    assert default_parallel(reserve_gib=2.0) == expected
