@@ -8,6 +8,7 @@ environments can run side by side.  Splits follow the paper's baselines:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from contextlib import contextmanager
@@ -50,11 +51,41 @@ def jvm_options(options: str = DEFAULT_JVM_OPTIONS):
             os.environ["JAVA_TOOL_OPTIONS"] = old
 
 
-def open_env(step_limit: int = 100):
+@functools.cache
+def _lean_env_class():
     from scienceworld import ScienceWorldEnv
 
+    class LeanScienceWorldEnv(ScienceWorldEnv):
+        """``ScienceWorldEnv`` whose ``step`` (and so ``reset``) leaves out the step's list of valid actions.
+
+        The package's ``step`` fills ``info["valid"]`` with every valid action-object combination (about
+        1,500 strings, built in the JVM and sent over py4j) after every move, and its ``info["taskDesc"]``
+        with the unchanging task text: measured on gold paths, 91 % of a step's time went to the list. Nothing
+        here reads either; who needs the list asks for it (``get_valid_action_object_combinations``).
+        Everything else (observation, score, reward, completion, step limit, ``look``, ``inv``, ``moves``)
+        is the package's own computation (scienceworld 1.2, pinned), checked step by step against it in
+        ``tests/integration/test_scienceworld_env.py``.
+        """
+
+        def step(self, input_str: str):
+            observation = self.server.step(input_str)
+            score = int(round(100 * self.server.getScore()))
+            moves = self.get_num_moves()
+            done = bool(self.server.getCompleted()) or moves > self.envStepLimit or score < 0
+            reward = score - self.lastStepScore
+            self.lastStepScore = score
+            info = {"moves": moves, "score": score, "reward": reward, "look": self.look(), "inv": self.inventory(),
+                    "variationIdx": self.variationIdx, "taskName": self.taskName,
+                    "simplificationStr": self.simplificationStr}
+            return observation, reward, done, info
+
+    return LeanScienceWorldEnv
+
+
+def open_env(step_limit: int = 100):
+    """A ScienceWorld environment in its own bounded JVM, stepping without the valid-action list."""
     with jvm_options():
-        return ScienceWorldEnv("", envStepLimit=step_limit)
+        return _lean_env_class()("", envStepLimit=step_limit)
 
 
 class ObservationFormatter:

@@ -1,0 +1,44 @@
+"""Our ScienceWorld step is the package's step, minus the valid-action list nobody reads.
+
+Played side by side on two JVMs: the package's own ``ScienceWorldEnv`` and ``open_env()``'s lean one, the same
+gold path with wrong and repeated actions mixed in, compared move by move."""
+
+from __future__ import annotations
+
+import pytest
+
+SHARED_INFO = ("moves", "score", "reward", "look", "inv", "variationIdx", "taskName", "simplificationStr")
+
+
+@pytest.fixture(scope="module")
+def package_env():
+    from glider.clients.envs.scienceworld import jvm_options
+    from scienceworld import ScienceWorldEnv
+
+    with jvm_options():
+        env = ScienceWorldEnv("", envStepLimit=100)
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize(("task", "variation"), [("find-plant", 0), ("boil", 3)])
+def test_the_lean_step_plays_exactly_as_the_package(scienceworld, package_env, task, variation):
+    for env in (scienceworld, package_env):
+        env.load(task, variation, "", generateGoldPath=True)
+    gold = list(package_env.get_gold_action_sequence())[:25]
+    assert gold == list(scienceworld.get_gold_action_sequence())[:25]
+    actions = ["jump over the moon", gold[0], gold[0], "look around", *gold[1:]]
+
+    (lean_obs, lean_info), (obs, info) = scienceworld.reset(), package_env.reset()
+    assert lean_obs == obs and {k: lean_info[k] for k in SHARED_INFO} == {k: info[k] for k in SHARED_INFO}
+    assert "valid" not in lean_info and len(info["valid"]) > 10  # what the lean step leaves out
+    scores = set()
+    for action in actions:
+        lean, full = scienceworld.step(action), package_env.step(action)
+        assert lean[:3] == full[:3], action  # observation, reward, done
+        assert {k: lean[3][k] for k in SHARED_INFO} == {k: full[3][k] for k in SHARED_INFO}, action
+        scores.add(full[3]["score"])
+    assert len(scores) > 1  # the path moved the score, so the comparison covered rewards
+    # the list is still there for whoever asks
+    assert sorted(scienceworld.get_valid_action_object_combinations()) == sorted(
+        package_env.get_valid_action_object_combinations())
