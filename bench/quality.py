@@ -171,7 +171,9 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         cmp = compare_runs(runs[a][0], runs[b][0])
         print(comparison_markdown(cmp, a, b), flush=True)
         comparisons.append({**cmp.to_dict(), "a": a, "b": b})  # the agents' labels, not their run directories
-    episodes_dir = args.results.parent / "runs" / recipe.name
+    # one entry per recipe on the reported plan; a run on another plan (quick, tune) is kept beside it
+    key = recipe.name if plan.protocol == "glider" else f"{recipe.name} ({plan.protocol})"
+    episodes_dir = args.results.parent / "runs" / key.replace(" (", "-").replace(")", "")
     episodes_dir.mkdir(parents=True, exist_ok=True)
     def episodes_file(label: str) -> Path:
         return episodes_dir / (label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".jsonl")
@@ -181,7 +183,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     results = json.loads(args.results.read_text()) if args.results.is_file() else {"recipes": {}}
     plan_file = str(plan_path(plan.protocol).relative_to(ROOT)) if plan.protocol in ("glider", "eto") \
         else plan.protocol
-    results["recipes"][recipe.name] = {
+    results["recipes"][key] = {
         "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
         "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
