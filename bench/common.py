@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import statistics
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +64,11 @@ class ServerProcess:
         env = {**os.environ, "GLIDER_PORT": str(self.port), "GLIDER_GRPC_PORT": str(self.grpc_port),
                "GLIDER_HOME": str(s.home),
                "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2", **env}
-        import tempfile
-
-        self.log = tempfile.TemporaryFile()  # the server's stderr, shown if it fails to start
+        # the server's stderr: shown if it fails to start, kept after a run for what went wrong in it
+        log_dir = Path(s.home) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
+        self.log = self.log_path.open("w+b")
         self.proc = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env,
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
 

@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 #: resident memory of one evaluation environment: a ScienceWorld JVM at ``-Xmx384m`` holds ~0.48 GiB
 ENV_RESIDENT_GIB = 0.5
-#: the default's ceiling: past it the engine's batches stopped paying on 2 cores (``bench/eval_throughput.py``)
+#: the default's ceiling, the most measured here (``bench/eval_throughput.py``, docs/benchmarks.md): 24 JVMs and
+#: the engine fit a 24 GiB machine with room to spare
 MAX_DEFAULT_PARALLEL = 24
 
 
