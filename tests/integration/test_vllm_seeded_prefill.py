@@ -21,5 +21,8 @@ def test_a_seeded_request_survives_a_chunked_prefill(backbone_dir):
               seed=0)
     prompt = "You are in the kitchen. There is a stove, a sink and a fridge here. " * 3
     params = SamplingParams(temperature=1.0, seed=7, max_tokens=4)
-    first, second = (llm.generate([prompt], params)[0].outputs[0].token_ids for _ in range(2))
+    try:
+        first, second = (llm.generate([prompt], params)[0].outputs[0].token_ids for _ in range(2))
+    finally:  # the engine's processes go now, not when the test session ends
+        llm.llm_engine.engine_core.shutdown()
     assert len(first) == 4 and list(first) == list(second)  # sampled, and still seeded: the same draw twice
