@@ -36,7 +36,6 @@ from glider.clients.evaluate import (
     Summary,
     compare_runs,
     comparison_markdown,
-    default_parallel,
     difference_cell,
     load_results,
     run_episodes,
@@ -100,7 +99,7 @@ def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, Summary]
         slug = (mode + tag).replace(" (", "-").replace(")", "").replace(" ", "-")
         out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
-        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel or default_parallel())
+        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
         with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {mode}{tag}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))

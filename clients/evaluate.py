@@ -72,12 +72,16 @@ class EvalConfig:
     plan: Plan
     server: str = "127.0.0.1:50051"
     transport: str = "grpc"
-    parallel: int = field(default_factory=default_parallel)  # episodes in flight, one environment each
+    parallel: int | None = None  # episodes in flight, one environment each; None: ``default_parallel()``
     policy: str = "server"  # server: the agent behind ``server`` | gold: replay the gold path (the floor)
     games_dir: Path = Path(".glider/games")
     # gold policy: play each episode (by key) to this many steps, "look around" after the gold path, so the
     # floor steps and loads the environment exactly as often as a served run did
     pad_steps: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.parallel is None:
+            self.parallel = default_parallel()
 
 
 @dataclass

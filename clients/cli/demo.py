@@ -43,7 +43,7 @@ def demo(
     """
     require("server", "train", "envs", command="demo")
     from glider.clients.envs.scienceworld import ScienceWorld
-    from glider.clients.evaluate import EvalConfig, default_parallel, run_episodes, write_report
+    from glider.clients.evaluate import EvalConfig, run_episodes, write_report
     from glider.clients.play import play_episode
     from glider.clients.protocols import load_plan
     from glider.clients.sdk import GliderClient
@@ -95,7 +95,7 @@ def demo(
             console.rule("seen (dev) and unseen (test) variations")
             plan = load_plan(protocol)
             cfg = EvalConfig(plan=plan, server=f"http://127.0.0.1:{port}", transport="rest",
-                             parallel=parallel or default_parallel())
+                             parallel=parallel)
             out = s.home / "eval" / f"demo-{protocol}-{health.mode}-{adapter_tag(health.adapters)}"
             t0 = time.monotonic()
             results = run_episodes(cfg, out=out)

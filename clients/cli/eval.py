@@ -72,7 +72,6 @@ def run_command(
     from glider.clients.evaluate import (
         EvalConfig,
         Summary,
-        default_parallel,
         parse_checkpoint,
         plot_curve,
         run_episodes,
@@ -96,7 +95,7 @@ def run_command(
     if server is None:
         server = "127.0.0.1:50051" if transport == "grpc" else "http://127.0.0.1:8000"
     cfg = EvalConfig(plan=plan, server=server, transport=transport, policy=policy,
-                     parallel=parallel or default_parallel())
+                     parallel=parallel)
     console.print(plan.describe())
 
     def one_run(run_label: str, run_out: Path, meta: dict) -> Summary:

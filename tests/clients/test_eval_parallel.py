@@ -19,3 +19,13 @@ GIB = 2**30
 def test_the_default_fits_the_available_memory(monkeypatch, available_gib, expected):
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available_gib * GIB))
     assert default_parallel(reserve_gib=2.0) == expected
+
+
+def test_a_config_without_parallel_takes_the_default_and_a_given_one_is_kept(monkeypatch):
+    from glider.clients.evaluate import EvalConfig
+    from glider.clients.protocols import load_plan
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=8.0 * GIB))
+    plan = load_plan("quick")
+    assert EvalConfig(plan=plan).parallel == int((8.0 - 2.0) / ENV_RESIDENT_GIB)
+    assert EvalConfig(plan=plan, parallel=3).parallel == 3
