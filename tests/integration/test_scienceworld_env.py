@@ -25,8 +25,9 @@ def package_env():
 def test_the_lean_step_plays_exactly_as_the_package(scienceworld, package_env, task, variation):
     for env in (scienceworld, package_env):
         env.load(task, variation, "", generateGoldPath=True)
+    # one gold path played on both: the worlds are the same, but the gold generator's own choices are not
+    # seeded (find-plant's target plant differs between two loads of one variation)
     gold = list(package_env.get_gold_action_sequence())[:25]
-    assert gold == list(scienceworld.get_gold_action_sequence())[:25]
     actions = ["jump over the moon", gold[0], gold[0], "look around", *gold[1:]]
 
     (lean_obs, lean_info), (obs, info) = scienceworld.reset(), package_env.reset()
