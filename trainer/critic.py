@@ -244,3 +244,40 @@ class Critic(nn.Module):
         from safetensors.torch import load_file
 
         self.load_state_dict(load_file(str(path)))
+
+
+# --- diagnostics: does the critic rank the data? ---------------------------------------------
+def observed_returns(decisions: Sequence[Decision], gamma: float) -> torch.Tensor:
+    """G_i = r_i + γ^k_i (1 − d_i) G_next(i): each decision's discounted return as its episode went on,
+    along the ``next`` links (a chain cut at the context length ends there)."""
+    returns = [0.0] * len(decisions)
+    for i in range(len(decisions) - 1, -1, -1):  # successors come later in (sequence, span) order
+        d = decisions[i]
+        follow = returns[d.next] if d.next >= 0 and not d.done else 0.0
+        returns[i] = d.reward + gamma ** d.steps * follow
+    return torch.tensor(returns, dtype=torch.float32)
+
+
+def effective_sample_size(weights: torch.Tensor) -> float:
+    """(Σw)² / (N·Σw²): 1 when every decision weighs the same, 1/N when one weight carries the batch."""
+    w = weights.double().clamp(min=0)
+    if not w.numel() or float(w.pow(2).sum()) == 0.0:
+        return 0.0
+    return float(w.sum() ** 2 / (w.numel() * w.pow(2).sum()))
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 0..N−1 with ties given their average rank (as Spearman's ρ needs: returns tie a lot)."""
+    values, inverse, counts = torch.unique(x.double(), sorted=True, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts
+    return (first + (counts - 1) / 2.0)[inverse]
+
+
+def rank_correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Spearman's ρ of two equally long vectors; None when either is constant or too short."""
+    if x.numel() < 3:
+        return None
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    norm = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / norm if norm > 0 else None

@@ -33,7 +33,7 @@ from glider.server.policy.prompts import (
     sanitize,
 )
 from glider.server.policy.state import Segment, Turn
-from glider.trainer.data.hierarchy import HierarchicalEpisode, subgoal_reward
+from glider.trainer.data.hierarchy import HierarchicalEpisode, IntrinsicReward
 from glider.trainer.data.schema import Trajectory
 
 IGNORE = -100
@@ -88,11 +88,12 @@ def planner_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[Pair]:
     return pairs
 
 
-def executor_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[list[Pair]]:
+def executor_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig,
+                   reward: IntrinsicReward = IntrinsicReward()) -> list[list[Pair]]:
     """The executor's prompts, one list per segment (its context restarts with each subgoal).
 
-    As RL decisions, each segment is one low-level episode ending with the segment, and the
-    reward is D^l's intrinsic r̂ (``subgoal_reward``) on its last step.
+    As RL decisions, each segment is one low-level episode ending with the segment, and each
+    step's reward is D^l's intrinsic r̂ as ``reward`` defines it.
     """
     task = sanitize(ep.traj.task)
     out = []
@@ -100,7 +101,7 @@ def executor_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[list[P
         steps = seg.steps(ep.traj)
         turns: list[Turn] = []
         pairs = []
-        r_hat = subgoal_reward(ep.traj, seg)
+        r_hat = reward.per_step(ep.traj, seg)
         for i, step in enumerate(steps):
             done = i == len(steps) - 1  # the low-level episode ends here; "; true" only if it reached its subgoal
             marked = done and seg.completed
@@ -108,7 +109,7 @@ def executor_pairs(ep: HierarchicalEpisode, cfg: HierarchyConfig) -> list[list[P
             prompt = executor_prompt(task, seg.subgoal, window, step.observation,
                                      obs_limit=cfg.prompt_observation_chars)
             pairs.append(Pair(prompt, f" {format_executor_target(step.action, marked)}{STOP}",
-                              reward=r_hat if done else 0.0, done=done))
+                              reward=r_hat[i], done=done))
             turns.append(Turn(observation=_obs(cfg, step.observation), action=sanitize(step.action), done=marked))
         out.append(pairs)
     return out
@@ -198,28 +199,32 @@ class Decision:
     done: bool
     steps: int = 1
     next: int = -1  # index of the same level-episode's next decision; -1: none (terminal or cut)
+    source: str = ""  # the trajectory's source (gold, perturbed-ε, server): the critic's diagnostics group by it
 
 
-def _level_episodes(ep: HierarchicalEpisode, role: str, cfg: HierarchyConfig) -> list[list[Pair]]:
+def _level_episodes(ep: HierarchicalEpisode, role: str, cfg: HierarchyConfig,
+                    reward: IntrinsicReward) -> list[list[Pair]]:
     """The role's decision sequences in one episode: the planner's whole episode, each executor
     segment (a low-level episode of its own), or the flat agent's whole episode."""
     if role == Role.planner.value:
         return [planner_pairs(ep, cfg)]
     if role == Role.executor.value:
-        return executor_pairs(ep, cfg)
+        return executor_pairs(ep, cfg, reward)
     if role == Role.flat.value:
         return [flat_pairs(ep.traj, cfg)]
     raise ValueError(f"unknown role {role!r}")
 
 
 def role_decisions(episodes: Iterable[HierarchicalEpisode], role: str, builder: SequenceBuilder,
-                   cfg: HierarchyConfig) -> tuple[list[TokenSequence], list[Decision]]:
+                   cfg: HierarchyConfig, reward: IntrinsicReward = IntrinsicReward()
+                   ) -> tuple[list[TokenSequence], list[Decision]]:
     """The role's training sequences (as ``role_sequences``) and one ``Decision`` per target span,
-    in (sequence, span) order, each linked to its successor where the successor was kept."""
+    in (sequence, span) order, each linked to its successor where the successor was kept.  The
+    executor's rewards are ``reward``'s r̂; the planner's the environment's Σr over its segment."""
     seqs: list[TokenSequence] = []
     decisions: list[Decision] = []
     for ep in episodes:
-        for pairs in _level_episodes(ep, role, cfg):
+        for pairs in _level_episodes(ep, role, cfg, reward):
             kept: list[int | None] = []
             at = 0
             for pieces in chain(pairs):
@@ -231,7 +236,8 @@ def role_decisions(episodes: Iterable[HierarchicalEpisode], role: str, builder: 
                     if j < n_kept:
                         p = pairs[at + j]
                         kept.append(len(decisions))
-                        decisions.append(Decision(reward=p.reward, done=p.done, steps=p.steps))
+                        decisions.append(Decision(reward=p.reward, done=p.done, steps=p.steps,
+                                                  source=ep.traj.source))
                     else:
                         kept.append(None)
                 at += targets

@@ -31,7 +31,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -359,12 +359,15 @@ class EarlyStopping:
 
 def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: Path, *, pad_id: int,
           name: str = "train", fingerprint: str = "",
-          val_sequences: Sequence[TokenSequence] | None = None) -> TrainResult:
+          val_sequences: Sequence[TokenSequence] | None = None,
+          on_epoch: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``model``'s trainable parameters on ``sequences``; checkpoints and logs under ``out_dir``.
 
     A checkpoint in ``out_dir`` is resumed only when it was written for the same ``fingerprint``
     (``run_fingerprint``); one from another run (other data, another base) is discarded.
     With ``val_sequences`` and ``cfg.patience``, stops early on their loss and ends on the best weights.
+    ``on_epoch(epoch)`` runs before each epoch's first batch (a resumed epoch included): the RL stages
+    recompute the sequences' weights there, in place, from the policy as it is.
     """
     import torch
     from accelerate import Accelerator
@@ -412,6 +415,8 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                disable=not cfg.progress or not accelerator.is_local_main_process)
     epoch = progress["epoch"]
     while step < total_steps:
+        if on_epoch is not None:
+            on_epoch(epoch)
         batches = bucket_batches(lengths, cfg.batch_tokens, cfg.seed, epoch)
         batches = batches[accelerator.process_index:: accelerator.num_processes]
         for b_index in range(progress["batch"] if epoch == progress["epoch"] else 0, len(batches)):

@@ -153,7 +153,11 @@ def train_orl(
     polyak: Annotated[float | None, _opt("", CRITIC.polyak)] = None,
     critic_steps: Annotated[int | None, _opt("", CRITIC.steps)] = None,
     critic_lr: Annotated[float | None, _opt("", CRITIC.lr)] = None,
-    epochs: Annotated[float | None, _opt("Actor epochs.", ORL.actor.epochs)] = None,
+    step_cost: Annotated[float | None, _opt("κ: the executor's intrinsic cost per step.",
+                                            ORL.executor_reward.step_cost)] = None,
+    heldout_fraction: Annotated[float | None, _opt("Variations kept out to check the critic's ranking on.",
+                                                   ORL.heldout_fraction)] = None,
+    epochs: Annotated[float | None, _opt("Actor epochs; a critic round before each.", ORL.actor.epochs)] = None,
     lr: Annotated[float | None, _opt("Actor learning rate.", ORL.actor.lr)] = None,
     batch_tokens: Annotated[int | None, _opt("Padded tokens per micro-batch.", ORL.actor.batch_tokens)] = None,
     grad_accum: Annotated[int | None, _opt("", ORL.actor.grad_accum)] = None,
@@ -179,6 +183,8 @@ def train_orl(
     trajs = trajectories(data, tasks, per_task, logs, perturbed=perturbed)
     defaults = ORLConfig()
     cfg = given(defaults, mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
+                heldout_fraction=heldout_fraction,
+                executor_reward=given(defaults.executor_reward, step_cost=step_cost),
                 critic=given(defaults.critic, expectile=expectile, lam=lam, max_weight=max_weight, gamma=gamma,
                              polyak=polyak, steps=critic_steps, lr=critic_lr, seed=seed),
                 actor=given(defaults.actor, epochs=epochs, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
@@ -187,16 +193,22 @@ def train_orl(
     metrics = run_orl(s.model_dir(), trajs, out or s.home / "runs" / f"orl-{mode}", cfg, hierarchy=hierarchy,
                       registry=s.adapters_dir(), publish=publish)
     console.print(f"trajectories by source: {metrics.trajectories}")
-    table = Table("adapter", "role", "decisions", "critic loss", "advantage", "weights min/max", "actor loss",
-                  "published")
+    console.print(f"held out for the critic's check: {metrics.heldout_trajectories} trajectories")
+    table = Table("adapter", "role", "round", "decisions", "critic loss", "advantage by source", "ESS",
+                  "held-out ρ(A, G)")
     for name, m in metrics.adapters.items():
         for role, r in m.roles.items():
-            w = r.weights
-            table.add_row(name, role, str(w.decisions),
-                          " ".join(f"{k}={v:.4f}" for k, v in r.critic_loss.items()),
-                          f"{w.advantage_mean:.3f}±{w.advantage_std:.3f}", f"{w.weight_min:.2f}/{w.weight_max:.2f}",
-                          f"{m.training.first_loss:.3f}→{m.training.train_loss:.3f}", m.published or "-")
+            for k in r.rounds:
+                rho = k.heldout.rank_correlation if k.heldout else None
+                table.add_row(name, role, str(k.epoch), str(k.weights.decisions),
+                              " ".join(f"{n}={v:.4f}" for n, v in k.critic_loss.items()),
+                              " ".join(f"{g} {a.advantage_mean:+.3f}±{a.advantage_std:.3f}"
+                                       for g, a in k.by_source.items()),
+                              f"{k.weights.effective_sample_size:.2f}", "-" if rho is None else f"{rho:.2f}")
     console.print(table)
+    for name, m in metrics.adapters.items():
+        console.print(f"{name}: actor loss {m.training.first_loss:.3f}→{m.training.train_loss:.3f} in "
+                      f"{m.training.steps} steps ({m.training.epochs_done:.1f} epochs), published {m.published or '-'}")
 
 
 @app.command("o2o")

@@ -7,6 +7,7 @@ import json
 import httpx
 import pytest
 from glider.trainer.data.hierarchy import (
+    IntrinsicReward,
     LLMAnnotator,
     SegmentationConfig,
     TemplateAnnotator,
@@ -81,7 +82,8 @@ def test_a_segment_cut_short_is_never_labelled_done():
     ep = annotate(traj, cfg=SegmentationConfig(max_len=10))
     dl = low_level_transitions(ep)
     assert [r["t"] for r in dl if r["subgoal_done"]] == [11]
-    assert [r["reward"] for r in dl if r["t"] in (5, 11)] == [0.0, 1.0]  # r̂: the cut piece completed nothing
+    kappa = IntrinsicReward().step_cost  # r̂: the cut piece completed nothing, each step costs κ
+    assert [r["reward"] for r in dl if r["t"] in (5, 11)] == pytest.approx([-kappa, 1.0 - kappa])
     targets = [p.target for seg in executor_pairs(ep, HierarchyConfig()) for p in seg]
     assert targets[5] == " look at thing 5; false\n" and targets[11] == " focus on red box; true\n"
     assert sum(t.endswith("; true\n") for t in targets) == 1
@@ -133,8 +135,11 @@ def test_high_and_low_level_transitions_on_the_gold_path(gold_trajectory):
 
     dl = low_level_transitions(ep)
     assert len(dl) == 10
-    # intrinsic reward r̂ = 1 exactly on the step that completes its subgoal
-    assert [r["reward"] for r in dl] == [0, 1, 0, 1, 1, 0, 0, 0, 1, 1]
+    # intrinsic reward r̂: 1 exactly on the step that completes its subgoal, −κ on every step
+    assert [r["reward"] for r in low_level_transitions(ep, IntrinsicReward(step_cost=0.0))] == [
+        0, 1, 0, 1, 1, 0, 0, 0, 1, 1]
+    assert [r["reward"] for r in dl] == pytest.approx([x - IntrinsicReward().step_cost
+                                                        for x in [0, 1, 0, 1, 1, 0, 0, 0, 1, 1]])
     assert [r["subgoal_done"] for r in dl] == [False, True, False, True, True, False, False, False, True, True]
     assert [r["env_reward"] for r in dl] == pytest.approx(GOLD_REWARDS)
     assert all(r["next_observation"] == gold_trajectory.steps[r["t"] + 1].observation for r in dl[:-1])

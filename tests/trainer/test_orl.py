@@ -16,7 +16,12 @@ from glider.trainer.critic import (
     polyak_update,
     td_target,
 )
-from glider.trainer.data.hierarchy import SegmentationConfig, annotate, subgoal_reward
+from glider.trainer.data.hierarchy import (
+    IntrinsicReward,
+    SegmentationConfig,
+    annotate,
+    subgoal_reward,
+)
 from glider.trainer.data.schema import Step, Trajectory
 from glider.trainer.sequences import Decision, SequenceBuilder, role_decisions
 
@@ -107,8 +112,13 @@ def test_decisions_per_level_carry_rewards_steps_and_links(gold_trajectory, back
     _, executor = role_decisions([ep], "executor", SequenceBuilder(tok, 4096), cfg)
     assert len(executor) == len(gold_trajectory.steps)
     ends = [d for d in executor if d.done]
-    assert len(ends) == len(ep.segments) and all(d.reward == 1.0 for d in ends)  # gold: every subgoal completes
-    assert all(d.reward == 0.0 for d in executor if not d.done)
+    kappa = IntrinsicReward().step_cost
+    # gold: every subgoal completes (1 at its end); every step costs κ
+    assert len(ends) == len(ep.segments) and all(d.reward == pytest.approx(1.0 - kappa) for d in ends)
+    assert all(d.reward == pytest.approx(-kappa) for d in executor if not d.done)
+    assert {d.source for d in executor} == {"gold"}
+    _, free = role_decisions([ep], "executor", SequenceBuilder(tok, 4096), cfg, IntrinsicReward(step_cost=0.0))
+    assert [d.reward for d in free if d.done] == [1.0] * len(ep.segments) and sum(d.reward for d in free) == len(ends)
     # a span's tokens are exactly its target's tokens
     seq = seqs[0]
     start, end = seq.spans[0]
@@ -132,6 +142,38 @@ def test_subgoal_reward_marks_failure_and_unfinished_segments():
     assert subgoal_reward(traj("perturbed", [0.1, -1.1], [0.1, -1.0]), seg) == -1.0  # failed the task
     assert subgoal_reward(traj("server", [0.0, 0.0], [0.0, 0.0], done_marker=True), seg) == 1.0
     assert subgoal_reward(traj("server", [0.0, 0.0], [0.0, 0.0], done_marker=False), seg) == 0.0
+    # r̂ per step: −κ on each, the outcome's value added on the last
+    r = IntrinsicReward(step_cost=0.1, unreached=-0.5)
+    assert r.per_step(traj("perturbed", [0.0, 0.1], [0.0, 0.1]), seg) == pytest.approx([-0.1, 0.9])
+    assert r.per_step(traj("perturbed", [0.0, 0.0], [0.0, 0.0]), seg) == pytest.approx([-0.1, -0.6])
+    assert r.per_step(traj("perturbed", [0.1, -1.1], [0.1, -1.0]), seg) == pytest.approx([-0.1, -1.1])
+
+
+def test_observed_returns_follow_the_links_and_stop_at_ends():
+    from glider.trainer.critic import observed_returns
+
+    # a 3-decision chain (the middle one spans 2 steps) and a lone terminal decision
+    chain = [Decision(reward=0.0, done=False, next=1), Decision(reward=0.5, done=False, steps=2, next=2),
+             Decision(reward=1.0, done=True), Decision(reward=-1.0, done=True)]
+    g = 0.9
+    assert observed_returns(chain, g).tolist() == pytest.approx(
+        [0.9 * (0.5 + 0.81 * 1.0), 0.5 + 0.81 * 1.0, 1.0, -1.0])
+    cut = [Decision(reward=0.2, done=False, next=-1)]  # the successor was cut at the context length
+    assert observed_returns(cut, g).tolist() == pytest.approx([0.2])
+
+
+def test_effective_sample_size_and_rank_correlation_match_hand_values():
+    from glider.trainer.critic import effective_sample_size, rank_correlation
+
+    assert effective_sample_size(torch.ones(5)) == pytest.approx(1.0)
+    assert effective_sample_size(torch.tensor([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
+    assert effective_sample_size(torch.tensor([1.0, 3.0])) == pytest.approx(16 / 20)
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert rank_correlation(x, x * 10 + 3) == pytest.approx(1.0)
+    assert rank_correlation(x, -x.exp()) == pytest.approx(-1.0)  # ranks, not values
+    # ties take their average rank: y ranks (0.5, 0.5, 2, 3), Spearman's ρ by hand = 0.9487
+    assert rank_correlation(x, torch.tensor([0.0, 0.0, 1.0, 2.0])) == pytest.approx(3 / math.sqrt(10), abs=1e-4)
+    assert rank_correlation(x, torch.zeros(4)) is None  # a constant has no ranking
 
 
 # --- a tiny text MDP where the right answer is known ----------------------------------------------
@@ -194,7 +236,7 @@ def test_orl_prefers_the_high_return_action_where_bc_copies_the_frequent_one(tin
     run_sft(model_dir, data, tmp_path / "sft", sft)
     bc_margin = _choice_margin(model_dir, tmp_path / "sft" / "flat" / "adapter")
 
-    orl = ORLConfig(mode="flat", init="scratch", actor=train,
+    orl = ORLConfig(mode="flat", init="scratch", actor=train, critic_every=20, heldout_fraction=0.0,
                     critic=CriticConfig(steps=600, lr=3e-3, hidden=64, batch_size=32))
     orl.lora.r, orl.lora.alpha = 8, 16
     metrics = run_orl(model_dir, data, tmp_path / "orl", orl, progress=False)
@@ -204,6 +246,82 @@ def test_orl_prefers_the_high_return_action_where_bc_copies_the_frequent_one(tin
     assert bc_margin < 0, f"BC should copy the frequent rock ({bc_margin:.2f})"
     assert orl_margin > 0, f"ORL should prefer the coin ({orl_margin:.2f}); {stats}"
     assert (tmp_path / "orl" / "flat" / "critic-flat.safetensors").is_file()
+
+
+# --- a two-segment text MDP: the way to the vault (direct, or with a detour), then the coin ---------
+VAULT_OPEN = "You are in the vault. A coin lies on the floor."
+
+
+def _two_segment_episode(i: int, detour: bool):
+    from glider.trainer.data.hierarchy import HierarchicalEpisode, SubgoalSegment
+
+    way = [Step(observation=HALL, action="look around", reward=0.0, score=0.0)] if detour else []
+    way.append(Step(observation=HALL, action="go to vault", reward=0.5, score=0.5))
+    traj = Trajectory(id=f"two/{i}", env="synthetic", task_name="two", variation=i, source="gold", task=TASK,
+                      steps=[*way, Step(observation=VAULT_OPEN, action="take coin", reward=0.5, score=1.0,
+                                        done=True)], final_observation="Done.")
+    n = len(way)
+    return HierarchicalEpisode(traj, [SubgoalSegment("go to the vault", 0, n), SubgoalSegment("take the coin", n, n + 1)])
+
+
+def test_a_detour_inside_a_segment_gets_a_lower_executor_advantage(tiny_model_dir):
+    from glider.trainer.orl import critic_and_weights, load_policy
+    from glider.trainer.sft import sft_lora
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    episodes = [_two_segment_episode(i, detour=i % 2 == 1) for i in range(8)]
+    seqs, decisions = role_decisions(episodes, "executor", SequenceBuilder(tok, 4096), HierarchyConfig())
+    # per episode: the first segment's decisions (1 direct, 2 with the detour), then the coin
+    firsts = [0]
+    for ep in episodes[:-1]:
+        firsts.append(firsts[-1] + len(ep.traj.steps))
+    model = load_policy(tiny_model_dir, adapter=None, lora=sft_lora())
+    _, _, adv, _, _ = critic_and_weights(model, seqs, decisions, tok.pad_token_id,
+                                         CriticConfig(steps=1500, lr=3e-3, hidden=64, batch_size=32),
+                                         progress=False)
+    # the same prompt (the hallway, nothing done yet): "go to vault" directly, or "look around" first
+    direct = [float(adv[firsts[i]]) for i in range(0, 8, 2)]
+    detour = [float(adv[firsts[i]]) for i in range(1, 8, 2)]
+    assert max(detour) + 0.025 < min(direct), (direct, detour)
+
+
+def test_alternating_rounds_recompute_the_weights_and_the_margin_grows(tiny_model_dir, tmp_path):
+    import shutil
+
+    from glider.trainer.orl import ORLConfig, run_orl
+    from glider.trainer.training import TrainConfig
+    from glider.trainer.warmup import warmup_backbone
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    warmup_backbone(model_dir, [_vault_episode(i, coin=i % 2 == 0) for i in range(8)],
+                    TrainConfig(lr=3e-3, max_steps=80, warmup_steps=5, progress=False, checkpoint_every=1000),
+                    tmp_path / "warmup")
+    data = [_vault_episode(i, coin=i % 5 == 0) for i in range(40)]
+    actor = TrainConfig(lr=5e-4, max_steps=20, batch_tokens=4096, warmup_steps=5, progress=False,
+                        checkpoint_every=1000)
+    orl = ORLConfig(mode="flat", init="scratch", actor=actor, critic_every=10, heldout_fraction=0.25,
+                    critic=CriticConfig(steps=300, lr=3e-3, hidden=64, batch_size=32))
+    orl.lora.r, orl.lora.alpha = 8, 16
+    first = run_orl(model_dir, data, tmp_path / "orl", orl, progress=False)
+    margin_first = _choice_margin(model_dir, tmp_path / "orl" / "flat" / "adapter")
+    orl.actor.max_steps = 60  # the same run, extended: it resumes and goes on alternating
+    more = run_orl(model_dir, data, tmp_path / "orl", orl, progress=False)
+    margin_more = _choice_margin(model_dir, tmp_path / "orl" / "flat" / "adapter")
+
+    rounds = more.adapters["flat"].roles["flat"].rounds
+    epochs = [r.epoch for r in rounds]
+    assert len(rounds) >= 3 and epochs == sorted(set(epochs)) and all(e % 10 == 0 for e in epochs), epochs
+    assert len({(r.weights.advantage_mean, r.weights.weight_max) for r in rounds}) == len(rounds)  # recomputed
+    assert 0 < rounds[-1].weights.effective_sample_size < 1
+    assert set(rounds[-1].by_source) == {"synthetic"} and rounds[-1].by_source["synthetic"].decisions == \
+        rounds[-1].weights.decisions
+    assert 0 < more.heldout_trajectories < 40 and rounds[-1].weights.decisions == 2 * (40 - more.heldout_trajectories)
+    ranking = rounds[-1].heldout
+    assert ranking.decisions == 2 * more.heldout_trajectories and ranking.rank_correlation > 0.3, ranking
+    assert first.adapters["flat"].training.steps == 20 and more.adapters["flat"].training.steps == 60
+    assert 0 < margin_first < margin_more, (margin_first, margin_more)
 
 
 def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):

@@ -12,9 +12,9 @@
    OpenAI-compatible chat endpoint, e.g. ``vllm serve`` of a real backbone;
    an answer that is not one short line falls back to the template).
 3. **Transitions**: D^h (task, o_t, g_t, Σr over the segment, o_{t+c}) and D^l
-   (g_t, o_t, a_t, r̂_t, o_{t+1}) with r̂ = 1 on the step that completes the
-   subgoal; the flat dataset (task, o_t, a_t, r_t, o_{t+1}).  Schema:
-   ``glider.trainer.data.schema``.
+   (g_t, o_t, a_t, r̂_t, o_{t+1}) with the intrinsic reward r̂ of ``IntrinsicReward``
+   (a cost per step, and the subgoal's outcome on the segment's last step); the
+   flat dataset (task, o_t, a_t, r_t, o_{t+1}).  Schema: ``glider.trainer.data.schema``.
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ def high_level_transitions(ep: HierarchicalEpisode) -> list[dict]:
 
 
 def subgoal_reward(traj: Trajectory, seg: SubgoalSegment) -> float:
-    """D^l's intrinsic reward r̂ at the segment's end: did the executor complete its subgoal?
+    """The subgoal's outcome at the segment's end: 1 completed, 0 not reached, −1 the task failed.
 
     −1 when the episode failed inside the segment (the score went negative: ScienceWorld's
     wrong ``focus on``); 1 when the subgoal was completed — an expert segment is unless the
@@ -366,19 +366,44 @@ def subgoal_reward(traj: Trajectory, seg: SubgoalSegment) -> float:
     return 1.0 if steps[-1].reward > 0 else 0.0
 
 
-def low_level_transitions(ep: HierarchicalEpisode) -> list[dict]:
-    """D^l: one transition per step (g_t, o_t, a_t, r̂_t, o_{t+1}); r̂ (``subgoal_reward``) on the segment's
-    last step, 0 before it."""
+@dataclass(frozen=True)
+class IntrinsicReward:
+    """D^l's intrinsic reward r̂, per step t of a segment that starts at t₀ and ends at t₁ − 1:
+
+        r̂_t = −κ + 1(t = t₁ − 1) · R(outcome),   R = ``completed`` | ``unreached`` | ``failed``
+
+    The outcome is ``subgoal_reward``'s.  Without the step cost κ a detour costs only the discount
+    (about 1 − γ per step), so nearly every recorded segment's decisions look equally good and the
+    executor's advantages are flat; with it, each extra step inside a segment costs κ, and a subgoal
+    given up at the step budget costs every step it took plus ``unreached``.
+    """
+
+    step_cost: float = 0.05  # κ
+    completed: float = 1.0
+    unreached: float = 0.0
+    failed: float = -1.0
+
+    def outcome(self, traj: Trajectory, seg: SubgoalSegment) -> float:
+        return {1.0: self.completed, 0.0: self.unreached, -1.0: self.failed}[subgoal_reward(traj, seg)]
+
+    def per_step(self, traj: Trajectory, seg: SubgoalSegment) -> list[float]:
+        """r̂_t for each step of the segment, in order."""
+        n = seg.end - seg.start
+        return [-self.step_cost + (self.outcome(traj, seg) if i == n - 1 else 0.0) for i in range(n)]
+
+
+def low_level_transitions(ep: HierarchicalEpisode, reward: IntrinsicReward = IntrinsicReward()) -> list[dict]:
+    """D^l: one transition per step (g_t, o_t, a_t, r̂_t, o_{t+1}), r̂ as ``reward`` defines it."""
     out = []
     for k, seg in enumerate(ep.segments):
-        r_hat = subgoal_reward(ep.traj, seg)
+        r_hat = reward.per_step(ep.traj, seg)
         for t in range(seg.start, seg.end):
             step = ep.traj.steps[t]
             last = t == seg.end - 1
             out.append({
                 "traj": ep.traj.id, "task": ep.traj.task, "segment": k, "t": t, "subgoal": seg.subgoal,
                 "observation": step.observation, "history": t - seg.start, "action": step.action,
-                "reward": r_hat if last else 0.0, "env_reward": step.reward,
+                "reward": r_hat[t - seg.start], "env_reward": step.reward,
                 "next_observation": ep.next_observation(t), "subgoal_done": last and seg.completed,
                 "done": step.done,
             })

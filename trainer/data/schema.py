@@ -23,9 +23,9 @@ step) and null on expert data.
 **D^l** (``dl.jsonl``), one transition per primitive step inside a segment:
 ``{"traj", "task", "segment", "subgoal": g_t, "observation": o_t, "history": [turns],
 "action": a_t, "reward": r̂_t, "env_reward": r_t, "next_observation": o_{t+1},
-"subgoal_done", "done"}`` with the intrinsic reward r̂ = 1 on the step that
-completes the subgoal, else 0 (−1 if the episode failed in the segment; see
-``hierarchy.subgoal_reward``).
+"subgoal_done", "done"}`` with the intrinsic reward r̂_t = −κ per step, plus on the segment's
+last step 1 if it completed the subgoal, 0 if not, −1 if the episode failed in it
+(``hierarchy.IntrinsicReward``).
 
 **Flat** (``flat.jsonl``): ``{"traj", "task", "observation", "history", "action",
 "reward", "next_observation", "done"}`` for the no-hierarchy baseline.
