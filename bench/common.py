@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import socket
 import statistics
 import time
 from pathlib import Path
+
+from glider.clients.local_server import LocalServer, free_port  # noqa: F401 (free_port: the benchmarks' import)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,12 +20,6 @@ def settings(**overrides):
     base = dict(home=ROOT / ".glider", kv_cache_gib=1, log_level="warning")
     base.update(overrides)
     return Settings(**base)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def result(figure: str, value: float, target: str = "", *, met: bool | None = None) -> None:
@@ -51,49 +46,11 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-class ServerProcess:
-    """``glider serve`` in its own process (as deployed), on a free loopback port, until closed."""
+class ServerProcess(LocalServer):
+    """``glider serve`` in its own process (as deployed) for settings ``s``, on a free loopback port."""
 
     def __init__(self, s, **env):
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.grpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "GLIDER_PORT": str(self.port), "GLIDER_GRPC_PORT": str(self.grpc_port),
-               "GLIDER_HOME": str(s.home),
-               "GLIDER_LOG_LEVEL": "warning", "GLIDER_KV_CACHE_GIB": "2", **env}
-        # the server's stderr: shown if it fails to start, kept after a run for what went wrong in it
-        log_dir = Path(s.home) / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
-        self.log = self.log_path.open("w+b")
-        self.proc = subprocess.Popen([sys.executable, "-m", "glider.clients.cli", "serve"], env=env,
-                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
-
-    def wait_ready(self, timeout: float = 600) -> None:
-        """Until /readyz answers; a server that exits first (say, adapters that do not match the
-        model) fails at once with the end of its log."""
-        import time
-
-        from glider.clients.sdk import GliderClient
-
-        deadline = time.monotonic() + timeout
-        with GliderClient(self.url) as client:
-            while time.monotonic() < deadline:
-                if client.ready() is not None:
-                    return
-                if self.proc.poll() is not None:
-                    self.log.seek(0)
-                    tail = self.log.read().decode(errors="replace").splitlines()[-15:]
-                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n" + "\n".join(tail))
-                time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout:.0f}s")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+        super().__init__(Path(s.home), cwd=ROOT, **{"GLIDER_KV_CACHE_GIB": "2", **env})
 
 
 class InProcessServer:
@@ -137,7 +94,6 @@ class _Timed:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        import time
 
         t = time.perf_counter()
         try:

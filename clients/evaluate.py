@@ -10,7 +10,10 @@ episode by episode.
 Runs are **resumable**: each finished episode is appended to ``episodes.jsonl``
 in the output directory at once, and a run restarted on the same directory
 plays only the episodes it does not have (the directory's ``plan.json`` must be
-the same plan).  Beside it, one readable transcript per episode under
+the same plan, and its ``sampling.json`` the same sampling settings).  Evaluation
+is greedy unless a temperature is asked for: a sampled run (data collection,
+O2O's exploration) sends each episode its own temperature and seed, recorded
+with the episode so it replays exactly.  Beside it, one readable transcript per episode under
 ``transcripts/<split>/<family>/<variation>.md``.
 
 *Throughput.* Episodes run in ``parallel`` threads, each with its own
@@ -78,10 +81,20 @@ class EvalConfig:
     # gold policy: play each episode (by key) to this many steps, "look around" after the gold path, so the
     # floor steps and loads the environment exactly as often as a served run did
     pad_steps: dict[str, int] | None = None
+    # sampled episodes (None: the server's own settings, greedy by default, as the protocols are scored):
+    # each episode sends its temperature and a seed drawn from ``seed`` and its key (``episode_sampling``)
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.parallel is None:
             self.parallel = default_parallel()
+
+    def sampling_settings(self) -> dict:
+        """What a run directory records of the sampling, so a resume cannot mix greedy and sampled episodes."""
+        return {"temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed if self.temperature is not None else None}
 
 
 @dataclass
@@ -95,6 +108,8 @@ class EpisodeResult:
     subgoals: int
     done: bool
     seconds: float = 0.0
+    sampling: dict | None = None  # the episode's own temperature and seed, when it was sampled
+    episode_id: str = ""  # the server's id of the episode: its records in the server's episode logs
 
     @property
     def key(self) -> str:
@@ -108,7 +123,8 @@ class EpisodeResult:
     def from_report(cls, episode: PlannedEpisode, report: EpisodeReport, seconds: float = 0.0) -> EpisodeResult:
         return cls(split=episode.split, task=episode.task, variation=episode.variation,
                    score=max(0.0, report.score), best=max(0.0, report.max_score), steps=len(report.steps),
-                   subgoals=report.subgoals, done=report.done, seconds=round(seconds, 3))
+                   subgoals=report.subgoals, done=report.done, seconds=round(seconds, 3), sampling=report.sampling,
+                   episode_id=report.episode_id)
 
 
 # --- playing ---------------------------------------------------------------------------
@@ -178,7 +194,7 @@ def play_gold(world, max_steps: int, pad_to: int | None = None) -> EpisodeReport
 
 def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
           episode: PlannedEpisode) -> tuple[EpisodeResult, EpisodeReport]:
-    from glider.clients.play import make_client, play_episode
+    from glider.clients.play import episode_sampling, make_client, play_episode
     from glider.clients.sdk import GliderAPIError
 
     started = time.monotonic()
@@ -191,7 +207,8 @@ def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
             client = getattr(clients, "client", None)
             if client is None:
                 client = clients.client = make_client(cfg.transport, cfg.server)
-            report = play_episode(client, world, max_steps=cap)
+            report = play_episode(client, world, max_steps=cap,
+                                  sampling=episode_sampling(cfg.temperature, cfg.seed, episode.key, cfg.top_p))
     except GliderAPIError:
         raise
     except Exception:
@@ -214,7 +231,7 @@ def run_episodes(cfg: EvalConfig, out: Path | None = None, on_done: Callable[[Ep
     log_file = None
     if out is not None:
         out = Path(out)
-        done = _open_run(out, plan)
+        done = _open_run(out, plan, cfg.sampling_settings())
         log_file = (out / "episodes.jsonl").open("a", encoding="utf-8")
     todo = [e for e in plan.episodes if e.key not in done]
     envs, clients = _Environments(cfg), threading.local()
@@ -257,8 +274,9 @@ def plan_digest(plan: Plan) -> str:
     return hashlib.sha256(plan.to_json().encode()).hexdigest()[:16]
 
 
-def _open_run(out: Path, plan: Plan) -> dict[str, EpisodeResult]:
-    """The results already in ``out`` for this plan; refuses a directory that holds another plan's run."""
+def _open_run(out: Path, plan: Plan, sampling: dict | None = None) -> dict[str, EpisodeResult]:
+    """The results already in ``out`` for this plan; refuses a directory that holds another plan's run, or
+    a run played with other sampling settings."""
     out.mkdir(parents=True, exist_ok=True)
     plan_file = out / "plan.json"
     if plan_file.is_file():
@@ -266,6 +284,16 @@ def _open_run(out: Path, plan: Plan) -> dict[str, EpisodeResult]:
             raise ValueError(f"{out} holds a run of another plan; resume it with that plan or use a new --out")
     else:
         plan_file.write_text(plan.to_json())
+    sampling = sampling or {}
+    sampling_file = out / "sampling.json"
+    if sampling_file.is_file():
+        played = json.loads(sampling_file.read_text())
+        if played != sampling:
+            raise ValueError(f"{out} holds a run played with sampling {played}, not {sampling}; use a new --out")
+    elif (out / "episodes.jsonl").is_file() and sampling.get("temperature") is not None:
+        raise ValueError(f"{out} holds a run played with the server's own sampling; use a new --out")
+    else:  # a new run, or one from before this file (played with the server's settings) resumed the same way
+        sampling_file.write_text(json.dumps(sampling) + "\n")
     results = load_results(out)
     log = out / "episodes.jsonl"
     if log.is_file():  # rewrite it without a line a killed run cut off, so appended rows start on a line of their own
@@ -427,7 +455,7 @@ def write_report(results: Sequence[EpisodeResult], out: Path, plan: Plan, *, lab
         writer = csv.DictWriter(f, fieldnames=[f.name for f in fields(EpisodeResult)])
         writer.writeheader()
         for r in results:
-            writer.writerow(asdict(r))
+            writer.writerow({**asdict(r), "sampling": json.dumps(r.sampling) if r.sampling else ""})
     with (out / "table.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["task", *summary.splits])

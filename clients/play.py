@@ -8,6 +8,7 @@ from pathlib import Path
 
 from glider.clients.envs.base import Environment
 from glider.clients.sdk import GliderClient
+from glider.v1.rest import Sampling
 
 
 @dataclass
@@ -32,18 +33,34 @@ class EpisodeReport:
     score: float = 0.0  # final score, 0..1
     max_score: float = 0.0  # best score reached, 0..1
     done: bool = False
+    sampling: dict | None = None  # the episode's own sampling settings, as sent (None: the server's default)
 
     @property
     def subgoals(self) -> int:
         return sum(1 for s in self.steps if s.new_subgoal)
 
 
+def episode_sampling(temperature: float | None, seed: int, key: str, top_p: float | None = None) -> Sampling | None:
+    """An episode's own sampling settings: ``temperature`` (None: the server's default, no settings sent)
+    with a seed drawn from ``seed`` and the episode's ``key``, so each episode samples differently and
+    any of them replays exactly from the seed its report records."""
+    import hashlib
+
+    if temperature is None:
+        return None
+    episode_seed = int(hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()[:15], 16)  # < 2^60: a valid seed
+    return Sampling(temperature=temperature, top_p=top_p, seed=episode_seed)
+
+
 def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
-                 on_step: Callable[[StepRecord], None] | None = None) -> EpisodeReport:
+                 on_step: Callable[[StepRecord], None] | None = None,
+                 sampling: Sampling | None = None) -> EpisodeReport:
+    """One episode through ``client``; ``sampling`` gives it its own sampling settings (sent when it starts)."""
     first = env.reset()
-    reply = client.act(observation=first.observation, task=env.task, score=first.score)
+    reply = client.act(observation=first.observation, task=env.task, score=first.score, sampling=sampling)
     report = EpisodeReport(episode_id=reply.episode_id, task=env.task, score=first.score,
-                           max_score=first.score, task_name=getattr(env, "task_name", ""))
+                           max_score=first.score, task_name=getattr(env, "task_name", ""),
+                           sampling=sampling.model_dump(exclude_none=True) if sampling is not None else None)
     for _ in range(max_steps):
         assert reply.action is not None
         result = env.step(reply.action)
@@ -139,6 +156,7 @@ class PlayJob:
     max_steps: int
     games_dir: Path
     wrap: bool = False  # positions past the split's end wrap around (a long online run)
+    sampling: Sampling | None = None  # the episode's own sampling settings (``episode_sampling``)
 
 
 def play_job(job: PlayJob) -> EpisodeReport:
@@ -146,7 +164,7 @@ def play_job(job: PlayJob) -> EpisodeReport:
     world = open_environment(job.env, job.task, job.split, job.position, job.max_steps, job.games_dir, wrap=job.wrap)
     try:
         with make_client(job.transport, job.server) as client:
-            report = play_episode(client, world, max_steps=job.max_steps)
+            report = play_episode(client, world, max_steps=job.max_steps, sampling=job.sampling)
     finally:
         if job.env != "scienceworld":  # the ScienceWorld JVM is kept for this worker's next episode
             world.close()

@@ -59,6 +59,14 @@ class O2OConfig:
     actor_lr: float = 1e-4
     batch_tokens: int = 4096
     offline_share: float = 0.5  # share of actor batches from the offline data (when there is any)
+    # online episodes are sampled (each with its own seed, recorded), so that positive-weight updates
+    # see alternatives to the policy's own greedy choice; None plays them with the server's settings
+    temperature: float | None = 0.7
+    # the publish gate: after each update the server plays ``gate_episodes`` greedy episodes per online
+    # family (the split's last variations, away from the schedule, which starts at its first); an update
+    # scoring more than ``gate_margin`` (0..1 score) below the last accepted one is rolled back.  0: no gate
+    gate_episodes: int = 0
+    gate_margin: float = 0.05
     critic: CriticConfig = field(default_factory=CriticConfig)
     transport: str = "rest"
     parallel: int = 2
@@ -68,6 +76,11 @@ class O2OConfig:
 
     def __post_init__(self):
         self.method = RLMethod(self.method)  # a plain string (config file, bench) is checked here
+
+    def gate_schedule(self) -> list[tuple[str, int]]:
+        """(task family, position) of the gate's episodes: the split's last variations (negative positions
+        count from its end), the same for every iteration."""
+        return [(task, -1 - i) for task in self.tasks for i in range(self.gate_episodes)]
 
     def schedule(self, iteration: int) -> list[tuple[str, int]]:
         """(task family, variation position) of the iteration's episodes: new variations each iteration,
@@ -251,6 +264,21 @@ class OnlineLearner:
             optimizer.step()
             losses.append(float(loss.detach()))
         return ActorUpdate(actor_steps=steps, actor_loss=sum(losses) / max(1, len(losses)))
+
+    def restore(self, versions: dict[str, str]) -> None:
+        """Back to the registry's ``versions`` of the adapted adapters (a rolled-back update): their
+        weights, and a fresh optimiser (its moments belonged to the rejected steps).  The critic and the
+        FIFO keep what they learnt: the episodes were real."""
+        import torch
+        from glider.server.adapters.registry import AdapterRegistry
+        from glider.trainer.orl import load_policy
+
+        reg = AdapterRegistry(self.registry)
+        for name in self.models:
+            self.models[name] = load_policy(self.model_dir, adapter=reg.get(name, versions[name]).path, lora=None,
+                                            seed=self.cfg.seed)
+            params = [p for p in self.models[name].parameters() if p.requires_grad]
+            self.optimizers[name] = torch.optim.AdamW(params, lr=self.cfg.actor_lr)
 
     def publish(self, iteration: int) -> dict[str, str]:
         from glider.trainer.publish import publish_adapter

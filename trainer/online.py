@@ -31,6 +31,9 @@ class IterationPoint:
     train_s: float
     swap_s: float  # until the server served what was published
     update: UpdateReport = field(default_factory=UpdateReport)  # what the learner did (OnlineLearner.update)
+    gate: float | None = None  # the publish gate's score of this update (None: no gate)
+    rolled_back: bool = False  # the gate rejected it: the server went back to ``served``
+    served: dict[str, str] = field(default_factory=dict)  # what the server serves after the iteration
 
     def to_json(self) -> dict:
         return {**asdict(self), "update": self.update.to_dict()}
@@ -78,16 +81,39 @@ def read_episodes(record_dir: Path, episode_ids: Sequence[str], timeout: float =
         time.sleep(0.2)
 
 
+def gate_score(pool, cfg, server: str, games_dir: Path) -> float:
+    """The publish gate's evaluation: its fixed episodes, greedy, through the server as it serves now."""
+    from glider.clients.play import PlayJob, play_job
+
+    jobs = [PlayJob("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir),
+                    wrap=True) for task, pos in cfg.gate_schedule()]
+    reports = list(pool.map(play_job, jobs))
+    return sum(max(0.0, r.score) for r in reports) / len(reports)
+
+
+def roll_back(learner: OnlineLearner, server: str, versions: dict[str, str], timeout: float) -> float:
+    """Make ``versions`` current again, wait until the server serves them, and put the learner back on
+    them; returns the seconds the server took."""
+    from glider.server.adapters.registry import AdapterRegistry
+
+    registry = AdapterRegistry(learner.registry)
+    for name, version in versions.items():
+        registry.set_current(name, version)
+    learner.restore(versions)
+    return wait_for_versions(server, versions, timeout)
+
+
 def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir: Path = Path(".glider/games"),
             on_iteration=None, before_publish=None) -> list[IterationPoint]:
-    """Play → record → update → publish → swap, ``cfg.iterations`` times (0: until stopped); returns
-    the learning curve.  ``before_publish()`` may raise to stop before anything is published (a
-    trainer that lost its leader lock)."""
+    """Play → record → update → publish → swap (→ gate), ``cfg.iterations`` times (0: until stopped);
+    returns the learning curve.  ``before_publish()`` may raise to stop before anything is published (a
+    trainer that lost its leader lock).  With a gate (``cfg.gate_episodes``), an update whose gate score
+    falls more than ``cfg.gate_margin`` below the last accepted one is rolled back at once."""
     import itertools
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from glider.clients.play import PlayJob, play_job
+    from glider.clients.play import PlayJob, episode_sampling, play_job
 
     cfg = learner.cfg
     curve: list[IterationPoint] = []
@@ -95,11 +121,15 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
     learner.out_dir.mkdir(parents=True, exist_ok=True)
     iterations = itertools.count() if cfg.iterations == 0 else range(cfg.iterations)
     with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
+        accepted = dict(learner.start_versions)
+        accepted_gate = gate_score(pool, cfg, server, games_dir) if cfg.gate_episodes else None
         for it in iterations:
             t0 = time.monotonic()
             # variations wrap around: a long (or endless) run replays the split from its start
             jobs = [PlayJob("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps,
-                            Path(games_dir), wrap=True) for task, pos in cfg.schedule(it)]
+                            Path(games_dir), wrap=True,
+                            sampling=episode_sampling(cfg.temperature, cfg.seed, f"o2o/{it}/{task}/{pos}"))
+                    for task, pos in cfg.schedule(it)]
             reports = list(pool.map(play_job, jobs))
             played += len(reports)
             play_s = time.monotonic() - t0
@@ -111,11 +141,24 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
             versions = learner.publish(it + 1)
             train_s = time.monotonic() - t1
             swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)
+            gate, rolled_back = None, False
+            if accepted_gate is not None:
+                gate = gate_score(pool, cfg, server, games_dir)
+                if gate < accepted_gate - cfg.gate_margin:
+                    rolled_back = True
+                    log.warning("o2o %s iteration %d: gate %.3f below the accepted %.3f by more than %.3f; "
+                                "rolling back to %s", cfg.method, it, gate, accepted_gate, cfg.gate_margin, accepted)
+                    swap_s += roll_back(learner, server, accepted, cfg.swap_timeout_s)
+                else:
+                    accepted, accepted_gate = dict(versions), gate
+            elif versions:
+                accepted = dict(versions)
             point = IterationPoint(iteration=it, episodes=played,
                                    score=sum(max(0.0, r.score) for r in reports) / len(reports),
                                    best=sum(max(0.0, r.max_score) for r in reports) / len(reports),
                                    tasks={r.task_name: max(0.0, r.score) for r in reports}, versions=versions,
-                                   play_s=play_s, train_s=train_s, swap_s=swap_s, update=stats)
+                                   play_s=play_s, train_s=train_s, swap_s=swap_s, update=stats, gate=gate,
+                                   rolled_back=rolled_back, served=dict(accepted))
             curve.append(point)
             (learner.out_dir / "curve.json").write_text(json.dumps([p.to_json() for p in curve], indent=2, default=str))
             log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,

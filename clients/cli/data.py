@@ -22,6 +22,10 @@ def perturbed_root(out: Path | None) -> Path:
     return out if out is not None else settings().home / "data" / "perturbed"
 
 
+def medium_root(out: Path | None) -> Path:
+    return out if out is not None else settings().home / "data" / "medium"
+
+
 def per_task_or_recipe(per_task: int | None, recipe: str | None):
     """--per-task N, or a recipe's per-family counts."""
     if recipe is None:
@@ -35,21 +39,78 @@ def per_task_or_recipe(per_task: int | None, recipe: str | None):
 
 
 def trajectories(data: Path | None, tasks: str, per_task, logs: Path | None = None,
-                  env: str = "scienceworld", perturbed: Path | None = None):
-    """Collected expert trajectories (plus perturbed replays and converted server logs); exits with a
-    clear error when none."""
+                  env: str = "scienceworld", perturbed: Path | None = None, medium: Path | None = None):
+    """Collected expert trajectories (plus perturbed replays, medium-policy episodes and converted server
+    logs); exits with a clear error when none."""
     from glider.trainer.data.collect import load_collected
     from glider.trainer.data.logs import trajectories_from_logs
 
-    trajs = load_collected(expert_root(data), env, "train", split_list(tasks) or None, per_task)
+    families = split_list(tasks) or None
+    trajs = load_collected(expert_root(data), env, "train", families, per_task)
     if perturbed is not None:
-        trajs += load_collected(perturbed, env, "train", split_list(tasks) or None, per_task)
+        trajs += load_collected(perturbed, env, "train", families, per_task)
+    if medium is not None:
+        from glider.trainer.medium import load_medium
+
+        trajs += [t for t in load_medium(medium) if families is None or t.task_name in families]
     if logs is not None:
         trajs += trajectories_from_logs(logs)
     if not trajs:
         console.print("[red]error:[/red] no trajectories found (run `glider data collect` first)")
         raise typer.Exit(2)
     return trajs
+
+
+@app.command("medium")
+def data_medium(
+    data: Annotated[Path | None, typer.Option(help="Expert trajectory cache (<home>/data/expert).")] = None,
+    recipe: Annotated[str | None, typer.Option(help="glider: the paper's per-family counts instead of "
+                                                    "--per-task.")] = None,
+    per_task: Annotated[int | None, typer.Option(help="Expert trajectories per family to halve.")] = None,
+    tasks: Annotated[str, typer.Option(help="Comma-separated task families (default: all collected).")] = "",
+    minutes: Annotated[float, typer.Option(help="Time box of the medium policy's SFT.")] = 9.0,
+    seeds: Annotated[str, typer.Option(help="One sampled episode per played variation and seed.")] = "0,1",
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the played episodes.")] = 0.7,
+    max_steps: Annotated[int, typer.Option(help="Step cap of a played episode.")] = 50,
+    parallel: Annotated[int | None, typer.Option(help="Episodes in flight (default: as memory allows).")] = None,
+    backend: Annotated[str, typer.Option(help="vllm | hf")] = "vllm",
+    out: Annotated[Path | None, typer.Option(help="Policy, recorded episodes, medium.jsonl "
+                                                  "(<home>/data/medium).")] = None,
+):
+    """Medium-quality data for ORL: SFT on half the train variations, sampled play of the other half through
+    a real server (resumable); the recorded episodes land in <out>/medium.jsonl."""
+    require("train", "server", "envs", command="data medium")
+    import dataclasses
+    import time
+
+    from glider.trainer.medium import MediumConfig, collect_medium
+
+    try:
+        seed_list = tuple(int(x) for x in split_list(seeds))
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers", param_hint="--seeds") from None
+    if not seed_list:
+        raise typer.BadParameter("at least one seed", param_hint="--seeds")
+    if temperature < 0:
+        raise typer.BadParameter("0 (greedy) or more", param_hint="--temperature")
+    if backend not in ("vllm", "hf"):
+        raise typer.BadParameter("vllm | hf", param_hint="--backend")
+    s = settings()
+    trajs = trajectories(data, tasks, per_task_or_recipe(per_task, recipe))
+    mode = getattr(s.mode, "value", s.mode)
+    defaults = MediumConfig()
+    cfg = MediumConfig(mode=mode, sft=dataclasses.replace(defaults.sft, max_minutes=minutes), seeds=seed_list,
+                       temperature=temperature, max_steps=max_steps, parallel=parallel, backend=backend,
+                       c_max=s.c_max)
+    started = time.monotonic()
+    try:
+        report = collect_medium(s.model_dir(), trajs, medium_root(out), cfg, say=console.rule)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"medium policy trained on {report.trained_on} trajectories played {report.played_variations} "
+                  f"variations: {report.episodes} episodes, mean score {100 * report.mean_score:.1f}, in "
+                  f"{time.monotonic() - started:.0f}s -> {report.path}")
 
 
 @app.command("collect")

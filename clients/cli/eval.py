@@ -60,6 +60,11 @@ def run_command(
     splits: Annotated[str, typer.Option(help="custom protocol: seen and/or unseen.")] = "seen,unseen",
     max_steps: Annotated[int, typer.Option(help="custom protocol: step cap.")] = 50,
     seed: Annotated[int, typer.Option(help="custom protocol: draws the variations.")] = 0,
+    temperature: Annotated[float | None, typer.Option(
+        help="Sample every episode at this temperature, each with its own seed (default: the server's "
+             "settings, greedy; the protocols are scored greedy).")] = None,
+    sampling_seed: Annotated[int, typer.Option(help="With --temperature: the seed each episode's own is drawn "
+                                                    "from (recorded per episode).")] = 0,
     checkpoints: Annotated[str, typer.Option(
         help="Evaluate several adapter versions in turn (a learning curve): 'v0002,v0003' or "
              "'planner=v0002+executor=v0003,...'; needs the admin token (GLIDER_ADMIN_TOKEN).")] = "",
@@ -94,8 +99,12 @@ def run_command(
             raise typer.BadParameter(str(exc), param_hint="--protocol") from None
     if server is None:
         server = "127.0.0.1:50051" if transport == "grpc" else "http://127.0.0.1:8000"
+    if temperature is not None and temperature < 0:
+        raise typer.BadParameter("a temperature is 0 (greedy) or more", param_hint="--temperature")
+    if temperature is not None and policy == "gold":
+        raise typer.BadParameter("a gold replay has no model to sample", param_hint="--temperature")
     cfg = EvalConfig(plan=plan, server=server, transport=transport, policy=policy,
-                     parallel=parallel)
+                     parallel=parallel, temperature=temperature, seed=sampling_seed)
     console.print(plan.describe())
 
     def one_run(run_label: str, run_out: Path, meta: dict) -> Summary:
@@ -117,7 +126,8 @@ def run_command(
         console.print(Markdown((run_out / "table.md").read_text()))
         return summary
 
-    meta = {"server": server, "transport": transport, "policy": policy, "parallel": cfg.parallel}
+    meta = {"server": server, "transport": transport, "policy": policy, "parallel": cfg.parallel,
+            "sampling": cfg.sampling_settings()}
     if not checkpoints:
         one_run(label, out, meta)
         console.print(f"written to {out}")

@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 from glider.clients.cli._common import console, default_help, given, require, settings, split_list
-from glider.clients.cli.data import annotator_for, per_task_or_recipe, perturbed_root, trajectories
+from glider.clients.cli.data import (
+    annotator_for,
+    medium_root,
+    per_task_or_recipe,
+    perturbed_root,
+    trajectories,
+)
 from glider.trainer.o2o import O2OConfig
 from glider.trainer.orl import ORLConfig
 from glider.trainer.rl import CriticConfig, RLMethod
@@ -143,6 +149,8 @@ def train_orl(
     data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
     perturbed: Annotated[Path | None, typer.Option(help="Perturbed replays (`glider data collect --perturb`; "
                                                         "default <home>/data/perturbed if it exists).")] = None,
+    medium: Annotated[Path | None, typer.Option(help="Medium-policy episodes (`glider data medium`; default "
+                                                     "<home>/data/medium if it holds medium.jsonl).")] = None,
     logs: Annotated[Path | None, typer.Option(help="Server episode logs (the SFT agent's own episodes).")] = None,
     tasks: str = "",
     per_task: int | None = None,
@@ -180,7 +188,9 @@ def train_orl(
     s = settings(model=model, adapters=adapters)
     if perturbed is None and perturbed_root(None).is_dir():
         perturbed = perturbed_root(None)
-    trajs = trajectories(data, tasks, per_task, logs, perturbed=perturbed)
+    if medium is None and (medium_root(None) / "medium.jsonl").is_file():
+        medium = medium_root(None)
+    trajs = trajectories(data, tasks, per_task, logs, perturbed=perturbed, medium=medium)
     defaults = ORLConfig()
     cfg = given(defaults, mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
                 heldout_fraction=heldout_fraction,
@@ -228,6 +238,14 @@ def train_o2o(
         "--adapt-executor/--no-adapt-executor",
         help=default_help("Also adapt the executor (the paper adapts the planner).", O2O.adapt_executor))] = None,
     actor_lr: Annotated[float | None, _opt("", O2O.actor_lr)] = None,
+    temperature: Annotated[float | None, _opt("Online episodes are sampled at this temperature, each with its "
+                                              "own recorded seed (0: greedy).", O2O.temperature)] = None,
+    offline_share: Annotated[float | None, _opt("Share of actor batches from the offline data.",
+                                                O2O.offline_share)] = None,
+    gate_episodes: Annotated[int | None, _opt("Publish gate: greedy episodes per online family after each "
+                                              "update (0: no gate).", O2O.gate_episodes)] = None,
+    gate_margin: Annotated[float | None, _opt("Publish gate: roll an update back when its score (0..1) falls "
+                                              "this much below the last accepted one.", O2O.gate_margin)] = None,
     offline: Annotated[bool, typer.Option(help="Interleave the expert data (--data) with the online episodes.")]
     = True,
     data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
@@ -261,6 +279,12 @@ def train_o2o(
                                  param_hint="--tasks")
     if iterations is not None and iterations < 0:
         raise typer.BadParameter("0 (until stopped) or more", param_hint="--iterations")
+    if temperature is not None and temperature < 0:
+        raise typer.BadParameter("0 (greedy) or more", param_hint="--temperature")
+    if offline_share is not None and not 0.0 <= offline_share < 1.0:
+        raise typer.BadParameter("a share in [0, 1)", param_hint="--offline-share")
+    if gate_episodes is not None and gate_episodes < 0:
+        raise typer.BadParameter("0 (no gate) or more", param_hint="--gate-episodes")
     s = settings(model=model, adapters=adapters)
     mode = getattr(s.mode, "value", s.mode)
     offline_trajs = []
@@ -271,13 +295,18 @@ def train_o2o(
     cfg = given(defaults, method=method, tasks=online, split=split, iterations=iterations,
                 episodes_per_iteration=episodes, max_steps=max_steps, fifo_episodes=fifo,
                 updates_per_episode=updates_per_episode, critic_steps=critic_steps, adapt_executor=adapt_executor,
-                actor_lr=actor_lr, critic=given(defaults.critic, seed=seed), parallel=parallel, seed=seed)
-    table = Table("iteration", "episodes", "score", "published", "play s", "train s", "swap s")
+                actor_lr=actor_lr, critic=given(defaults.critic, seed=seed), parallel=parallel, seed=seed,
+                temperature=temperature, offline_share=offline_share, gate_episodes=gate_episodes,
+                gate_margin=gate_margin)
+    table = Table("iteration", "episodes", "score", "published", "gate", "serving", "play s", "train s", "swap s")
 
     def show(point) -> None:
-        console.print(f"iteration {point.iteration}: score {100 * point.score:.1f} -> {point.versions}")
+        verdict = " (rolled back)" if point.rolled_back else ""
+        console.print(f"iteration {point.iteration}: score {100 * point.score:.1f} -> {point.versions}{verdict}")
         table.add_row(str(point.iteration), str(point.episodes), f"{100 * point.score:.1f}",
-                      " ".join(f"{k}@{v}" for k, v in point.versions.items()), f"{point.play_s:.0f}",
+                      " ".join(f"{k}@{v}" for k, v in point.versions.items()),
+                      "-" if point.gate is None else f"{100 * point.gate:.1f}{verdict}",
+                      " ".join(f"{k}@{v}" for k, v in point.served.items()), f"{point.play_s:.0f}",
                       f"{point.train_s:.0f}", f"{point.swap_s:.1f}")
 
     from glider.clients.sdk import GliderClient

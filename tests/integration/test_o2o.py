@@ -43,3 +43,37 @@ def test_one_o2o_iteration_is_served_by_the_next_episode(method, swap_server, sw
         assert reply.adapter_versions["planner"] == new
         report = play_episode(client, ScienceWorld("find-plant", 1, env=scienceworld), max_steps=2)
     assert len(report.steps) == 2
+
+
+def test_the_publish_gate_rolls_back_a_rejected_update(swap_server, swap_registry, backbone_dir, gold_trajectory,
+                                                       tmp_path):
+    """A gate that asks for an impossible improvement (a negative margin beyond the score's range) rejects
+    every update: the registry, the server and the learner all end where they started."""
+    import torch
+    from glider.trainer.critic import CriticConfig
+    from glider.trainer.o2o import O2OConfig, OnlineLearner
+    from glider.trainer.online import run_o2o
+
+    registry = AdapterRegistry(swap_registry)
+    before = registry.current_version("planner")
+    cfg = O2OConfig(tasks=["find-plant"], iterations=1, episodes_per_iteration=1, max_steps=3,
+                    updates_per_episode=2, critic_steps=20, parallel=1, batch_tokens=2048,
+                    critic=CriticConfig(steps=20), gate_episodes=1, gate_margin=-2.0)
+    learner = OnlineLearner(backbone_dir, swap_registry, cfg, offline=[gold_trajectory], out_dir=tmp_path)
+    start = {k: v.clone() for k, v in learner.models["planner"].state_dict().items() if "lora" in k}
+    (point,) = run_o2o(swap_server.url, swap_server.record_dir, learner)
+
+    assert point.rolled_back and point.gate is not None and point.update.actors["planner"].actor_steps == 2
+    published = point.versions["planner"]
+    assert published != before and published in registry.versions("planner")  # published, then withdrawn
+    assert registry.current_version("planner") == before and point.served == {"planner": before}
+    with GliderClient(swap_server.url) as client:
+        assert client.ready().adapters["planner"] == before
+    restored = {k: v for k, v in learner.models["planner"].state_dict().items() if "lora" in k}
+    assert restored.keys() == start.keys() and all(torch.equal(restored[k], start[k]) for k in start)
+
+    # a gate that accepts anything (margin beyond the range) keeps the update
+    cfg.gate_margin = 2.0
+    keep = OnlineLearner(backbone_dir, swap_registry, cfg, offline=[gold_trajectory], out_dir=tmp_path / "keep")
+    (kept,) = run_o2o(swap_server.url, swap_server.record_dir, keep)
+    assert not kept.rolled_back and registry.current_version("planner") == kept.versions["planner"] != before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from glider.clients.cli import app
 from glider.clients.play import parse_variations, play_many
@@ -40,3 +42,31 @@ def test_play_command_prints_a_summary(vllm_server):
     beyond = CliRunner().invoke(app, ["play", "--task", "identify-life-stages-1", "--variations", "train:40",
                                       "--server", vllm_server.url, "--parallel", "1", "--max-steps", "1"])
     assert beyond.exit_code == 2 and "train variations, not 41" in beyond.output, beyond.output
+
+
+def test_sampled_episodes_replay_from_their_recorded_seed(vllm_server):
+    """O2O's exploration: a sampled episode's seed is recorded (in its report and in the server's log), and
+    playing it again with that seed gives the same episode; another seed gives another."""
+    from glider.clients.play import PlayJob, episode_sampling, play_job
+    from glider.trainer.data.logs import trajectories_from_logs
+    from glider.v1.rest import Sampling
+
+    def play(sampling):
+        return play_job(PlayJob("scienceworld", "boil", "dev", 0, "grpc", vllm_server.grpc_target, 6,
+                                Path(".glider/games"), sampling=sampling))
+
+    first = play(episode_sampling(1.5, seed=0, key="o2o/0/boil/0"))
+    assert first.sampling["temperature"] == 1.5 and first.sampling["seed"] > 0
+    again = play(Sampling(**first.sampling))
+    other = play(episode_sampling(1.5, seed=1, key="o2o/0/boil/0"))
+    greedy = [play(None), play(None)]
+
+    def actions(report):
+        return [(s.subgoal, s.action) for s in report.steps]
+
+    assert actions(again) == actions(first) and len(first.steps) == 6
+    assert actions(other) != actions(first)
+    assert actions(greedy[0]) == actions(greedy[1]) != actions(first) and greedy[0].sampling is None
+    recorded = {t.id: t for t in trajectories_from_logs(vllm_server.record_dir, include_open=True)}
+    assert recorded[f"server/{first.episode_id}"].sampling == first.sampling
+    assert recorded[f"server/{greedy[0].episode_id}"].sampling is None

@@ -65,7 +65,8 @@ def trajectories_from_records(records: Iterable[dict], *, min_steps: int = 1) ->
                         first["step"])
         first_score = first.get("score")
         traj = Trajectory(id=f"server/{episode_id}", env="server", source="server", task=first["task"],
-                          initial_score=first_score if first_score is not None else 0.0)
+                          initial_score=first_score if first_score is not None else 0.0,
+                          sampling=first.get("sampling"))
         score = traj.initial_score
         for rec, nxt in zip(recs, recs[1:], strict=False):
             if rec.get("action") is None:

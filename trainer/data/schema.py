@@ -64,6 +64,7 @@ class Trajectory(BaseModel):
     initial_score: float = 0.0
     steps: list[Step] = Field(default_factory=list)
     final_observation: str = ""
+    sampling: dict | None = None  # a server-recorded episode's own sampling settings (temperature, seed)
 
     @property
     def final_score(self) -> float:
