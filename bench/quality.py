@@ -43,13 +43,19 @@ from glider.clients.evaluate import (
     write_report,
 )
 from glider.clients.protocols import load_plan, plan_path
+from glider.server.adapters.registry import AdapterRegistry
 from glider.server.policy.modes import ADAPTER_ROLES
+from glider.trainer.medium import load_medium
 from glider.trainer.pipeline import Recipe, ensure_trained
 from tqdm import tqdm
 
-LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)"}
-#: the comparisons the issue asks for, as (A, B): B − A is reported
-COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate")]
+LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)",
+         "flat+orl": "flat SFT+ORL", "separate+orl": "hierarchical SFT+ORL (separate)",
+         "shared+orl": "hierarchical SFT+ORL (shared)", "separate+orl-scratch": "hierarchical ORL (from scratch)"}
+#: the comparisons the issues ask for, as (A, B): B − A is reported
+COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
+           ("separate", "separate+orl"), ("flat", "flat+orl"), ("flat", "separate+orl"),
+           ("separate+orl-scratch", "separate+orl")]
 GUARDS_OFF = {"GLIDER_GUARD_REPEATED_SUBGOAL": "false", "GLIDER_GUARD_REPEATED_ACTION": "false"}
 
 
@@ -86,29 +92,37 @@ def train(args, recipe: Recipe, mode: str) -> dict:
                          for name, m in metrics.get("adapters", {}).items()}}
 
 
-def evaluate(args, plan, mode: str, tag: str, env: dict) -> tuple[Path, Summary]:
+def display(label: str) -> str:
+    """An agent's label as the tables show it: ``separate (repeat 2)`` -> hierarchical SFT (separate) (repeat 2)."""
+    base, _, rest = label.partition(" (")
+    return LABEL.get(base, base) + (f" ({rest}" if rest else "")
+
+
+def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None = None) -> tuple[Path, Summary]:
+    """One agent on the plan: the recipe registry's current adapters of ``mode``, or ``registry``'s (a
+    pinned copy holding one agent's versions)."""
     s = settings(home=args.home, mode=mode)
-    server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()), GLIDER_ADAPTERS=str(s.adapters_dir()),
-                           GLIDER_RECORD="false", **env)
+    server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()),
+                           GLIDER_ADAPTERS=str(registry or s.adapters_dir()), GLIDER_RECORD="false", **env)
     try:
         server.wait_ready()
         from glider.clients.sdk import GliderClient
 
         with GliderClient(server.url) as client:
             adapters = dict(client.ready().adapters)
-        slug = (mode + tag).replace(" (", "-").replace(")", "").replace(" ", "-")
+        slug = label.replace(" (", "-").replace(")", "").replace(" ", "-")
         out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
         cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
-        with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {mode}{tag}", unit="episode") as bar:
+        with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {label}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
         provenance = run_provenance(out, minutes=(time.monotonic() - t0) / 60)
     finally:
         server.close()
-    summary = write_report(results, out, plan, label=f"{LABEL[mode]}{tag}",
+    summary = write_report(results, out, plan, label=display(label),
                            meta={"adapters": adapters, "env": env, **provenance})
-    print(table_markdown(summary, f"{LABEL[mode]}{tag}"), flush=True)
+    print(table_markdown(summary, display(label)), flush=True)
     return out, summary
 
 
@@ -129,6 +143,16 @@ def main() -> None:
                    help="held-out gold segments replayed to measure the executor's completion")
     p.add_argument("--repeat", type=int, default=1, help="evaluate the separate agent this many times (A/A)")
     p.add_argument("--guards-off", action="store_true", help="also evaluate the separate agent without guards")
+    p.add_argument("--orl", action="store_true",
+                   help="also ORL from each mode's SFT adapters (agent <mode>+orl), evaluated beside them")
+    p.add_argument("--orl-scratch", action="store_true",
+                   help="also ORL from a fresh LoRA for the separate mode (the 'ORL only' row)")
+    p.add_argument("--orl-minutes", type=float, default=20.0, help="ORL: the actor's time box per mode")
+    p.add_argument("--orl-epochs", type=float, default=4.0, help="ORL: actor epochs (a critic round before each)")
+    p.add_argument("--perturb", type=float, default=0.2,
+                   help="ORL data: perturbed replays of the recipe's variations at this ε (0: none)")
+    p.add_argument("--medium-minutes", type=float, default=9.0,
+                   help="ORL data: the medium policy's SFT box (glider data medium; 0: no medium data)")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     p.add_argument("--page", type=Path, default=ROOT / "docs" / "results.md")
@@ -146,21 +170,101 @@ def main() -> None:
     plan = load_plan(args.protocol)
     print(f"# quality: recipe {recipe.name} on {machine()}; {plan.describe()}", flush=True)
     training = {mode: train(args, recipe, mode) for mode in modes}
+    # every agent's adapter versions: SFT is the registry's current after training; ORL publishes beside it
+    registry = AdapterRegistry(settings(home=args.home).adapters_dir())
+    agents = {mode: {name: registry.current_version(name) for name in ADAPTER_ROLES[mode]} for mode in modes}
+    orl: dict[str, dict] = {}
+    if args.orl or args.orl_scratch:
+        orl_data = orl_trajectories(args, recipe)
+        for mode in modes:
+            inits = (["sft"] if args.orl else []) + (["scratch"] if args.orl_scratch and mode == "separate" else [])
+            for init in inits:
+                label = f"{mode}+orl" + ("-scratch" if init == "scratch" else "")
+                agents[label], orl[label] = train_orl(args, orl_data, mode, init, agents[mode])
     if args.skip_eval:
-        print(json.dumps(training, indent=2))
+        print(json.dumps({"sft": training, "orl": orl}, indent=2))
         return
     runs: dict[str, tuple[Path, Summary]] = {}
-    wanted = [(mode, mode, "", {}) for mode in modes]
+    pinned = len(agents) > len(modes)  # several agents of one mode share the registry: serve each from a copy
+    wanted = [(label, label.split("+")[0], {}) for label in agents]
     if "separate" in modes:
-        wanted += [(f"separate (repeat {k})", "separate", f" (repeat {k})", {}) for k in range(2, args.repeat + 1)]
+        wanted += [(f"separate (repeat {k})", "separate", {}) for k in range(2, args.repeat + 1)]
         if args.guards_off:
-            wanted.append(("separate (guards off)", "separate", " (guards off)", GUARDS_OFF))
-    for label, mode, tag, env in wanted:  # the figures are written after each run: a cut-off run keeps them
-        runs[label] = evaluate(args, plan, mode, tag, env)
-        record(args, recipe, plan, training, runs)
+            wanted.append(("separate (guards off)", "separate", GUARDS_OFF))
+    for label, mode, env in wanted:  # the figures are written after each run: a cut-off run keeps them
+        base = label.split(" (")[0]
+        view = registry.pinned_copy(agents[base], args.home / "pinned" / base.replace("+", "-")).root if pinned \
+            else None
+        runs[label] = evaluate(args, plan, mode, label, env, registry=view)
+        record(args, recipe, plan, training, runs, orl)
 
 
-def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Path, Summary]]) -> None:
+def orl_trajectories(args, recipe: Recipe) -> list:
+    """ORL's data: the recipe's expert trajectories, perturbed replays of the same variations, and the
+    medium policy's recorded episodes (each collected once, cached, resumable)."""
+    from glider.trainer.data.collect import collect, load_collected
+    from glider.trainer.medium import MediumConfig, collect_medium
+
+    s = settings(home=args.home)
+    expert = args.home / "data" / "expert"
+    trajs = load_collected(expert, "scienceworld", "train", recipe.tasks or None, recipe.per_task)
+    if args.perturb:
+        perturbed = args.home / "data" / f"perturbed-{args.perturb:g}"
+        collect(perturbed, per_task=recipe.per_task, workers=recipe.workers, tasks=recipe.tasks or None,
+                max_steps=recipe.max_steps, perturb=args.perturb, games_dir=args.home / "games")
+        trajs += load_collected(perturbed, "scienceworld", "train", recipe.tasks or None, recipe.per_task)
+    if args.medium_minutes:
+        base = load_collected(expert, "scienceworld", "train", recipe.tasks or None, recipe.per_task)
+        cfg = MediumConfig(sft=dataclasses.replace(recipe.sft, max_minutes=args.medium_minutes),
+                           parallel=args.parallel, c_max=s.c_max)
+        report = collect_medium(s.model_dir(), base, args.home / "medium", cfg,
+                                say=lambda msg: print(f"[{recipe.name}/medium] {msg}", flush=True))
+        trajs += load_medium(report.path)
+    return trajs
+
+
+def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, str]) -> tuple[dict, dict]:
+    """ORL of ``mode`` from its SFT versions (or from scratch), published beside them without serving;
+    a finished run is reused.  Returns the agent's versions and its training figures."""
+    from glider.server.policy.controller import HierarchyConfig
+    from glider.trainer.data.hierarchy import SegmentationConfig
+    from glider.trainer.orl import ORLConfig, run_orl
+    from glider.trainer.training import TrainConfig
+
+    s = settings(home=args.home, mode=mode)
+    out = args.home / "runs" / f"orl-{mode}-{init}"
+    metrics_file = out / "orl_metrics.json"
+    started = {name: v for name, v in sft_versions.items()} if init == "sft" else {}
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        versions = {name: a.get("published") for name, a in metrics["adapters"].items()}
+        if all(versions.values()) and metrics.get("started_from", {}) == started:
+            return versions, orl_figures(metrics, 0.0)
+    t0 = time.monotonic()
+    cfg = ORLConfig(mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
+                    actor=TrainConfig(lr=5e-4 if init == "sft" else 2e-3, epochs=args.orl_epochs,
+                                      batch_tokens=2048, warmup_steps=5, max_minutes=args.orl_minutes))
+    report = run_orl(s.model_dir(), trajs, out, cfg, registry=s.adapters_dir(), make_current=False,
+                     start_versions=sft_versions if init == "sft" else None,
+                     hierarchy=HierarchyConfig.from_settings(s))
+    return ({name: a.published for name, a in report.adapters.items()},
+            orl_figures(report.to_dict(), (time.monotonic() - t0) / 60))
+
+
+def orl_figures(metrics: dict, minutes: float) -> dict:
+    """An ORL run's figures for the results file: its data, and per adapter the actor's training and the
+    critic's last round (with its ranking checks)."""
+    return {"minutes_this_run": minutes, "trajectories": metrics.get("trajectories"),
+            "heldout_trajectories": metrics.get("heldout_trajectories"),
+            "adapters": {name: {"steps": a.get("steps"), "epochs_done": a.get("epochs_done"),
+                                "seconds": a.get("seconds"), "critic_seconds": a.get("critic_seconds"),
+                                "tokens_per_s": a.get("tokens_per_s"), "published": a.get("published"),
+                                "rounds": {role: r.get("rounds", []) for role, r in a.get("roles", {}).items()}}
+                         for name, a in metrics.get("adapters", {}).items()}}
+
+
+def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Path, Summary]],
+           orl: dict | None = None) -> None:
     """Merge this recipe's agents and comparisons into the results file and page; copy each run's
     per-episode scores beside them, so every figure can be recomputed from the repository."""
     pairs = [(a, b) for a, b in COMPARE if a in runs and b in runs]
@@ -187,10 +291,14 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
-                   + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else ""),
+                   + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
+                   + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
+                   + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
+                      f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},
         "training": training,
+        **({"orl": orl} if orl else {}),
         "agents": {label: {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
                            "commit": summary.meta.get("commit"), "run": str(out.relative_to(ROOT)),
                            "episodes_file": str(episodes_file(label).relative_to(ROOT)),
@@ -219,7 +327,7 @@ def render(results: dict) -> str:
                 "| agent | seen (dev) | unseen (test) | episodes |", "|---|---:|---:|---:|"]
         for label, a in r["agents"].items():
             sp = a["splits"]
-            out.append(f"| {LABEL.get(label, label)} | {_ci(sp['seen'])} | {_ci(sp['unseen'])} | "
+            out.append(f"| {display(label)} | {_ci(sp['seen'])} | {_ci(sp['unseen'])} | "
                        f"{sp['seen']['episodes']} / {sp['unseen']['episodes']} |")
         protocols = sorted({a["protocol"] for a in r["agents"].values()})
         out += ["", f"Score ×100 on the {' / '.join(protocols)} plan, mean with its 95 % stratified bootstrap CI.", ""]
@@ -231,7 +339,7 @@ def render(results: dict) -> str:
             for split in ("seen", "unseen"):
                 d = c["splits"].get(split)
                 cells += [difference_cell(SplitDifference.from_dict(d)), f"{d['mde']:.2f}"] if d else ["–", "–"]
-            out.append(f"| {LABEL.get(c['b'], c['b'])} − {LABEL.get(c['a'], c['a'])} | " + " | ".join(cells) + " |")
+            out.append(f"| {display(c['b'])} − {display(c['a'])} | " + " | ".join(cells) + " |")
         if r["comparisons"]:
             out += ["", "MDE: the minimum difference detectable at 80 % power with these episodes."]
         out += ["",
@@ -250,7 +358,27 @@ def render(results: dict) -> str:
                     + (f"{seg['reached']:.2f} / {seg['completed']:.2f} (n={seg['segments']})" if seg else "–")
                     + " |")
         out.append("")
+        if r.get("orl"):
+            out += orl_rows(r["orl"])
     return "\n".join(out)
+
+
+def orl_rows(orl: dict) -> list[str]:
+    """The ORL runs: the actor's budget, and the critic's last round — does it rank the data?"""
+    out = ["| ORL agent | adapter / role | actor steps | epochs | actor minutes | critic s | rounds | "
+           "advantage by source (last round) | ESS | held-out ρ(A, G) |", "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for label, run in orl.items():
+        for name, a in run["adapters"].items():
+            for role, rounds in a["rounds"].items():
+                last = rounds[-1] if rounds else {}
+                groups = " ".join(f"{g} {v['advantage_mean']:+.3f}±{v['advantage_std']:.3f}"
+                                  for g, v in (last.get("by_source") or {}).items())
+                rho = (last.get("heldout") or {}).get("rank_correlation")
+                out.append(f"| {display(label)} | {name} / {role} | {a['steps']} | {a['epochs_done']:.1f} | "
+                           f"{(a['seconds'] or 0) / 60:.1f} | {a['critic_seconds'] or 0:.0f} | {len(rounds)} | {groups} | "
+                           f"{(last.get('weights') or {}).get('effective_sample_size', float('nan')):.2f} | "
+                           + ("–" if rho is None else f"{rho:.2f}") + " |")
+    return [*out, ""]
 
 
 BEGIN, END = "<!-- quality:begin (bench/quality.py writes this part) -->", "<!-- quality:end -->"

@@ -230,6 +230,30 @@ class AdapterRegistry:
         return removed
 
     # -- writing ----------------------------------------------------------------
+    def pinned_copy(self, versions: dict[str, str], dst: Path) -> AdapterRegistry:
+        """A registry at ``dst`` holding exactly ``versions`` (adapter -> version), each current: one
+        agent of several published in this registry, to serve on its own (an evaluation of SFT beside
+        SFT+ORL).  Files are hard-linked where the filesystem allows (a registry refuses symbolic
+        links); a copy already holding the same versions is reused."""
+        out = AdapterRegistry(dst)
+        for name, version in versions.items():
+            src = self.get(name, version)
+            target = out._dir(name, version)
+            if not (target / MANIFEST).is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=".pin-", dir=target.parent))
+
+                def link_or_copy(a, b):
+                    try:
+                        os.link(a, b)
+                    except OSError:
+                        shutil.copy2(a, b)
+
+                shutil.copytree(src.path, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
+                os.rename(tmp, target)
+            out.set_current(name, version)
+        return out
+
     def next_version(self, name: str) -> str:
         existing = self.versions(name)
         n = int(existing[-1][1:]) + 1 if existing else 1

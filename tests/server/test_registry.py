@@ -79,3 +79,22 @@ def test_symbolic_links_cannot_lead_out_of_the_registry(tmp_path):
     os.remove(tmp_path / "reg" / "planner" / "current")
     os.symlink("../../../outside/v0001", tmp_path / "reg" / "planner" / "current")
     assert reg.current_version("planner") == "v0001"
+
+
+def test_a_pinned_copy_serves_one_agent_of_several(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg")
+    reg.publish("planner", fake_peft(tmp_path, "a"))  # v0001: the SFT agent's planner
+    reg.publish("executor", fake_peft(tmp_path, "e"))
+    reg.publish("planner", fake_peft(tmp_path, "b", b"orl"), make_current=False)  # v0002: ORL's, not served
+    sft = reg.pinned_copy({"planner": "v0001", "executor": "v0001"}, tmp_path / "sft")
+    orl = reg.pinned_copy({"planner": "v0002", "executor": "v0001"}, tmp_path / "orl")
+    assert (sft.current_version("planner"), orl.current_version("planner")) == ("v0001", "v0002")
+    assert orl.versions("planner") == ["v0002"] and orl.current_version("executor") == "v0001"
+    pinned = orl.get("planner")  # real directories (the registry refuses links), verified like the source
+    orl.verify(pinned)
+    assert (pinned.path / "adapter_model.safetensors").read_bytes() == b"orl"
+    assert reg.current_version("planner") == "v0001"  # the source is untouched
+    again = reg.pinned_copy({"planner": "v0002", "executor": "v0001"}, tmp_path / "orl")  # reused as it is
+    assert again.versions("planner") == ["v0002"]
+    with pytest.raises(AdapterNotFound):
+        reg.pinned_copy({"planner": "v0009"}, tmp_path / "nope")
