@@ -31,7 +31,13 @@ from glider.trainer.critic import CriticConfig
 from glider.trainer.data.collect import load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.o2o import O2OConfig, OnlineLearner
-from glider.trainer.online import IterationPoint, area_under_curve, run_o2o
+from glider.trainer.online import (
+    IterationPoint,
+    area_under_curve,
+    area_with_ci,
+    paired_area,
+    run_o2o,
+)
 from glider.trainer.pipeline import SLOW_TASKS, sft_is_current
 from glider.trainer.sft import SFTConfig, run_sft
 from glider.trainer.training import TrainConfig
@@ -155,8 +161,25 @@ def report(curves, timings, out: Path, args, online, offline_tasks, trajs, offli
              "|---|---:|---:|---:|---:|---:|"]
     for method, curve in curves.items():
         scores = [100 * pt.score for pt in curve]
-        lines.append(f"| {method} | {area_under_curve(curve):.2f} | {scores[0]:.1f} | {scores[-1]:.1f} | "
+        auc = area_with_ci(curve) if curve and curve[0].episode_scores else None
+        cell = f"{auc.mean:.2f} [{auc.low:.2f}, {auc.high:.2f}]" if auc else f"{area_under_curve(curve):.2f}"
+        lines.append(f"| {method} | {cell} | {scores[0]:.1f} | {scores[-1]:.1f} | "
                      f"{max(scores):.1f} | {timings[method]:.1f} |")
+    pairs = [(a, b) for a, b in (("awac", "glider"), ("ac", "awac"), ("ac", "glider"))  # B − A: the paper's order
+             if a in curves and b in curves and curves[a] and curves[a][0].episode_scores]
+    if pairs:
+        lines += ["", "| paired AUC difference (same schedule and seeds) | B − A [95 % CI] | MDE | episodes |",
+                  "|---|---:|---:|---:|"]
+        for a, b in pairs:
+            cmp = paired_area(curves[a], curves[b])
+            d = cmp.difference
+            lines.append(f"| {b} − {a} | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | {cmp.mde:.2f} | {d.episodes} |")
+    with (out / "curves.csv").open("w") as f:  # one row per online episode: the curves, re-plottable
+        f.write("method,iteration,episodes,family,place,score\n")
+        for method, curve in curves.items():
+            for pt in curve:
+                for place, score in pt.episode_scores.items():
+                    f.write(f"{method},{pt.iteration},{pt.episodes},{place.split('/')[1]},{place},{100 * score:.1f}\n")
     lines.append("\n| iteration | " + " | ".join(curves) + " |")
     lines.append("|---:|" + "---:|" * len(curves))
     for i in range(args.iterations):

@@ -31,6 +31,9 @@ class IterationPoint:
     train_s: float
     swap_s: float  # until the server served what was published
     update: UpdateReport = field(default_factory=UpdateReport)  # what the learner did (OnlineLearner.update)
+    # each online episode's score (0..1) by its place in the schedule, "iteration/family/position": every
+    # method plays the same schedule (and seeds), so two curves pair episode by episode
+    episode_scores: dict[str, float] = field(default_factory=dict)
     gate: float | None = None  # the publish gate's score of this update (None: no gate)
     rolled_back: bool = False  # the gate rejected it: the server went back to ``served``
     served: dict[str, str] = field(default_factory=dict)  # what the server serves after the iteration
@@ -126,11 +129,12 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
         for it in iterations:
             t0 = time.monotonic()
             # variations wrap around: a long (or endless) run replays the split from its start
+            schedule = cfg.schedule(it)
             jobs = [PlayJob("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps,
                             Path(games_dir), wrap=True,
                             sampling=episode_sampling(cfg.temperature, cfg.seed, f"o2o/{it}/{task}/{pos}"))
-                    for task, pos in cfg.schedule(it)]
-            reports = list(pool.map(play_job, jobs))
+                    for task, pos in schedule]
+            reports = list(pool.map(play_job, jobs))  # in the schedule's order
             played += len(reports)
             play_s = time.monotonic() - t0
             trajs = read_episodes(record_dir, [r.episode_id for r in reports])
@@ -157,6 +161,8 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
                                    score=sum(max(0.0, r.score) for r in reports) / len(reports),
                                    best=sum(max(0.0, r.max_score) for r in reports) / len(reports),
                                    tasks={r.task_name: max(0.0, r.score) for r in reports}, versions=versions,
+                                   episode_scores={f"{it}/{task}/{pos}": max(0.0, r.score)
+                                                   for (task, pos), r in zip(schedule, reports, strict=True)},
                                    play_s=play_s, train_s=train_s, swap_s=swap_s, update=stats, gate=gate,
                                    rolled_back=rolled_back, served=dict(accepted))
             curve.append(point)
@@ -166,6 +172,29 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
             if on_iteration is not None:
                 on_iteration(point)
     return curve
+
+
+def curve_episodes(curve: Sequence[IterationPoint]) -> dict[tuple[str, str], float]:
+    """Every online episode's score ×100, keyed (family, schedule place) as ``glider.clients.stats`` pairs."""
+    return {(key.split("/")[1], key): 100 * score for pt in curve for key, score in pt.episode_scores.items()}
+
+
+def area_with_ci(curve: Sequence[IterationPoint]):
+    """The area under the curve (mean over online episodes, ×100) with its bootstrap CI, episodes
+    resampled within families (``clients.stats.bootstrap``, micro mean)."""
+    from glider.clients.stats import bootstrap
+
+    by_family: dict[str, list[float]] = {}
+    for (family, _), score in curve_episodes(curve).items():
+        by_family.setdefault(family, []).append(score)
+    return bootstrap(by_family, "micro")
+
+
+def paired_area(a: Sequence[IterationPoint], b: Sequence[IterationPoint]):
+    """AUC(B) − AUC(A) over the schedule places both played, with its paired bootstrap CI."""
+    from glider.clients.stats import paired
+
+    return paired(curve_episodes(a), curve_episodes(b), "micro")
 
 
 def area_under_curve(curve: Sequence[IterationPoint]) -> float:

@@ -353,6 +353,27 @@ def test_area_under_the_curve_weights_each_iteration_by_its_episodes():
     assert math.isnan(area_under_curve([]))
 
 
+def test_area_with_ci_and_paired_difference_over_the_same_schedule():
+    from glider.trainer.online import IterationPoint, area_under_curve, area_with_ci, paired_area
+
+    def curve(scores):
+        points = []
+        for i, per_episode in enumerate(scores):
+            places = {f"{i}/{task}/{k}": s for k, (task, s) in enumerate(per_episode)}
+            points.append(IterationPoint(iteration=i, episodes=2 * (i + 1), score=sum(places.values()) / 2, best=0.0,
+                                         tasks={}, versions={}, play_s=0, train_s=0, swap_s=0,
+                                         episode_scores=places))
+        return points
+
+    a = curve([[("boil", 0.0), ("melt", 0.2)], [("boil", 0.1), ("melt", 0.3)]])
+    b = curve([[("boil", 0.1), ("melt", 0.3)], [("boil", 0.2), ("melt", 0.4)]])  # every episode 10 points better
+    auc = area_with_ci(a)
+    assert auc.mean == pytest.approx(area_under_curve(a)) == pytest.approx(15.0) and auc.episodes == 4
+    assert auc.low < auc.mean < auc.high
+    diff = paired_area(a, b).difference
+    assert diff.mean == pytest.approx(10.0) and diff.low == pytest.approx(10.0) and diff.high == pytest.approx(10.0)
+
+
 def test_curves_written_by_earlier_versions_load_with_the_learners_report():
     from glider.trainer.o2o import ActorUpdate, CriticUpdate
     from glider.trainer.online import IterationPoint
@@ -370,6 +391,9 @@ def test_curves_written_by_earlier_versions_load_with_the_learners_report():
         assert update.new_episodes == 2
         assert update.critics == {"planner": CriticUpdate(**critic)}
         assert update.actors == {"planner": ActorUpdate(**actor)}
-        assert point.to_json() == layouts[1]  # written back in the layout curve.json has always had
+        # written back in today's layout: the learner's report under "update", and the fields curves gained
+        # since (per-episode scores, the publish gate) at their defaults
+        assert point.to_json() == {**layouts[1], "episode_scores": {}, "gate": None, "rolled_back": False,
+                                   "served": {}}
     nothing = IterationPoint.from_json({**base, "update": {"new_episodes": 0}})
     assert nothing.to_json()["update"] == {"new_episodes": 0}
