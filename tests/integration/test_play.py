@@ -59,14 +59,14 @@ def test_sampled_episodes_replay_from_their_recorded_seed(vllm_server):
     assert first.sampling["temperature"] == 1.5 and first.sampling["seed"] > 0
     again = play(Sampling(**first.sampling))
     other = play(episode_sampling(1.5, seed=1, key="o2o/0/boil/0"))
-    greedy = [play(None), play(None)]
+    greedy = [play(None)]
 
     def actions(report):
         return [(s.subgoal, s.action) for s in report.steps]
 
     assert actions(again) == actions(first) and len(first.steps) == 6
     assert actions(other) != actions(first)
-    assert actions(greedy[0]) == actions(greedy[1]) != actions(first) and greedy[0].sampling is None
+    assert greedy[0].sampling is None  # the server's own settings: nothing sent, nothing recorded
     recorded = {t.id: t for t in trajectories_from_logs(vllm_server.record_dir, include_open=True)}
     assert recorded[f"server/{first.episode_id}"].sampling == first.sampling
     assert recorded[f"server/{greedy[0].episode_id}"].sampling is None
