@@ -213,21 +213,29 @@ def _choice_margin(model_dir, adapter_dir) -> float:
     return _logprob(model, tok, prompt, " take coin\n") - _logprob(model, tok, prompt, " take rock\n")
 
 
-def test_orl_prefers_the_high_return_action_where_bc_copies_the_frequent_one(tiny_model_dir, tmp_path):
+def _vault_backbone(tiny_model_dir, tmp_path):
+    """A copy of the tiny backbone that knows the vault's words, as the real backbone is warmed on its
+    environment's transcripts (both endings equally often: the warmed model itself has no preference)."""
     import shutil
 
-    from glider.trainer.orl import ORLConfig, run_orl
-    from glider.trainer.sft import SFTConfig, run_sft
     from glider.trainer.training import TrainConfig
     from glider.trainer.warmup import warmup_backbone
 
-    # the world's words, as the real backbone is warmed on its environment's transcripts (both endings
-    # equally often: the warmed model itself has no preference)
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
     warmup_backbone(model_dir, [_vault_episode(i, coin=i % 2 == 0) for i in range(8)],
                     TrainConfig(lr=3e-3, max_steps=80, warmup_steps=5, progress=False, checkpoint_every=1000),
                     tmp_path / "warmup")
+    return model_dir
+
+
+def test_orl_prefers_the_high_return_action_where_bc_copies_the_frequent_one(tiny_model_dir, tmp_path):
+
+    from glider.trainer.orl import ORLConfig, run_orl
+    from glider.trainer.sft import SFTConfig, run_sft
+    from glider.trainer.training import TrainConfig
+
+    model_dir = _vault_backbone(tiny_model_dir, tmp_path)
     data = [_vault_episode(i, coin=i % 5 == 0) for i in range(40)]  # 20% coin, 80% rock
     train = TrainConfig(lr=3e-3, max_steps=60, batch_tokens=4096, warmup_steps=5, progress=False,
                         checkpoint_every=1000)
@@ -287,17 +295,11 @@ def test_a_detour_inside_a_segment_gets_a_lower_executor_advantage(tiny_model_di
 
 
 def test_alternating_rounds_recompute_the_weights_and_the_margin_grows(tiny_model_dir, tmp_path):
-    import shutil
 
     from glider.trainer.orl import ORLConfig, run_orl
     from glider.trainer.training import TrainConfig
-    from glider.trainer.warmup import warmup_backbone
 
-    model_dir = tmp_path / "model"
-    shutil.copytree(tiny_model_dir, model_dir)
-    warmup_backbone(model_dir, [_vault_episode(i, coin=i % 2 == 0) for i in range(8)],
-                    TrainConfig(lr=3e-3, max_steps=80, warmup_steps=5, progress=False, checkpoint_every=1000),
-                    tmp_path / "warmup")
+    model_dir = _vault_backbone(tiny_model_dir, tmp_path)
     data = [_vault_episode(i, coin=i % 5 == 0) for i in range(40)]
     actor = TrainConfig(lr=5e-4, max_steps=20, batch_tokens=4096, warmup_steps=5, progress=False,
                         checkpoint_every=1000)
