@@ -7,7 +7,7 @@ import json
 import pytest
 from glider.clients.cli import app
 from glider.trainer.data.collect import collect, load_collected
-from glider.trainer.data.hierarchy import annotate, high_level_transitions
+from glider.trainer.data.hierarchy import IntrinsicReward, annotate, high_level_transitions
 from typer.testing import CliRunner
 
 
@@ -34,7 +34,9 @@ def test_data_build_command_writes_the_datasets(expert_root, tmp_path):
     for name in ("trajectories", "segments", "dh", "dl", "flat"):
         assert (out / "train" / f"{name}.jsonl").is_file()
     dl = [json.loads(line) for line in (out / "train" / "dl.jsonl").read_text().splitlines()]
-    assert len(dl) == 10 and sum(r["reward"] for r in dl) == 5  # five subgoals completed
+    # five subgoals completed (1 each), every one of the ten steps costing κ
+    assert len(dl) == 10 and sum(r["subgoal_done"] for r in dl) == 5
+    assert sum(r["reward"] for r in dl) == pytest.approx(5 - 10 * IntrinsicReward().step_cost)
     assert (out / "validation" / "dh.jsonl").read_text() == ""
     missing = CliRunner().invoke(app, ["data", "build", "--out", str(out), "--source", str(tmp_path / "none")])
     assert missing.exit_code == 2 and "glider data collect" in missing.output
