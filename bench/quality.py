@@ -267,6 +267,10 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
            orl: dict | None = None) -> None:
     """Merge this recipe's agents and comparisons into the results file and page; copy each run's
     per-episode scores beside them, so every figure can be recomputed from the repository."""
+    key = recipe.name if plan.protocol == "glider" else f"{recipe.name} ({plan.protocol})"
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {"recipes": {}}
+    earlier = kept_agents(args, plan, results["recipes"].get(key), runs)
+    runs = {**{label: run for label, (run, _) in earlier.items()}, **runs}
     pairs = [(a, b) for a, b in COMPARE if a in runs and b in runs]
     pairs += [("separate", k) for k in runs if k.startswith("separate (")]
     comparisons = []
@@ -275,15 +279,15 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         print(comparison_markdown(cmp, a, b), flush=True)
         comparisons.append({**cmp.to_dict(), "a": a, "b": b})  # the agents' labels, not their run directories
     # one entry per recipe on the reported plan; a run on another plan (quick, tune) is kept beside it
-    key = recipe.name if plan.protocol == "glider" else f"{recipe.name} ({plan.protocol})"
     episodes_dir = args.results.parent / "runs" / key.replace(" (", "-").replace(")", "")
     episodes_dir.mkdir(parents=True, exist_ok=True)
     def episodes_file(label: str) -> Path:
         return episodes_dir / (label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".jsonl")
 
     for label, (out, _) in runs.items():
-        shutil.copyfile(out / "episodes.jsonl", episodes_file(label))
-    results = json.loads(args.results.read_text()) if args.results.is_file() else {"recipes": {}}
+        if label not in earlier:
+            shutil.copyfile(out / "episodes.jsonl", episodes_file(label))
+    previous = results["recipes"].get(key) or {}
     plan_file = str(plan_path(plan.protocol).relative_to(ROOT)) if plan.protocol in ("glider", "eto") \
         else plan.protocol
     results["recipes"][key] = {
@@ -297,14 +301,16 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                       f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},
-        "training": training,
+        # a mode trained in an earlier run keeps its figures (its agent is kept below)
+        "training": {**{m: t for m, t in previous.get("training", {}).items() if m in earlier}, **training},
         **({"orl": orl} if orl else {}),
-        "agents": {label: {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
-                           "commit": summary.meta.get("commit"), "run": str(out.relative_to(ROOT)),
-                           "episodes_file": str(episodes_file(label).relative_to(ROOT)),
-                           "minutes": summary.meta.get("minutes"),
-                           "splits": {s: {k: getattr(o, k) for k in ("episodes", "mean", "low", "high", "se")}
-                                      for s, o in summary.overall.items()}}
+        "agents": {label: earlier[label][1] if label in earlier else
+                   {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
+                    "commit": summary.meta.get("commit"), "run": str(out.relative_to(ROOT)),
+                    "episodes_file": str(episodes_file(label).relative_to(ROOT)),
+                    "minutes": summary.meta.get("minutes"),
+                    "splits": {s: {k: getattr(o, k) for k in ("episodes", "mean", "low", "high", "se")}
+                               for s, o in summary.overall.items()}}
                    for label, (out, summary) in runs.items()},
         "comparisons": comparisons,
     }
@@ -312,6 +318,24 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
     update_page(args.page, render(results))
     print(f"results merged into {args.results} and {args.page}", flush=True)
+
+
+def kept_agents(args, plan, entry: dict | None, runs: dict) -> dict[str, tuple[tuple[Path, None], dict]]:
+    """The agents an earlier run of this recipe evaluated on the same plan and this run did not: each
+    restored from its committed episode file into a run directory, so that it is compared, paired, with
+    this run's agents.  Its entry keeps the command and commit that produced it (another training of
+    the same recipe: the comparison includes training variance)."""
+    kept = {}
+    for label, agent in ((entry or {}).get("agents") or {}).items():
+        episodes = ROOT / agent.get("episodes_file", "")
+        if label in runs or not episodes.is_file() or agent.get("protocol") != plan.protocol:
+            continue
+        out = args.home / "eval" / plan.protocol / "earlier" / label.replace(" ", "-")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plan.json").write_text(plan.to_json())
+        shutil.copyfile(episodes, out / "episodes.jsonl")
+        kept[label] = ((out, None), {**agent, "command": agent.get("command", entry.get("command"))})
+    return kept
 
 
 def _ci(o: dict) -> str:

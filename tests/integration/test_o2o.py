@@ -77,3 +77,45 @@ def test_the_publish_gate_rolls_back_a_rejected_update(swap_server, swap_registr
     keep = OnlineLearner(backbone_dir, swap_registry, cfg, offline=[gold_trajectory], out_dir=tmp_path / "keep")
     (kept,) = run_o2o(swap_server.url, swap_server.record_dir, keep)
     assert not kept.rolled_back and registry.current_version("planner") == kept.versions["planner"] != before
+
+
+def _greedy_subgoal(server: str, observation: str, task: str) -> str:
+    """The planner's greedy first subgoal at one state, as the server serves it (a new episode)."""
+    with GliderClient(server) as client:
+        return client.act(observation=observation, task=task).subgoal
+
+
+@pytest.mark.parametrize("method", ["glider", "awac", "ac"])
+def test_one_o2o_iteration_changes_the_greedy_choice_the_data_disfavour(method, swap_server, swap_registry,
+                                                                        backbone_dir, gold_trajectory, tmp_path):
+    """At one state the data hold the planner's own greedy subgoal, which earned nothing, and another,
+    which finished the task.  One iteration of each method (sampled online episode, critic, actor,
+    publish, swap) must make the server's greedy choice at that state the rewarded subgoal: positive-weight
+    methods by raising it, AC also by lowering the other."""
+    from glider.server.policy.prompts import sanitize
+    from glider.trainer.critic import CriticConfig
+    from glider.trainer.data.schema import Step, Trajectory
+    from glider.trainer.o2o import O2OConfig, OnlineLearner
+    from glider.trainer.online import run_o2o
+
+    state, task = gold_trajectory.steps[0].observation, gold_trajectory.task
+    before = _greedy_subgoal(swap_server.url, state, task)
+    rewarded = next(g for g in ("go to the greenhouse", "find a plant") if sanitize(g) != before)
+
+    def episode(k: int, subgoal: str, reward: float) -> Trajectory:
+        step = Step(observation=state, action="look around", reward=reward, score=reward, done=True,
+                    subgoal=subgoal, subgoal_done=True, new_subgoal=True)
+        return Trajectory(id=f"synthetic/{subgoal}/{k}", task_name="find-plant", variation=k, source="medium",
+                          task=task, steps=[step])
+
+    offline = [episode(k, g, r) for k in range(4) for g, r in ((rewarded, 1.0), (before, 0.0))]
+    cfg = O2OConfig(method=method, tasks=["find-plant"], iterations=1, episodes_per_iteration=1, max_steps=2,
+                    updates_per_episode=60, critic_steps=100, parallel=1, batch_tokens=2048, actor_lr=3e-3,
+                    offline_share=0.95, critic=CriticConfig(steps=200))
+    learner = OnlineLearner(backbone_dir, swap_registry, cfg, offline=offline, out_dir=tmp_path)
+    (point,) = run_o2o(swap_server.url, swap_server.record_dir, learner)
+
+    critic = point.update.critics["planner"]
+    assert critic.decisions >= len(offline) + 1 and critic.advantage_std > 0
+    assert AdapterRegistry(swap_registry).current_version("planner") == point.versions["planner"]
+    assert _greedy_subgoal(swap_server.url, state, task) == sanitize(rewarded) != before
