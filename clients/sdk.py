@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +95,12 @@ class GliderClient:
 
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
             reward: float = 0.0, done: bool = False, step: int | None = None,
-            score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
-        """``sampling``: the new episode's own sampling settings (only when starting one)."""
+            score: float | None = None, sampling: Sampling | None = None,
+            valid_actions: Sequence[str] | None = None) -> ActResponse:
+        """``sampling``: the new episode's own sampling settings (only when starting one);
+        ``valid_actions``: the environment's admissible commands now (the answer is one of them)."""
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step, score=score, sampling=sampling)
+                         done=done, step=step, score=score, sampling=sampling, valid_actions=valid_actions)
         return ActResponse.model_validate(self._send("POST", "/act", json=body).json())
 
     def create_episode(self, task: str, episode_id: str | None = None,
@@ -164,9 +167,10 @@ class AsyncGliderClient:
 
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
-                  score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
+                  score: float | None = None, sampling: Sampling | None = None,
+                  valid_actions: Sequence[str] | None = None) -> ActResponse:
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step, score=score, sampling=sampling)
+                         done=done, step=step, score=score, sampling=sampling, valid_actions=valid_actions)
         return ActResponse.model_validate((await self._send("POST", "/act", json=body)).json())
 
     async def create_episode(self, task: str, episode_id: str | None = None,
@@ -189,7 +193,8 @@ def _from_pb(reply) -> ActResponse:
         subgoal=reply.subgoal if reply.HasField("subgoal") else None,
         new_subgoal=reply.new_subgoal, subgoal_done=reply.subgoal_done,
         subgoal_index=reply.subgoal_index, done=reply.done,
-        adapter_versions=dict(reply.adapter_versions), fallback=reply.fallback,
+        adapter_versions=dict(reply.adapter_versions), fallback=reply.fallback, grounded=reply.grounded,
+        generated_action=reply.generated_action if reply.HasField("generated_action") else None,
     )
 
 
@@ -199,11 +204,12 @@ def _sampling_pb(sampling: Sampling | None):
     return None if sampling is None else pb.Sampling(**sampling.model_dump(exclude_none=True))
 
 
-def _act_pb(observation, episode_id, task, reward, done, step, score=None, sampling=None):
+def _act_pb(observation, episode_id, task, reward, done, step, score=None, sampling=None, valid_actions=None):
     from glider.v1 import agent_pb2 as pb
 
     request = pb.ActRequest(observation=observation, episode_id=episode_id or "", task=task or "",
-                            reward=reward, done=done, sampling=_sampling_pb(sampling))
+                            reward=reward, done=done, sampling=_sampling_pb(sampling),
+                            valid_actions=valid_actions or ())
     if step is not None:
         request.step = step
     if score is not None:
@@ -254,18 +260,18 @@ class EpisodeStream:
         self.episode_id = result.episode_id
         return result
 
-    async def start(self, observation: str) -> ActResponse:
+    async def start(self, observation: str, *, valid_actions: Sequence[str] | None = None) -> ActResponse:
         from glider.v1 import agent_pb2 as pb
 
         return await self._round_trip(pb.EpisodeEvent(start=pb.EpisodeStart(
             task=self.task, observation=observation, episode_id=self.episode_id or "",
-            sampling=_sampling_pb(self.sampling))))
+            sampling=_sampling_pb(self.sampling), valid_actions=valid_actions or ())))
 
     async def step(self, observation: str, *, reward: float = 0.0, done: bool = False,
-                   score: float | None = None) -> ActResponse:
+                   score: float | None = None, valid_actions: Sequence[str] | None = None) -> ActResponse:
         from glider.v1 import agent_pb2 as pb
 
-        step = pb.EpisodeStep(observation=observation, reward=reward, done=done)
+        step = pb.EpisodeStep(observation=observation, reward=reward, done=done, valid_actions=valid_actions or ())
         if score is not None:
             step.score = score
         return await self._round_trip(pb.EpisodeEvent(step=step))
@@ -357,9 +363,10 @@ class GliderGrpcClient:
 
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
             reward: float = 0.0, done: bool = False, step: int | None = None,
-            score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
-        return _from_pb(self._call(self._stub.Act,
-                                   _act_pb(observation, episode_id, task, reward, done, step, score, sampling)))
+            score: float | None = None, sampling: Sampling | None = None,
+            valid_actions: Sequence[str] | None = None) -> ActResponse:
+        return _from_pb(self._call(self._stub.Act, _act_pb(observation, episode_id, task, reward, done, step,
+                                                           score, sampling, valid_actions)))
 
     def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
         from glider.v1 import agent_pb2 as pb
@@ -409,9 +416,10 @@ class AsyncGliderGrpcClient:
 
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
-                  score: float | None = None, sampling: Sampling | None = None) -> ActResponse:
+                  score: float | None = None, sampling: Sampling | None = None,
+                  valid_actions: Sequence[str] | None = None) -> ActResponse:
         return _from_pb(await self._call(self._stub.Act, _act_pb(observation, episode_id, task, reward, done,
-                                                                 step, score, sampling)))
+                                                                 step, score, sampling, valid_actions)))
 
     async def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
         from glider.v1 import agent_pb2 as pb

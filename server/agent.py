@@ -40,9 +40,11 @@ EPISODE_ID_RE = re.compile(EPISODE_ID_PATTERN)
 TASK_RE = re.compile(TASK_PATTERN)  # the REST schema's own patterns: gRPC requests get the same checks
 
 
-def _request_digest(observation: str, reward: float, done: bool, score: float | None) -> str:
+def _request_digest(observation: str, reward: float, done: bool, score: float | None,
+                    valid_actions: Sequence[str] | None = None) -> str:
     """Identifies a step's request, so a retry is told apart from a different step at that index."""
-    return hashlib.blake2b(repr((observation, reward, done, score)).encode(), digest_size=16).hexdigest()
+    key = (observation, reward, done, score) + ((tuple(valid_actions),) if valid_actions else ())
+    return hashlib.blake2b(repr(key).encode(), digest_size=16).hexdigest()
 
 
 def _answer_fields(items: list[tuple]) -> dict:
@@ -62,6 +64,8 @@ class StepResult:
     adapter_versions: dict[str, str] = field(default_factory=dict)
     fallback: bool = False
     latency_ms: float = 0.0
+    grounded: bool = False  # the action is an admissible command chosen by the model's scores
+    generated_action: str | None = None  # the executor's own action when admissible commands were sent
 
 
 class Agent:
@@ -150,13 +154,32 @@ class Agent:
         await self.store.delete(episode_id)
 
     # -- one environment step -------------------------------------------------------
+    def _check_valid_actions(self, valid_actions: Sequence[str] | None) -> list[str] | None:
+        """The step's admissible commands within this server's limits; an empty list is no list."""
+        if not valid_actions:
+            return None
+        s = self.settings
+        if len(valid_actions) > s.max_valid_actions:
+            raise InvalidInput(f"valid_actions holds {len(valid_actions)} commands; this server takes at most "
+                               f"{s.max_valid_actions}")
+        for i, command in enumerate(valid_actions):
+            if not isinstance(command, str):
+                raise InvalidInput(f"valid_actions[{i}] is not a string")
+            if len(command) > s.max_valid_action_chars:
+                raise InvalidInput(f"valid_actions[{i}] is longer than {s.max_valid_action_chars} characters")
+        return list(valid_actions)
+
     async def act(self, *, observation: str, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
-                  score: float | None = None, sampling: Sampling | None = None) -> StepResult:
+                  score: float | None = None, sampling: Sampling | None = None,
+                  valid_actions: Sequence[str] | None = None) -> StepResult:
+        """One step.  ``valid_actions``: the environment's admissible commands now; the action
+        answered is then one of them (see ``glider.server.policy.grounding``)."""
         t0 = time.perf_counter()
         if len(observation) > self.settings.max_observation_chars:
             raise InvalidInput(
                 f"observation is longer than {self.settings.max_observation_chars} characters")
+        valid_actions = self._check_valid_actions(valid_actions)
         created = episode_id is None
         if created:
             episode_id = (await self.create_episode(task, sampling=sampling)).id
@@ -165,7 +188,7 @@ class Agent:
                 raise InvalidInput("sampling is set when an episode starts, not on a later step")
             if task is not None:
                 self._check_task(task)
-        digest = _request_digest(observation, reward, done, score)
+        digest = _request_digest(observation, reward, done, score, valid_actions)
         state = await self.store.acquire(episode_id)
         committed = False
         try:
@@ -178,7 +201,8 @@ class Agent:
             if step is not None and step != state.step:
                 raise StepMismatch(f"episode {episode_id!r} is at step {state.step}, not {step}")
             try:
-                decision = await self.policy.step(state, observation, reward, done, self._generate)
+                decision = await self.policy.step(state, observation, reward, done, self._generate,
+                                                  valid_actions=valid_actions, score=self._score)
             except BackendError:
                 raise
             except Exception as exc:  # an engine failure of any kind: state is untouched
@@ -196,6 +220,8 @@ class Agent:
                 done=new.status is EpisodeStatus.finished,
                 adapter_versions=decision.adapter_versions,
                 fallback=decision.fallback,
+                grounded=decision.grounded,
+                generated_action=decision.generated_action if valid_actions else None,
             )
             new.last_answer = LastAnswer(digest=digest, result=asdict(result, dict_factory=_answer_fields))
             await self.store.commit(new, state.version)
@@ -213,6 +239,8 @@ class Agent:
             m.subgoals.inc()
         if decision.fallback:
             m.fallbacks.inc()
+        if valid_actions:
+            m.grounded_steps.labels("grounded" if decision.grounded else "admissible").inc()
         if self.recorder is not None:
             self.recorder.record({
                 "time": time.time(), "episode_id": episode_id, "task": new.task, "mode": self.mode,
@@ -223,8 +251,17 @@ class Agent:
                 "total_reward": new.total_reward, "fallback": result.fallback,
                 "adapter_versions": result.adapter_versions, "latency_ms": round(result.latency_ms, 3),
                 "sampling": new.sampling.model_dump(exclude_none=True) if new.sampling else None,
+                **({"generated_action": result.generated_action, "grounded": result.grounded,
+                    "valid_actions": len(valid_actions)} if valid_actions else {}),
             })
         return result
+
+    async def _score(self, prompt: str, adapter: str, continuations: Sequence[str]) -> tuple[list[float], str | None]:
+        """The executor's log-likelihood of each continuation of ``prompt`` (grounding's choice)."""
+        t0 = time.perf_counter()
+        scored = await self.backend.score(prompt, continuations, adapter)
+        self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
+        return scored.logprobs, scored.adapter_version
 
     async def _generate(self, requests: Sequence[PolicyRequest]) -> list[PolicyGeneration]:
         specs = [

@@ -40,6 +40,14 @@ class Metrics:
         self.fallbacks = Counter(
             "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
         self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)
+        # steps sent admissible commands: the generation was one ("admissible") or the model's scores
+        # chose one instead ("grounded")
+        self.grounded_steps = Counter(
+            "glider_grounded_steps_total", "Steps with admissible commands, by how the action was found.",
+            ["result"], registry=r)
+        self.grounding_seconds = Histogram(
+            "glider_grounding_seconds", "Scoring the admissible commands of one grounded step.",
+            buckets=_LATENCY_BUCKETS, registry=r)
         self.replays = Counter(
             "glider_step_replays_total", "Retries of an answered step, given the same answer again.",
             registry=r)

@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     guard_repeated_answer: bool = Field(
         False, description="Also re-sample an action that repeats the previous one when it answered the "
                            "same the last time it was taken, with other steps between (a refused move).")
+    max_valid_actions: int = Field(
+        4096, ge=1, description="Most admissible commands a step may send (`valid_actions`).")
+    max_valid_action_chars: int = Field(256, ge=1, description="Longest admissible command a step may send.")
+    grounding_candidates: int = Field(
+        16, ge=1, description="Admissible commands the executor's model scores when its generation is none of "
+                              "them: those most similar to the generation.")
     planner_max_tokens: int = Field(32, ge=1)
     executor_max_tokens: int = Field(24, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample. An episode may "

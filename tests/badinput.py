@@ -29,7 +29,8 @@ async def snapshot(client: httpx.AsyncClient, episode_id: str) -> dict:
     return r.json()
 
 
-async def check_all(client: httpx.AsyncClient, max_observation_chars: int) -> None:
+async def check_all(client: httpx.AsyncClient, max_observation_chars: int, max_valid_actions: int = 4096,
+                    max_valid_action_chars: int = 256) -> None:
     first = await start_episode(client)
     eid = first["episode_id"]
     before = await snapshot(client, eid)
@@ -77,6 +78,15 @@ async def check_all(client: httpx.AsyncClient, max_observation_chars: int) -> No
     error_of(await client.post("/act", json={"task": "t", "observation": "x", "sampling": {"warmth": 1}}), 422)
     assert "temperature" in error_of(await client.post("/episodes", json={
         "task": "t", "sampling": {"temperature": 1e6}}), 422)["message"]
+    # admissible commands: strings, within the server's count and length
+    for bad in ([1, 2], ["look", None], "look around", {"a": 1}):
+        error_of(await client.post("/act", json={"episode_id": eid, "observation": "x", "valid_actions": bad}), 422)
+    many = ["look"] * (max_valid_actions + 1)
+    assert str(max_valid_actions) in error_of(await client.post("/act", json={
+        "episode_id": eid, "observation": "x", "valid_actions": many}), 422)["message"]
+    long = ["go", "x" * (max_valid_action_chars + 1)]
+    assert str(max_valid_action_chars) in error_of(await client.post("/act", json={
+        "episode_id": eid, "observation": "x", "valid_actions": long}), 422)["message"]
     # unknown route and method
     error_of(await client.get("/nope"), 404)
     error_of(await client.get("/act"), 405)

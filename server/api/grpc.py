@@ -47,8 +47,10 @@ def _reply(r: StepResult) -> pb.ActResponse:
     msg = pb.ActResponse(
         episode_id=r.episode_id, step=r.step, new_subgoal=r.new_subgoal, subgoal_done=r.subgoal_done,
         subgoal_index=r.subgoal_index, done=r.done, adapter_versions=r.adapter_versions,
-        fallback=r.fallback,
+        fallback=r.fallback, grounded=r.grounded,
     )
+    if r.generated_action is not None:
+        msg.generated_action = r.generated_action
     if r.action is not None:
         msg.action = r.action
     if r.subgoal is not None:
@@ -102,6 +104,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                 step=request.step if request.HasField("step") else None,
                 score=_finite(request.score) if request.HasField("score") else None,
                 sampling=_sampling(request),
+                valid_actions=list(request.valid_actions),
             )
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
@@ -120,13 +123,15 @@ class AgentServicer(pb_grpc.AgentServicer):
                         await self.agent.create_episode(start.task, start.episode_id, _sampling(start))
                         try:
                             result = await self.agent.act(observation=start.observation,
-                                                          episode_id=start.episode_id)
+                                                          episode_id=start.episode_id,
+                                                          valid_actions=list(start.valid_actions))
                         except Exception:  # refused or failed: leave nothing behind, as REST does
                             await self.agent.delete_episode(start.episode_id)
                             raise
                     else:
                         result = await self.agent.act(observation=start.observation, task=start.task,
-                                                      sampling=_sampling(start))
+                                                      sampling=_sampling(start),
+                                                      valid_actions=list(start.valid_actions))
                     episode_id = result.episode_id
                 elif kind == "step":
                     result = await self.agent.act(observation=event.step.observation,
@@ -134,7 +139,8 @@ class AgentServicer(pb_grpc.AgentServicer):
                                                   reward=_finite(event.step.reward),
                                                   done=event.step.done,
                                                   score=_finite(event.step.score)
-                                                  if event.step.HasField("score") else None)
+                                                  if event.step.HasField("score") else None,
+                                                  valid_actions=list(event.step.valid_actions))
                 else:
                     raise InvalidInput("only `step` events may follow `start`")
                 yield _reply(result)

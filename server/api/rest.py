@@ -242,12 +242,14 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
         result = await agent.act(
             observation=body.observation, episode_id=body.episode_id, task=body.task,
             reward=body.reward, done=body.done, step=body.step, score=body.score, sampling=body.sampling,
+            valid_actions=body.valid_actions,
         )
         return ActResponse(
             episode_id=result.episode_id, step=result.step, action=result.action,
             subgoal=result.subgoal, new_subgoal=result.new_subgoal,
             subgoal_done=result.subgoal_done, subgoal_index=result.subgoal_index,
             done=result.done, adapter_versions=result.adapter_versions, fallback=result.fallback,
+            grounded=result.grounded, generated_action=result.generated_action,
         )
 
     @app.post("/episodes", response_model=EpisodeView, status_code=201, responses=_ERRORS)
@@ -287,6 +289,11 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
                 for option in task.get("anyOf", [task]):
                     if option.get("type") == "string":
                         option["maxLength"] = limits.max_task_chars
+            commands = models["ActRequest"]["properties"]["valid_actions"]
+            for option in commands.get("anyOf", [commands]):
+                if option.get("type") == "array":
+                    option["maxItems"] = limits.max_valid_actions
+                    option["items"]["maxLength"] = limits.max_valid_action_chars
             temperature = models["Sampling"]["properties"]["temperature"]
             for option in temperature.get("anyOf", [temperature]):
                 if option.get("type") == "number":

@@ -44,6 +44,16 @@ class GenerationResult:
 
 
 @dataclass(frozen=True)
+class ScoreResult:
+    """Continuations of one prompt scored by the model: per continuation Σ log p(token | prompt and
+    the continuation's earlier tokens), and how many tokens that sum is over."""
+
+    logprobs: list[float]
+    tokens: list[int]
+    adapter_version: str | None
+
+
+@dataclass(frozen=True)
 class AdapterHandle:
     """An adapter loaded in the engine: its name, version and where its files are."""
 
@@ -66,6 +76,11 @@ class Backend(ABC):
 
     @abstractmethod
     async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]: ...
+
+    @abstractmethod
+    async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
+        """The log-likelihood of each continuation after ``prompt`` under ``adapter`` (grounding).
+        The prompt is tokenised as ``generate`` tokenises it, each continuation on its own after it."""
 
     @abstractmethod
     async def load_adapter(self, name: str, version: str, path: Path) -> AdapterHandle:

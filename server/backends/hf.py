@@ -23,6 +23,7 @@ from glider.server.backends.base import (
     BackendError,
     GenerationResult,
     GenerationSpec,
+    ScoreResult,
     truncate_at_stop,
 )
 from glider.server.settings import Settings
@@ -131,6 +132,48 @@ class HFBackend(Backend):
         finally:
             for item in pending:
                 self._pending[item.peft_name] -= 1
+
+    async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
+        """One batched forward pass over prompt + each continuation (right-padded)."""
+        if not self.ready:
+            raise BackendError("HF backend is not started")
+        handle = self._handle(adapter)
+        peft_name = self._peft_names[adapter] if handle else BASE
+        self._pending[peft_name] += 1
+        try:
+            async with self._lock:
+                logprobs, tokens = await asyncio.to_thread(self._score_batch, prompt, list(continuations), peft_name)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"HF scoring failed: {exc}") from exc
+        finally:
+            self._pending[peft_name] -= 1
+        return ScoreResult(logprobs=logprobs, tokens=tokens, adapter_version=handle.version if handle else None)
+
+    def _score_batch(self, prompt: str, continuations: list[str], peft_name: str) -> tuple[list[float], list[int]]:
+        import torch
+
+        tok = self.tokenizer
+        head = tok(prompt)["input_ids"]  # as ``generate`` tokenises a prompt
+        tails = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        width = len(head) + max(len(t) for t in tails)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.full((len(tails), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, tail in enumerate(tails):
+            row = head + tail
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        kwargs = {"adapter_names": [peft_name] * len(tails)} if hasattr(self.model, "peft_config") else {}
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
+        # token t is predicted at position t - 1
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+        out = []
+        for i, tail in enumerate(tails):
+            out.append(float(logp[i, len(head) - 1:len(head) - 1 + len(tail)].sum()))
+        return out, [len(t) for t in tails]
 
     async def _run(self) -> None:
         assert self._queue is not None

@@ -24,6 +24,7 @@ from glider.server.backends.base import (
     BackendError,
     GenerationResult,
     GenerationSpec,
+    ScoreResult,
 )
 from glider.server.backends.vllm_busy_wait import ENV as BUSY_WAIT_ENV
 from glider.server.settings import Settings
@@ -159,6 +160,28 @@ class VLLMBackend(Backend):
         engine = self._require_engine()
         return list(await asyncio.gather(*(self._one(engine, spec) for spec in specs)))
 
+    async def _run(self, engine, prompt, params, lora):
+        """One engine request to its final output, counted on its LoRA id while it runs (a replaced
+        adapter version is removed from the engine once its last request is done)."""
+        final = None
+        if lora is not None:
+            self._inflight[lora.lora_int_id] += 1
+        try:
+            async for out in engine.generate(prompt, params, uuid.uuid4().hex, lora_request=lora):
+                final = out
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise BackendError(f"vLLM generation failed: {exc}") from exc
+        finally:
+            if lora is not None:
+                self._inflight[lora.lora_int_id] -= 1
+                if lora.lora_int_id in self._retired:
+                    await self._release(engine, lora.lora_int_id)
+        if final is None or not final.outputs:
+            raise BackendError("vLLM returned no output")
+        return final
+
     async def _one(self, engine, spec: GenerationSpec) -> GenerationResult:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -173,25 +196,7 @@ class VLLMBackend(Backend):
             stop=list(spec.stop),
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
-        final = None
-        if lora is not None:
-            self._inflight[lora.lora_int_id] += 1
-        try:
-            async for out in engine.generate(
-                spec.prompt, params, uuid.uuid4().hex, lora_request=lora
-            ):
-                final = out
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"vLLM generation failed: {exc}") from exc
-        finally:
-            if lora is not None:
-                self._inflight[lora.lora_int_id] -= 1
-                if lora.lora_int_id in self._retired:
-                    await self._release(engine, lora.lora_int_id)
-        if final is None or not final.outputs:
-            raise BackendError("vLLM returned no output")
+        final = await self._run(engine, spec.prompt, params, lora)
         completion = final.outputs[0]
         return GenerationResult(
             text=completion.text,
@@ -200,6 +205,31 @@ class VLLMBackend(Backend):
             completion_tokens=len(completion.token_ids),
             cached_tokens=final.num_cached_tokens or 0,
         )
+
+    async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
+        """One request per continuation, all in flight together: the prompt's tokens (as ``generate``'s
+        text prompt becomes them) then the continuation's, asking for the prompt's logprobs.  vLLM
+        recomputes such a request's whole prompt (``skip_reading_prefix_cache`` is on for prompt
+        logprobs), so the prompt's cost is paid once per continuation."""
+        from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self._require_engine()
+        handle = self._handle(adapter)
+        lora = self._requests[adapter] if handle is not None else None
+        tokenizer = engine.get_tokenizer()
+        head = tokenizer.encode(prompt)
+        tails = [tokenizer.encode(c, add_special_tokens=False) for c in continuations]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        finals = await asyncio.gather(*(self._run(engine, TokensPrompt(prompt_token_ids=head + tail), params, lora)
+                                        for tail in tails))
+        logprobs = []
+        for tail, final in zip(tails, finals, strict=True):
+            ids, per_position = head + tail, final.prompt_logprobs
+            logprobs.append(sum(per_position[i][ids[i]].logprob for i in range(len(head), len(ids))))
+        return ScoreResult(logprobs=logprobs, tokens=[len(t) for t in tails],
+                           adapter_version=handle.version if handle else None)
 
     async def close(self) -> None:
         self.ready = False

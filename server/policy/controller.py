@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from glider.server.policy.grounding import ActionSpace, ScoreFn, ground
 from glider.server.policy.modes import ADAPTER_FOR_ROLE, Role
 from glider.server.policy.prompts import (
     STOP,
@@ -93,6 +94,7 @@ class HierarchyConfig:
     guard_repeated_subgoal: bool = True
     guard_repeated_action: bool = True
     guard_repeated_answer: bool = False
+    grounding_candidates: int = 16
 
     @classmethod
     def from_settings(cls, settings) -> HierarchyConfig:
@@ -116,6 +118,10 @@ class StepDecision:
     executor_calls: int = 0
     generated_tokens: dict[str, int] = field(default_factory=dict)  # role -> tokens
     fallback: bool = False
+    # with admissible commands: the model's own action (None: unusable output) and whether the
+    # action sent is a command the model's scores chose instead of it
+    generated_action: str | None = None
+    grounded: bool = False
 
 
 class PolicyController:
@@ -140,7 +146,14 @@ class PolicyController:
         reward: float,
         done: bool,
         generate: GenerateFn,
+        valid_actions: Sequence[str] | None = None,
+        score: ScoreFn | None = None,
     ) -> StepDecision:
+        """One step; with ``valid_actions`` (the environment's admissible commands) the action sent is
+        one of them (``grounding``), chosen through ``score`` when the generation is not."""
+        space = ActionSpace(valid_actions) if valid_actions else None
+        if space is not None and not space:
+            space = None  # nothing but blanks: as if no list was sent
         new = state.model_copy(deep=True)
         new.last_reward = reward
         new.total_reward += reward
@@ -153,10 +166,11 @@ class PolicyController:
                 self._close_segment(new)
             new.status = EpisodeStatus.finished
             return decision
+        grounding = None if space is None else (space, score)
         if self.config.mode == "flat":
-            await self._flat_step(new, observation, generate, decision)
+            await self._flat_step(new, observation, generate, decision, grounding)
         else:
-            await self._hierarchical_step(new, observation, generate, decision)
+            await self._hierarchical_step(new, observation, generate, decision, grounding)
         new.step += 1
         return decision
 
@@ -172,7 +186,8 @@ class PolicyController:
         state.current = None
 
     async def _hierarchical_step(
-        self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision
+        self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision,
+        grounding: tuple[ActionSpace, ScoreFn | None] | None = None,
     ) -> None:
         cfg = self.config
         if self._needs_plan(state):
@@ -209,6 +224,8 @@ class PolicyController:
             lambda text: _unless(_parse_executor_usable(text), banned), state, generate, decision,
         )
         action, subgoal_done = parsed if parsed is not None else (None, False)
+        if grounding is not None:
+            action = await self._ground(grounding, action, seg.subgoal, prompt, Role.executor, banned, decision)
         if action is None:
             action, decision.fallback = cfg.fallback_action, True
         seg.turns.append(
@@ -220,7 +237,8 @@ class PolicyController:
 
     # -- flat -----------------------------------------------------------------
     async def _flat_step(
-        self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision
+        self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision,
+        grounding: tuple[ActionSpace, ScoreFn | None] | None = None,
     ) -> None:
         cfg = self.config
         turns = state.history[-cfg.history_window :] if cfg.history_window else []
@@ -230,6 +248,8 @@ class PolicyController:
             prompt, Role.flat, cfg.executor_max_tokens, cfg.max_action_attempts,
             lambda text: _unless(parse_action(text), banned), state, generate, decision,
         )
+        if grounding is not None:
+            action = await self._ground(grounding, action, state.task, prompt, Role.flat, banned, decision)
         if action is None:
             action, decision.fallback = cfg.fallback_action, True
         state.history.append(
@@ -237,6 +257,26 @@ class PolicyController:
         )
         del state.history[: max(0, len(state.history) - cfg.history_window)]
         decision.action = action
+
+    async def _ground(self, grounding, generated: str | None, query: str, prompt: str, role: Role,
+                      banned: str | None, decision: StepDecision) -> str | None:
+        """The admissible command to send for ``generated`` (see ``grounding``); records both."""
+        space, score = grounding
+        decision.generated_action = generated
+        adapter = self.adapters[role]
+
+        async def scored(*args):
+            if score is None:
+                raise RuntimeError("grounding needs the executor's scores, and no scorer was given")
+            return await score(*args)
+
+        chosen = await ground(space, generated, query=query, prompt=prompt, adapter=adapter,
+                              flat=role is Role.flat, limit=self.config.grounding_candidates, score=scored,
+                              banned=banned)
+        decision.grounded = chosen.grounded
+        if chosen.adapter_version is not None:
+            decision.adapter_versions[adapter] = chosen.adapter_version
+        return chosen.action
 
     # -- guards ---------------------------------------------------------------------
     def _useless_repeat(self, state: EpisodeState, observation: str) -> str | None:

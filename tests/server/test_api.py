@@ -13,7 +13,7 @@ import pytest
 from glider.server.adapters import AdapterRegistry
 from glider.server.agent import Agent
 from glider.server.api.rest import BodyLimit, create_app
-from glider.server.backends.base import AdapterHandle, Backend, BackendError, GenerationResult
+from glider.server.backends.base import AdapterHandle, Backend, BackendError, GenerationResult, ScoreResult
 from glider.server.settings import Settings
 from glider.server.store import MemoryEpisodeStore
 from glider.server.store.recorder import TrajectoryRecorder
@@ -33,6 +33,7 @@ class ControlledBackend(Backend):
         self.gate: asyncio.Event | None = None
         self.fail = False
         self.specs: list = []  # every generation asked for, in order
+        self.scored: list = []  # every scoring call (grounding), in order
 
     async def start(self):
         self.ready = True
@@ -48,6 +49,14 @@ class ControlledBackend(Backend):
             raise BackendError("engine unavailable")
         self.specs.extend(specs)
         return [GenerationResult("look around; false", self._handle(s.adapter).version, 10, 4) for s in specs]
+
+    async def score(self, prompt, continuations, adapter):
+        """A scripted model: the shorter the command, the likelier (grounding's choice)."""
+        if self.fail:
+            raise BackendError("engine unavailable")
+        self.scored.append((prompt, adapter, list(continuations)))
+        return ScoreResult([-float(len(c)) for c in continuations], [len(c.split()) for c in continuations],
+                           self._handle(adapter).version)
 
 
 def make_store(kind: str, request):
@@ -73,7 +82,7 @@ def make_agent(tmp_path, store, **overrides) -> tuple[Agent, ControlledBackend]:
         publish_adapter(tmp_path / "adapters", name, src, model, stage="test")
     reg = AdapterRegistry(tmp_path / "adapters")
     settings = Settings(**{"max_observation_chars": 1000, "max_body_bytes": 4096, "model": model,
-                           "adapter_poll_s": 0, **overrides})
+                           "adapter_poll_s": 0, "max_valid_actions": 8, "max_valid_action_chars": 40, **overrides})
     backend = ControlledBackend()
     return Agent(settings, backend, store, reg), backend
 
@@ -91,7 +100,36 @@ async def api(tmp_path, request):
 
 async def test_bad_input_is_refused_and_changes_nothing(api):
     client, _, agent = api
-    await check_all(client, agent.settings.max_observation_chars)
+    s = agent.settings
+    await check_all(client, s.max_observation_chars, s.max_valid_actions, s.max_valid_action_chars)
+
+
+async def test_a_step_with_admissible_commands_answers_one_of_them_and_records_both_texts(api, tmp_path):
+    client, backend, agent = api
+    agent.recorder = TrajectoryRecorder(tmp_path / "episodes")
+    agent.recorder.start()
+    # the executor says "look around", which is not admissible: the best-scored command is sent instead
+    commands = ["open the door", "go north", "go north", "<|planner|> go to the hallway"]
+    first = (await client.post("/act", json={"task": "boil water", "observation": "hall",
+                                             "valid_actions": commands})).json()
+    assert first["action"] == "go north" and first["grounded"] is True
+    assert first["generated_action"] == "look around" and not first["fallback"]
+    (prompt, adapter, scored), = backend.scored
+    assert adapter == "executor" and prompt.endswith("Obs: hall\nAction:")
+    assert sorted(scored) == [" go north;", " go to the hallway;", " open the door;"]  # deduplicated, sanitised
+    # an admissible generation is used as it is, and an empty list is no list
+    second = (await client.post("/act", json={"episode_id": first["episode_id"], "observation": "north",
+                                              "valid_actions": ["Look  Around", "go south"]})).json()
+    assert (second["action"], second["grounded"], second["generated_action"]) == ("Look  Around", False, "look around")
+    third = (await client.post("/act", json={"episode_id": first["episode_id"], "observation": "south",
+                                             "valid_actions": []})).json()
+    assert (third["action"], third["grounded"], third["generated_action"]) == ("look around", False, None)
+    assert len(backend.scored) == 1
+    recorder, agent.recorder = agent.recorder, None
+    recorder.close()
+    records = [json.loads(line) for f in (tmp_path / "episodes").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [(r["action"], r.get("generated_action"), r.get("grounded"), r.get("valid_actions")) for r in records] == [
+        ("go north", "look around", True, 4), ("Look  Around", "look around", False, 2), ("look around", None, None, None)]
 
 
 async def test_second_concurrent_step_gets_409_and_first_completes(api):

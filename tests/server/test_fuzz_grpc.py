@@ -39,11 +39,12 @@ samplings = st.none() | st.builds(
                                       if v is not None}),
     st.none() | numbers, st.none() | numbers, st.none() | st.integers(-(2**63), 2**63 - 1))
 act_requests = st.builds(
-    lambda obs, eid, task, reward, done, step, score, sampling: pb.ActRequest(
+    lambda obs, eid, task, reward, done, step, score, sampling, commands: pb.ActRequest(
         observation=obs, episode_id=eid, task=task, reward=reward, done=done, sampling=sampling,
+        valid_actions=commands,
         **({"step": step} if step is not None else {}), **({"score": score} if score is not None else {})),
     text, ids, text, numbers, st.booleans(), st.none() | st.integers(-(2**63), 2**63 - 1), st.none() | numbers,
-    samplings)
+    samplings, st.lists(text, max_size=12))
 
 
 @pytest.fixture
@@ -255,3 +256,31 @@ async def test_a_refused_stream_start_leaves_no_episode(grpc_target):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetEpisode(pb.GetEpisodeRequest(episode_id="refused-1"))
         assert err.value.code() == S.NOT_FOUND
+
+
+async def test_admissible_commands_over_grpc_act_and_stream(grpc_target):
+    """Act and the episode stream carry `valid_actions` and answer one of them with both texts; a list
+    over the server's count or length is INVALID_ARGUMENT naming the limit, and the episode stays as it was."""
+    target, agent, backend = grpc_target
+    s = agent.settings
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.AgentStub(channel)
+        reply = await stub.Act(pb.ActRequest(task="boil water", observation="hall",
+                                             valid_actions=["open the door", "go north"]))
+        assert (reply.action, reply.grounded, reply.generated_action) == ("go north", True, "look around")
+        before = await stub.GetEpisode(pb.GetEpisodeRequest(episode_id=reply.episode_id))
+        for bad, limit in [(["look"] * (s.max_valid_actions + 1), s.max_valid_actions),
+                           (["x" * (s.max_valid_action_chars + 1)], s.max_valid_action_chars)]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Act(pb.ActRequest(episode_id=reply.episode_id, observation="x", valid_actions=bad))
+            assert err.value.code() == S.INVALID_ARGUMENT and str(limit) in err.value.details()
+        assert await stub.GetEpisode(pb.GetEpisodeRequest(episode_id=reply.episode_id)) == before
+
+        async def episode():
+            yield pb.EpisodeEvent(start=pb.EpisodeStart(task="boil water", observation="hall",
+                                                        valid_actions=["look around", "go west"]))
+            yield pb.EpisodeEvent(step=pb.EpisodeStep(observation="a corridor", valid_actions=["go west"]))
+            yield pb.EpisodeEvent(step=pb.EpisodeStep(observation="west"))
+        replies = [r async for r in stub.Episode(episode())]
+        assert [(r.action, r.grounded, r.HasField("generated_action")) for r in replies] == [
+            ("look around", False, True), ("go west", True, True), ("look around", False, False)]

@@ -28,3 +28,14 @@ def test_an_episode_served_by_two_replicas_reads_back_whole(tmp_path):
     assert [s.action for s in traj.steps] == ["go to garden", "look around", "focus on plant"]
     assert [s.reward for s in traj.steps] == [0.25, 0.25, 0.5]
     assert traj.steps[-1].done and traj.final_observation == "done"
+
+
+def test_a_grounded_step_reads_back_with_the_model_s_text_beside_the_command_sent(tmp_path):
+    from glider.trainer.data.logs import trajectories_from_records
+
+    grounded = {**record(0, "hallway", "go to garden"), "generated_action": "walk to the garden", "grounded": True,
+                "valid_actions": 12}
+    free = record(1, "garden", "look around")
+    (traj,) = trajectories_from_records([grounded, free, record(2, "end", None, done=True)])
+    assert [(s.action, s.generated_action, s.grounded) for s in traj.steps] == [
+        ("go to garden", "walk to the garden", True), ("look around", None, None)]

@@ -76,7 +76,8 @@ def trajectories_from_records(records: Iterable[dict], *, min_steps: int = 1) ->
             traj.steps.append(Step(observation=rec["observation"], action=rec["action"],
                                    reward=nxt.get("reward", 0.0), score=score, done=bool(nxt.get("done")),
                                    subgoal=rec.get("subgoal"), subgoal_done=rec.get("subgoal_done"),
-                                   new_subgoal=rec.get("new_subgoal")))
+                                   new_subgoal=rec.get("new_subgoal"),
+                                   generated_action=rec.get("generated_action"), grounded=rec.get("grounded")))
             traj.final_observation = nxt["observation"]
         if len(traj.steps) >= min_steps:
             out.append(traj)

@@ -14,7 +14,8 @@ logs both become): one episode of one environment.
 scale), the score after a_t and whether the episode ended there.
 ``subgoal``/``subgoal_done``/``new_subgoal`` are set on server-recorded episodes (what the
 planner said, the executor's completion marker, whether the planner was asked at this
-step) and null on expert data.
+step) and null on expert data; ``generated_action``/``grounded`` on steps served with admissible
+commands (the model's own text, and whether ``action`` is the command grounding chose instead).
 
 **D^h** (``dh.jsonl``), one transition per subgoal segment (the poster's high level):
 ``{"traj", "task", "segment", "observation": o_t, "context": [finished segments],
@@ -50,6 +51,10 @@ class Step(BaseModel):
     subgoal: str | None = None
     subgoal_done: bool | None = None
     new_subgoal: bool | None = None  # the planner wrote this subgoal at this step (even if same text)
+    # a grounded step (the application sent admissible commands): the executor's own action, and
+    # whether ``action`` is a command its model's scores chose instead (``action`` is what ran)
+    generated_action: str | None = None
+    grounded: bool | None = None
 
 
 class Trajectory(BaseModel):

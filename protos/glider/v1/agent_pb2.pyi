@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ActRequest(_message.Message):
-    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step", "score", "sampling")
+    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step", "score", "sampling", "valid_actions")
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class ActRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    VALID_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     observation: str
     episode_id: str
     task: str
@@ -24,7 +25,8 @@ class ActRequest(_message.Message):
     step: int
     score: float
     sampling: Sampling
-    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ..., score: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    valid_actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ..., score: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., valid_actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_p", "seed")
@@ -37,7 +39,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ActResponse(_message.Message):
-    __slots__ = ("episode_id", "step", "action", "subgoal", "new_subgoal", "subgoal_done", "subgoal_index", "done", "adapter_versions", "fallback")
+    __slots__ = ("episode_id", "step", "action", "subgoal", "new_subgoal", "subgoal_done", "subgoal_index", "done", "adapter_versions", "fallback", "grounded", "generated_action")
     class AdapterVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +57,8 @@ class ActResponse(_message.Message):
     DONE_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    GROUNDED_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_ACTION_FIELD_NUMBER: _ClassVar[int]
     episode_id: str
     step: int
     action: str
@@ -65,7 +69,9 @@ class ActResponse(_message.Message):
     done: bool
     adapter_versions: _containers.ScalarMap[str, str]
     fallback: bool
-    def __init__(self, episode_id: _Optional[str] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., subgoal: _Optional[str] = ..., new_subgoal: _Optional[bool] = ..., subgoal_done: _Optional[bool] = ..., subgoal_index: _Optional[int] = ..., done: _Optional[bool] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ..., fallback: _Optional[bool] = ...) -> None: ...
+    grounded: bool
+    generated_action: str
+    def __init__(self, episode_id: _Optional[str] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., subgoal: _Optional[str] = ..., new_subgoal: _Optional[bool] = ..., subgoal_done: _Optional[bool] = ..., subgoal_index: _Optional[int] = ..., done: _Optional[bool] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ..., fallback: _Optional[bool] = ..., grounded: _Optional[bool] = ..., generated_action: _Optional[str] = ...) -> None: ...
 
 class EpisodeEvent(_message.Message):
     __slots__ = ("start", "step")
@@ -76,28 +82,32 @@ class EpisodeEvent(_message.Message):
     def __init__(self, start: _Optional[_Union[EpisodeStart, _Mapping]] = ..., step: _Optional[_Union[EpisodeStep, _Mapping]] = ...) -> None: ...
 
 class EpisodeStart(_message.Message):
-    __slots__ = ("task", "observation", "episode_id", "sampling")
+    __slots__ = ("task", "observation", "episode_id", "sampling", "valid_actions")
     TASK_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    VALID_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     task: str
     observation: str
     episode_id: str
     sampling: Sampling
-    def __init__(self, task: _Optional[str] = ..., observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    valid_actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task: _Optional[str] = ..., observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., valid_actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EpisodeStep(_message.Message):
-    __slots__ = ("observation", "reward", "done", "score")
+    __slots__ = ("observation", "reward", "done", "score", "valid_actions")
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    VALID_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     observation: str
     reward: float
     done: bool
     score: float
-    def __init__(self, observation: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., score: _Optional[float] = ...) -> None: ...
+    valid_actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, observation: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., score: _Optional[float] = ..., valid_actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateEpisodeRequest(_message.Message):
     __slots__ = ("task", "episode_id", "sampling")

@@ -71,6 +71,12 @@ class ActRequest(_Strict):
     score: float | None = Field(None, description="The environment's own score now, if it keeps one (recorded).")
     sampling: Sampling | None = Field(None, description="The new episode's own sampling settings (only when "
                                                         "starting one).")
+    valid_actions: list[str] | None = Field(
+        None, description="The environment's admissible commands now. The action answered is then one of them, "
+                          "byte for byte: the executor's own when it generated one (compared after stripping, "
+                          "collapsing whitespace and case-folding), else the one its model scores highest among "
+                          "those most similar to its generation. Empty: as if left out. The server bounds the "
+                          "count and each command's length (maxItems, maxLength).")
 
     @model_validator(mode="after")
     def _episode_or_task(self) -> ActRequest:
@@ -92,6 +98,10 @@ class ActResponse(BaseModel):
     done: bool
     adapter_versions: dict[str, str] = Field(description="Adapter name -> version that served this step.")
     fallback: bool = Field(description="A fallback subgoal/action replaced unusable model output.")
+    grounded: bool = Field(False, description="The action is an admissible command the executor's model chose "
+                                              "by its scores, because its generation was none of them.")
+    generated_action: str | None = Field(None, description="The executor's own action when `valid_actions` was "
+                                                           "sent (null: its output was unusable).")
 
 
 class EpisodeCreate(_Strict):

@@ -1,0 +1,100 @@
+"""Grounded actions: the environment's admissible commands, and the one the executor's model prefers.
+
+An application may send the commands its environment admits now (``valid_actions``).  The executor
+still generates freely; then
+
+* a generation that is one of the commands is used as is (the list's entry, byte for byte);
+* otherwise the commands most similar to the generation (at most ``grounding_candidates``) are scored
+  by the executor's own model — the log-likelihood of ``" <command>;"`` (flat: ``" <command>\\n"``)
+  after the very prompt the generation answered — and the best one is taken.
+
+Matching is exact after one normalisation (strip, collapse whitespace, case-fold) applied the same
+way to the generation and to the list.  The completion marker (``; true``) stays the model's own:
+grounding chooses a command, never whether the subgoal is done.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from glider.server.policy.prompts import STOP, sanitize
+
+_SPACE_RE = re.compile(r"\s+")
+
+#: the executor's model scoring continuations of one prompt: (prompt, adapter name, continuations)
+#: -> (log-likelihood of each continuation, the adapter version that scored them)
+ScoreFn = Callable[[str, str, Sequence[str]], Awaitable[tuple[list[float], str | None]]]
+
+
+def normalize(text: str) -> str:
+    """The one form both sides are compared in: stripped, whitespace collapsed, case-folded."""
+    return _SPACE_RE.sub(" ", text).strip().casefold()
+
+
+class ActionSpace:
+    """An episode step's admissible commands, looked up by their normalised form.
+
+    Duplicates (after normalisation) are harmless: the first entry stands for them all.
+    """
+
+    def __init__(self, commands: Sequence[str]):
+        self.by_key: dict[str, str] = {}
+        for command in commands:
+            key = normalize(command)
+            if key:
+                self.by_key.setdefault(key, command)
+        self.keys = list(self.by_key)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def match(self, text: str | None) -> str | None:
+        """The list's entry equal to ``text`` after normalisation, or None."""
+        return None if text is None else self.by_key.get(normalize(text))
+
+    def nearest(self, text: str, limit: int, exclude: str | None = None) -> list[str]:
+        """At most ``limit`` entries, most similar to ``text`` first (the list's order breaks ties);
+        ``exclude`` (a command the guards refuse) is left out."""
+        from rapidfuzz import fuzz, process
+
+        banned = normalize(exclude) if exclude else None
+        keys = [k for k in self.keys if k != banned]
+        if len(keys) <= limit:
+            return [self.by_key[k] for k in keys]
+        best = process.extract(normalize(text), keys, scorer=fuzz.WRatio, limit=limit)
+        # extract orders by score; among equal scores keep the list's own order
+        best.sort(key=lambda hit: (-hit[1], hit[2]))
+        return [self.by_key[key] for key, _, _ in best]
+
+
+def continuation(command: str, role_is_flat: bool) -> str:
+    """What the model would generate to choose ``command``, up to where the command ends: the
+    executor's ``" <command>;"`` (the marker after it is the model's own), the flat ``" <command>\\n"``."""
+    return f" {sanitize(command)}{STOP if role_is_flat else ';'}"  # a command cannot forge prompt lines
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What grounding did at one step."""
+
+    action: str  # the command sent to the environment: a list entry
+    grounded: bool  # chosen among the list by the model's scores (the generation was not in it)
+    candidates: int = 0  # how many commands were scored
+    adapter_version: str | None = None
+
+
+async def ground(space: ActionSpace, generated: str | None, *, query: str, prompt: str, adapter: str,
+                 flat: bool, limit: int, score: ScoreFn, banned: str | None = None) -> Grounding:
+    """The command to send: the generation if admissible, else the best-scored similar command
+    other than ``banned`` (the guards' useless repeat) — unless the list holds nothing else."""
+    entry = space.match(generated)
+    if entry is not None and (banned is None or normalize(entry) != normalize(banned)):
+        return Grounding(action=entry, grounded=False)
+    candidates = space.nearest(generated or query, limit, exclude=banned) or space.nearest(query, limit)
+    if len(candidates) == 1:
+        return Grounding(action=candidates[0], grounded=True, candidates=1)
+    scores, version = await score(prompt, adapter, [continuation(c, flat) for c in candidates])
+    best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
+    return Grounding(action=candidates[best], grounded=True, candidates=len(candidates), adapter_version=version)
