@@ -13,7 +13,13 @@ import pytest
 from glider.server.adapters import AdapterRegistry
 from glider.server.agent import Agent
 from glider.server.api.rest import BodyLimit, create_app
-from glider.server.backends.base import AdapterHandle, Backend, BackendError, GenerationResult, ScoreResult
+from glider.server.backends.base import (
+    AdapterHandle,
+    Backend,
+    BackendError,
+    GenerationResult,
+    ScoreResult,
+)
 from glider.server.settings import Settings
 from glider.server.store import MemoryEpisodeStore
 from glider.server.store.recorder import TrajectoryRecorder
