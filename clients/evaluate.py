@@ -86,15 +86,20 @@ class EvalConfig:
     temperature: float | None = None
     top_p: float | None = None
     seed: int = 0
+    # send the environment's admissible commands with every step (the answer is one of them): a run of
+    # its own, never mixed with the paper's free-generation protocol
+    grounded: bool = False
 
     def __post_init__(self) -> None:
         if self.parallel is None:
             self.parallel = default_parallel()
 
     def sampling_settings(self) -> dict:
-        """What a run directory records of the sampling, so a resume cannot mix greedy and sampled episodes."""
+        """What a run directory records of how its episodes were played, so a resume cannot mix greedy and
+        sampled episodes, or free and grounded ones."""
         return {"temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed if self.temperature is not None else None}
+                "seed": self.seed if self.temperature is not None else None,
+                **({"grounded": True} if self.grounded else {})}
 
 
 @dataclass
@@ -110,6 +115,7 @@ class EpisodeResult:
     seconds: float = 0.0
     sampling: dict | None = None  # the episode's own temperature and seed, when it was sampled
     episode_id: str = ""  # the server's id of the episode: its records in the server's episode logs
+    grounded_steps: int = 0  # steps whose action grounding chose among the admissible commands
 
     @property
     def key(self) -> str:
@@ -124,7 +130,7 @@ class EpisodeResult:
         return cls(split=episode.split, task=episode.task, variation=episode.variation,
                    score=max(0.0, report.score), best=max(0.0, report.max_score), steps=len(report.steps),
                    subgoals=report.subgoals, done=report.done, seconds=round(seconds, 3), sampling=report.sampling,
-                   episode_id=report.episode_id)
+                   episode_id=report.episode_id, grounded_steps=sum(1 for s in report.steps if s.grounded))
 
 
 # --- playing ---------------------------------------------------------------------------
@@ -149,7 +155,7 @@ class _Environments:
                 with self.lock:
                     self.opened.append(jvm)
             return ScienceWorld(episode.task, episode.variation, env=jvm, simplification=plan.simplification,
-                                gold=self.cfg.policy == "gold")
+                                gold=self.cfg.policy == "gold", grounded=self.cfg.grounded)
         from glider.clients.play import open_environment
 
         return open_environment(plan.env, episode.task, SPLITS[episode.split], episode.variation,
@@ -207,7 +213,7 @@ def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
             client = getattr(clients, "client", None)
             if client is None:
                 client = clients.client = make_client(cfg.transport, cfg.server)
-            report = play_episode(client, world, max_steps=cap,
+            report = play_episode(client, world, max_steps=cap, grounded=cfg.grounded,
                                   sampling=episode_sampling(cfg.temperature, cfg.seed, episode.key, cfg.top_p))
     except GliderAPIError:
         raise
@@ -339,7 +345,8 @@ def write_transcript(out: Path, episode: PlannedEpisode, result: EpisodeResult, 
     for rec in report.steps:
         if rec.new_subgoal:
             lines += ["", f"## Subgoal: {rec.subgoal}", ""]
-        flags = (" — subgoal done" if rec.subgoal_done else "") + (" — fallback" if rec.fallback else "")
+        flags = (" — subgoal done" if rec.subgoal_done else "") + (" — fallback" if rec.fallback else "") + (
+            f" — grounded (the model said `{rec.generated_action}`)" if rec.grounded else "")
         lines.append(f"{rec.step + 1}. `{rec.action}` → score {100 * rec.score:.0f} ({100 * rec.reward:+.0f}){flags}")
         observation = rec.observation.replace("\n", " / ")
         lines.append(f"   > {observation[:400]}{' …' if len(observation) > 400 else ''}")

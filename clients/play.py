@@ -22,6 +22,8 @@ class StepRecord:
     observation: str
     subgoal_done: bool = False  # the executor marked its subgoal done with this action
     fallback: bool = False  # the server answered its fallback (no usable generation)
+    grounded: bool = False  # the action is an admissible command the model's scores chose over its own
+    generated_action: str | None = None  # the model's own action, when admissible commands were sent
 
 
 @dataclass
@@ -34,6 +36,7 @@ class EpisodeReport:
     max_score: float = 0.0  # best score reached, 0..1
     done: bool = False
     sampling: dict | None = None  # the episode's own sampling settings, as sent (None: the server's default)
+    grounded: bool = False  # played with the environment's admissible commands sent at every step
 
     @property
     def subgoals(self) -> int:
@@ -54,20 +57,24 @@ def episode_sampling(temperature: float | None, seed: int, key: str, top_p: floa
 
 def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
                  on_step: Callable[[StepRecord], None] | None = None,
-                 sampling: Sampling | None = None) -> EpisodeReport:
-    """One episode through ``client``; ``sampling`` gives it its own sampling settings (sent when it starts)."""
+                 sampling: Sampling | None = None, grounded: bool = False) -> EpisodeReport:
+    """One episode through ``client``; ``sampling`` gives it its own sampling settings (sent when it starts);
+    ``grounded`` sends the environment's admissible commands with every step (the answer is one of them)."""
     first = env.reset()
-    reply = client.act(observation=first.observation, task=env.task, score=first.score, sampling=sampling)
+    reply = client.act(observation=first.observation, task=env.task, score=first.score, sampling=sampling,
+                       valid_actions=first.valid_actions if grounded else None)
     report = EpisodeReport(episode_id=reply.episode_id, task=env.task, score=first.score,
                            max_score=first.score, task_name=getattr(env, "task_name", ""),
-                           sampling=sampling.model_dump(exclude_none=True) if sampling is not None else None)
+                           sampling=sampling.model_dump(exclude_none=True) if sampling is not None else None,
+                           grounded=grounded)
     for _ in range(max_steps):
         assert reply.action is not None
         result = env.step(reply.action)
         record = StepRecord(step=reply.step, subgoal=reply.subgoal, new_subgoal=reply.new_subgoal,
                             action=reply.action, reward=result.reward, score=result.score,
                             observation=result.observation, subgoal_done=reply.subgoal_done,
-                            fallback=reply.fallback)
+                            fallback=reply.fallback, grounded=reply.grounded,
+                            generated_action=reply.generated_action)
         report.steps.append(record)
         report.score = result.score
         report.max_score = max(report.max_score, result.score)
@@ -75,7 +82,8 @@ def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
             on_step(record)
         last = len(report.steps) >= max_steps
         reply = client.act(observation=result.observation, episode_id=reply.episode_id,
-                           reward=result.reward, done=result.done or last, score=result.score)
+                           reward=result.reward, done=result.done or last, score=result.score,
+                           valid_actions=result.valid_actions if grounded and not (result.done or last) else None)
         if result.done or last:
             report.done = result.done
             break
@@ -113,7 +121,7 @@ TEXTWORLD_SPLIT_SEED = {"train": 0, "dev": 100_000, "seen": 100_000, "test": 200
 
 
 def open_environment(env: str, task: str, split: str, position: int, max_steps: int, games_dir: Path,
-                     wrap: bool = False):
+                     wrap: bool = False, grounded: bool = False):
     """The environment for one (task, split position), reusing this process's JVM for ScienceWorld.
 
     ``wrap``: a ScienceWorld position past the split's variations starts over from the first
@@ -124,7 +132,7 @@ def open_environment(env: str, task: str, split: str, position: int, max_steps: 
 
         if _ENV is None:
             _ENV = open_env(step_limit=max_steps + 10)
-        world = ScienceWorld(task, 0, env=_ENV)
+        world = ScienceWorld(task, 0, env=_ENV, grounded=grounded)
         variations = world.variations(split)
         if wrap:
             position %= len(variations)
@@ -157,14 +165,17 @@ class PlayJob:
     games_dir: Path
     wrap: bool = False  # positions past the split's end wrap around (a long online run)
     sampling: Sampling | None = None  # the episode's own sampling settings (``episode_sampling``)
+    grounded: bool = False  # send the environment's admissible commands with every step
 
 
 def play_job(job: PlayJob) -> EpisodeReport:
     """One episode in a worker process."""
-    world = open_environment(job.env, job.task, job.split, job.position, job.max_steps, job.games_dir, wrap=job.wrap)
+    world = open_environment(job.env, job.task, job.split, job.position, job.max_steps, job.games_dir, wrap=job.wrap,
+                             grounded=job.grounded)
     try:
         with make_client(job.transport, job.server) as client:
-            report = play_episode(client, world, max_steps=job.max_steps, sampling=job.sampling)
+            report = play_episode(client, world, max_steps=job.max_steps, sampling=job.sampling,
+                                  grounded=job.grounded)
     finally:
         if job.env != "scienceworld":  # the ScienceWorld JVM is kept for this worker's next episode
             world.close()
@@ -174,7 +185,7 @@ def play_job(job: PlayJob) -> EpisodeReport:
 
 def play_many(tasks: list[str], split: str, positions: list[int], *, transport: str, server: str,
               parallel: int, max_steps: int, env: str = "scienceworld",
-              games_dir: Path = Path(".glider/games"),
+              games_dir: Path = Path(".glider/games"), grounded: bool = False,
               on_done: Callable[[EpisodeReport], None] | None = None) -> list[EpisodeReport]:
     """Play every (task, position) through the server, ``parallel`` environment processes at once.
 
@@ -185,7 +196,8 @@ def play_many(tasks: list[str], split: str, positions: list[int], *, transport: 
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    jobs = [PlayJob(env, t, split, p, transport, server, max_steps, Path(games_dir)) for t in tasks for p in positions]
+    jobs = [PlayJob(env, t, split, p, transport, server, max_steps, Path(games_dir), grounded=grounded)
+            for t in tasks for p in positions]
     reports = []
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(play_job, job) for job in jobs]

@@ -65,6 +65,9 @@ def run_command(
              "settings, greedy; the protocols are scored greedy).")] = None,
     sampling_seed: Annotated[int, typer.Option(help="With --temperature: the seed each episode's own is drawn "
                                                     "from (recorded per episode).")] = 0,
+    grounded: Annotated[bool, typer.Option(
+        help="Send the environment's admissible commands with every step: the agent answers one of them. "
+             "A run of its own, reported apart from the free-generation protocols.")] = False,
     checkpoints: Annotated[str, typer.Option(
         help="Evaluate several adapter versions in turn (a learning curve): 'v0002,v0003' or "
              "'planner=v0002+executor=v0003,...'; needs the admin token (GLIDER_ADMIN_TOKEN).")] = "",
@@ -103,8 +106,10 @@ def run_command(
         raise typer.BadParameter("a temperature is 0 (greedy) or more", param_hint="--temperature")
     if temperature is not None and policy == "gold":
         raise typer.BadParameter("a gold replay has no model to sample", param_hint="--temperature")
+    if grounded and policy == "gold":
+        raise typer.BadParameter("a gold replay has no model to ground", param_hint="--grounded")
     cfg = EvalConfig(plan=plan, server=server, transport=transport, policy=policy,
-                     parallel=parallel, temperature=temperature, seed=sampling_seed)
+                     parallel=parallel, temperature=temperature, seed=sampling_seed, grounded=grounded)
     console.print(plan.describe())
 
     def one_run(run_label: str, run_out: Path, meta: dict) -> Summary:
@@ -128,6 +133,8 @@ def run_command(
 
     meta = {"server": server, "transport": transport, "policy": policy, "parallel": cfg.parallel,
             "sampling": cfg.sampling_settings()}
+    if grounded:  # a grounded run's table says so: it is never read as the paper's protocol
+        label = f"{label} (grounded)" if label else "grounded"
     if not checkpoints:
         one_run(label, out, meta)
         console.print(f"written to {out}")

@@ -19,6 +19,9 @@ def play(
     server: Annotated[str | None, typer.Option(help="http://host:port (rest) or host:port (grpc).")] = None,
     parallel: Annotated[int, typer.Option(help="Environment processes at once.")] = 2,
     max_steps: int = 50,
+    grounded: Annotated[bool, typer.Option(
+        help="Send the environment's admissible commands with every step: the agent answers one of them.")]
+    = False,
 ):
     """Play episodes through a running server and print a summary per task."""
     require("envs", command="play")
@@ -47,7 +50,7 @@ def play(
             bar = progress.add_task("episodes", total=len(tasks) * len(positions))
             reports = play_many(tasks, split, positions, transport=transport, server=server,
                                 parallel=parallel, max_steps=max_steps, env=env,
-                                games_dir=settings().home / "games",
+                                games_dir=settings().home / "games", grounded=grounded,
                                 on_done=lambda r: progress.advance(bar))
     except ValueError as exc:  # a variation the split does not have, an unknown task family
         console.print(f"[red]error:[/red] {exc}")

@@ -125,12 +125,14 @@ class ScienceWorld:
     """One ScienceWorld episode at a time: ``reset`` loads (task, variation), ``step`` plays."""
 
     def __init__(self, task_name: str, variation: int = 0, *, step_limit: int = 100,
-                 simplification: str = "", env=None, gold: bool = False):
+                 simplification: str = "", env=None, gold: bool = False, grounded: bool = False):
         self.env = env if env is not None else open_env(step_limit)
         self.task_name = task_name
         self.variation = variation
         self.simplification = simplification
         self.gold = gold  # generate the gold path on reset (``gold_actions``): costs time, for replays only
+        # each step's admissible commands (``EnvStep.valid_actions``): an extra JVM call per step
+        self.grounded = grounded
         self.task = ""
         self.score = 0.0
         self.observe = ObservationFormatter()
@@ -141,7 +143,8 @@ class ScienceWorld:
         self.observe.reset()
         self.task = self.env.get_task_description()
         self.score = float(info.get("score", 0))
-        return EnvStep(observation=self.observe(obs, info), score=self.score / 100, info=info)
+        return EnvStep(observation=self.observe(obs, info), score=self.score / 100, info=info,
+                       valid_actions=self.valid_actions())
 
     def step(self, action: str) -> EnvStep:
         obs, reward, done, info = self.env.step(action)
@@ -152,8 +155,13 @@ class ScienceWorld:
             reward=float(reward) / 100,
             done=bool(done) or score < 0,
             score=score / 100,
+            valid_actions=[] if done else self.valid_actions(),
             info=info,
         )
+
+    def valid_actions(self) -> list[str]:
+        """The admissible commands now (ScienceWorld's valid action-object combinations), when ``grounded``."""
+        return list(self.env.get_valid_action_object_combinations()) if self.grounded else []
 
     def gold_actions(self) -> list[str]:
         """The gold path of the loaded variation (needs ``gold=True``)."""
