@@ -1,0 +1,158 @@
+"""Grounded actions: what sending the admissible commands costs, on the environment and on the server.
+
+1. **The environment's list.** ScienceWorld builds its valid action-object combinations in the JVM on
+   request: per step of gold paths, a plain step against a step plus the list, side by side.
+2. **The server.** Real ScienceWorld states (observation + list, recorded once from gold paths and
+   replayed, so no JVM competes for the cores) are played through one ``glider serve`` as episodes,
+   free (observations only) and grounded (with the lists), at 1 and 32 concurrent episodes, for each
+   candidate bound: step latency p50 / p95 grounded ÷ free, and how many steps were grounded (the
+   executor's generation was not admissible, so its model scored the candidates).
+
+    .venv/bin/python bench/grounding.py [--candidates 4,16,64] [--levels 1,32] [--steps 8] [--home .glider]
+
+The server serves ``--home``'s backbone and its planner and executor adapters (``glider adapters init``
+publishes untrained ones: the worst case, where nearly every step is grounded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+from common import ROOT, ServerProcess, machine, median, pct, result, settings
+
+TASKS = ["boil", "find-plant", "use-thermometer", "chemistry-mix", "grow-plant", "test-conductivity"]
+STATES = ROOT / ".glider" / "bench" / "grounding-states.json"
+
+
+def record_states(per_task: int, steps: int) -> tuple[list[dict], dict]:
+    """Gold-path states with their lists (cached), and the list's cost per step measured on the way."""
+    from glider.clients.envs.scienceworld import ScienceWorld, open_env
+
+    env = open_env(step_limit=200)
+    episodes, plain, listed, sizes = [], [], [], []
+    try:
+        for task in TASKS:
+            world = ScienceWorld(task, 0, env=env, gold=True)
+            for variation in world.variations("train")[:per_task]:
+                world.variation = variation
+                world.grounded = True
+                first = world.reset()
+                gold = world.gold_actions()[:steps]
+                states = [{"observation": first.observation, "valid_actions": first.valid_actions}]
+                for action in gold:
+                    world.grounded = False
+                    t0 = time.perf_counter()
+                    step = world.step(action)
+                    t1 = time.perf_counter()
+                    commands = world.env.get_valid_action_object_combinations()
+                    t2 = time.perf_counter()
+                    plain.append(t1 - t0)
+                    listed.append(t2 - t0)
+                    sizes.append(len(commands))
+                    if step.done:
+                        break
+                    states.append({"observation": step.observation, "valid_actions": list(commands)})
+                episodes.append({"task": world.task, "states": states})
+    finally:
+        env.close()
+    cost = {"steps": len(plain), "plain_ms": 1000 * median(plain), "with_list_ms": 1000 * median(listed),
+            "list_size_p50": median(sizes), "list_size_max": max(sizes), "list_chars_p50": 0}
+    cost["list_chars_p50"] = median([sum(len(c) for c in s["valid_actions"]) for e in episodes for s in e["states"]])
+    return episodes, cost
+
+
+async def play(client, episode: dict, steps: int, grounded: bool, latencies: list, flags: list) -> None:
+    states = episode["states"]
+    eid = None
+    for i in range(steps):
+        state = states[i % len(states)]
+        body = {"observation": state["observation"], **({"episode_id": eid} if eid else {"task": episode["task"]})}
+        if grounded:
+            body["valid_actions"] = state["valid_actions"]
+        t0 = time.perf_counter()
+        r = await client.post("/act", json=body)
+        latencies.append(time.perf_counter() - t0)
+        r.raise_for_status()
+        reply = r.json()
+        eid = reply["episode_id"]
+        flags.append(reply["grounded"])
+    await client.delete(f"/episodes/{eid}")
+
+
+async def level(url: str, episodes: list[dict], n: int, steps: int, grounded: bool) -> dict:
+    limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        await asyncio.gather(*(play(client, episodes[k % len(episodes)], 2, grounded, [], []) for k in range(min(n, 4))))
+        latencies, flags = [], []
+        t0 = time.perf_counter()
+        await asyncio.gather(*(play(client, episodes[k % len(episodes)], steps, grounded, latencies, flags)
+                               for k in range(n)))
+        elapsed = time.perf_counter() - t0
+    return {"p50_ms": 1000 * median(latencies), "p95_ms": 1000 * pct(latencies, 95),
+            "steps_per_s": n * steps / elapsed, "grounded_share": sum(flags) / max(1, len(flags))}
+
+
+def main(args) -> None:
+    if STATES.is_file() and not args.rerecord:
+        saved = json.loads(STATES.read_text())
+        episodes, cost = saved["episodes"], saved["cost"]
+    else:
+        episodes, cost = record_states(args.per_task, args.steps)
+        STATES.parent.mkdir(parents=True, exist_ok=True)
+        STATES.write_text(json.dumps({"episodes": episodes, "cost": cost}))
+    print(f"# grounding ({machine()}; {sum(len(e['states']) for e in episodes)} recorded ScienceWorld states)")
+    print(f"ScienceWorld, {cost['steps']} gold steps: a step {cost['plain_ms']:.1f} ms, with the list "
+          f"{cost['with_list_ms']:.1f} ms ({cost['with_list_ms'] / cost['plain_ms']:.1f}×); the list holds "
+          f"{cost['list_size_p50']:.0f} commands (max {cost['list_size_max']}), {cost['list_chars_p50'] / 1024:.0f} KiB")
+    s = settings(home=args.home)
+    from glider.server.adapters.registry import AdapterNotFound, AdapterRegistry
+
+    missing = []
+    for name in ("planner", "executor"):
+        try:
+            AdapterRegistry(s.adapters_dir()).current_version(name)
+        except AdapterNotFound:
+            missing.append(name)
+    if missing:
+        raise SystemExit(f"{s.adapters_dir()} has no {missing} adapters: run `glider adapters init` (GLIDER_HOME)")
+    rows = []
+    for k in [int(x) for x in args.candidates.split(",")]:
+        server = ServerProcess(s, GLIDER_BACKEND=args.backend, GLIDER_GROUNDING_CANDIDATES=str(k),
+                               GLIDER_RECORD="false", GLIDER_MAX_BODY_BYTES=str(4 << 20))
+        try:
+            server.wait_ready()
+            for n in [int(x) for x in args.levels.split(",")]:
+                free = asyncio.run(level(server.url, episodes, n, args.steps, grounded=False))
+                grounded = asyncio.run(level(server.url, episodes, n, args.steps, grounded=True))
+                rows.append((k, n, free, grounded))
+        finally:
+            server.close()
+    print("| candidates | episodes | free p50 ms | grounded p50 ms | p50 ratio | p95 ratio | steps/s ratio "
+          "| steps grounded |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for k, n, free, grounded in rows:
+        print(f"| {k} | {n} | {free['p50_ms']:.1f} | {grounded['p50_ms']:.1f} | "
+              f"{grounded['p50_ms'] / free['p50_ms']:.2f} | {grounded['p95_ms'] / free['p95_ms']:.2f} | "
+              f"{grounded['steps_per_s'] / free['steps_per_s']:.2f} | {grounded['grounded_share']:.0%} |")
+    default = [r for r in rows if r[0] == 16] or rows
+    for _, n, free, grounded in default:
+        ratio = grounded["p50_ms"] / free["p50_ms"]
+        result(f"grounded ÷ free step latency p50 at {n} episode(s), 16 candidates", ratio, "≤ 1.5×",
+               met=ratio <= 1.5)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--candidates", default="16", help="GLIDER_GROUNDING_CANDIDATES values, comma-separated")
+    p.add_argument("--levels", default="1,32", help="concurrent episodes")
+    p.add_argument("--steps", type=int, default=8, help="steps per episode")
+    p.add_argument("--per-task", type=int, default=2, help="gold episodes recorded per task family")
+    p.add_argument("--backend", default="vllm")
+    p.add_argument("--home", type=Path, default=ROOT / ".glider", help="backbone and adapter registry")
+    p.add_argument("--rerecord", action="store_true", help="record the states again")
+    main(p.parse_args())
