@@ -28,8 +28,9 @@ from glider.server.policy import (
     PolicyRequest,
 )
 from glider.server.policy.controller import PolicyGeneration
+from glider.server.policy.grounding import best_scored
 from glider.server.policy.state import LastAnswer
-from glider.server.settings import Settings
+from glider.server.settings import GroundingMethod, Settings
 from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
 from glider.v1.rest import EPISODE_ID_PATTERN, TASK_PATTERN, Sampling
@@ -202,7 +203,7 @@ class Agent:
                 raise StepMismatch(f"episode {episode_id!r} is at step {state.step}, not {step}")
             try:
                 decision = await self.policy.step(state, observation, reward, done, self._generate,
-                                                  valid_actions=valid_actions, score=self._score)
+                                                  valid_actions=valid_actions, choose=self._choose)
             except BackendError:
                 raise
             except Exception as exc:  # an engine failure of any kind: state is untouched
@@ -256,12 +257,24 @@ class Agent:
             })
         return result
 
-    async def _score(self, prompt: str, adapter: str, continuations: Sequence[str]) -> tuple[list[float], str | None]:
-        """The executor's log-likelihood of each continuation of ``prompt`` (grounding's choice)."""
+    async def _choose(self, prompt: str, adapter: str, continuations: Sequence[str]) -> tuple[int, str | None]:
+        """The continuation of ``prompt`` the executor's model prefers (grounding): the most likely one,
+        or the one greedy decoding constrained to them produces (``grounding_method``)."""
         t0 = time.perf_counter()
-        scored = await self.backend.score(prompt, continuations, adapter)
+        if self.settings.grounding_method is GroundingMethod.constrained:
+            (gen,) = await self.backend.generate([GenerationSpec(
+                prompt=prompt, adapter=adapter, max_tokens=self.settings.grounding_max_tokens, temperature=0.0,
+                stop=(), choices=tuple(continuations))])
+            if gen.text in continuations:
+                best, version = continuations.index(gen.text), gen.adapter_version
+            else:  # cut off by grounding_max_tokens: its prefix names the command
+                best = next((i for i, c in enumerate(continuations) if gen.text and c.startswith(gen.text)), 0)
+                version = gen.adapter_version
+        else:
+            scored = await self.backend.score(prompt, continuations, adapter)
+            best, version = best_scored(scored.logprobs), scored.adapter_version
         self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
-        return scored.logprobs, scored.adapter_version
+        return best, version
 
     async def _generate(self, requests: Sequence[PolicyRequest]) -> list[PolicyGeneration]:
         specs = [

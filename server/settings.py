@@ -21,6 +21,13 @@ class BackendKind(str, Enum):
     hf = "hf"
 
 
+class GroundingMethod(str, Enum):
+    """How the executor's model chooses among admissible commands when its generation is none of them."""
+
+    score = "score"  # each candidate's log-likelihood after the prompt; the highest wins
+    constrained = "constrained"  # greedy decoding constrained to the candidates (vLLM structured outputs)
+
+
 class StoreKind(str, Enum):
     """Where episode state lives: this process (``memory``) or Redis, shared by replicas."""
 
@@ -90,8 +97,13 @@ class Settings(BaseSettings):
         4096, ge=1, description="Most admissible commands a step may send (`valid_actions`).")
     max_valid_action_chars: int = Field(256, ge=1, description="Longest admissible command a step may send.")
     grounding_candidates: int = Field(
-        16, ge=1, description="Admissible commands the executor's model scores when its generation is none of "
-                              "them: those most similar to the generation.")
+        16, ge=1, description="Admissible commands the executor's model chooses among when its generation is "
+                              "none of them: those most similar to the generation.")
+    grounding_max_tokens: int = Field(
+        128, ge=1, description="constrained grounding: most tokens of a command's continuation.")
+    grounding_method: GroundingMethod = Field(
+        GroundingMethod.score, description="score: the candidates' log-likelihoods | constrained: greedy "
+                                           "decoding constrained to them (the transformers backend scores).")
     planner_max_tokens: int = Field(32, ge=1)
     executor_max_tokens: int = Field(24, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample. An episode may "

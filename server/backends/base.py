@@ -32,6 +32,8 @@ class GenerationSpec:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ("\n",)
+    # the generation must be one of these strings (greedy decoding constrained to them); None: free
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

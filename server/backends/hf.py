@@ -117,6 +117,8 @@ class HFBackend(Backend):
     async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]:
         if not self.ready or self._queue is None:
             raise BackendError("HF backend is not started")
+        if any(spec.choices for spec in specs):
+            return [await self._choice(spec) if spec.choices else (await self.generate([spec]))[0] for spec in specs]
         loop = asyncio.get_running_loop()
         pending = []
         for spec in specs:
@@ -132,6 +134,14 @@ class HFBackend(Backend):
         finally:
             for item in pending:
                 self._pending[item.peft_name] -= 1
+
+    async def _choice(self, spec: GenerationSpec) -> GenerationResult:
+        """A generation constrained to ``spec.choices``: transformers has no structured decoding here, so the
+        most likely choice (exact, where greedy constrained decoding approximates it)."""
+        scored = await self.score(spec.prompt, spec.choices, spec.adapter)
+        best = max(range(len(spec.choices)), key=lambda i: (scored.logprobs[i], -i))
+        return GenerationResult(text=spec.choices[best], adapter_version=scored.adapter_version, prompt_tokens=0,
+                                completion_tokens=scored.tokens[best])
 
     async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
         """One batched forward pass over prompt + each continuation (right-padded)."""

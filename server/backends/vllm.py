@@ -184,7 +184,7 @@ class VLLMBackend(Backend):
 
     async def _one(self, engine, spec: GenerationSpec) -> GenerationResult:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         handle = self._handle(spec.adapter)
         lora = self._requests[spec.adapter] if handle is not None else None
@@ -195,6 +195,7 @@ class VLLMBackend(Backend):
             seed=spec.seed,
             stop=list(spec.stop),
             output_kind=RequestOutputKind.FINAL_ONLY,
+            structured_outputs=StructuredOutputsParams(choice=list(spec.choices)) if spec.choices else None,
         )
         final = await self._run(engine, spec.prompt, params, lora)
         completion = final.outputs[0]

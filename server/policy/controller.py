@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from glider.server.policy.grounding import ActionSpace, ScoreFn, ground
+from glider.server.policy.grounding import ActionSpace, ChooseFn, ground
 from glider.server.policy.modes import ADAPTER_FOR_ROLE, Role
 from glider.server.policy.prompts import (
     STOP,
@@ -147,10 +147,10 @@ class PolicyController:
         done: bool,
         generate: GenerateFn,
         valid_actions: Sequence[str] | None = None,
-        score: ScoreFn | None = None,
+        choose: ChooseFn | None = None,
     ) -> StepDecision:
         """One step; with ``valid_actions`` (the environment's admissible commands) the action sent is
-        one of them (``grounding``), chosen through ``score`` when the generation is not."""
+        one of them (``grounding``), chosen by the model through ``choose`` when the generation is not."""
         space = ActionSpace(valid_actions) if valid_actions else None
         if space is not None and not space:
             space = None  # nothing but blanks: as if no list was sent
@@ -166,7 +166,7 @@ class PolicyController:
                 self._close_segment(new)
             new.status = EpisodeStatus.finished
             return decision
-        grounding = None if space is None else (space, score)
+        grounding = None if space is None else (space, choose)
         if self.config.mode == "flat":
             await self._flat_step(new, observation, generate, decision, grounding)
         else:
@@ -187,7 +187,7 @@ class PolicyController:
 
     async def _hierarchical_step(
         self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision,
-        grounding: tuple[ActionSpace, ScoreFn | None] | None = None,
+        grounding: tuple[ActionSpace, ChooseFn | None] | None = None,
     ) -> None:
         cfg = self.config
         if self._needs_plan(state):
@@ -238,7 +238,7 @@ class PolicyController:
     # -- flat -----------------------------------------------------------------
     async def _flat_step(
         self, state: EpisodeState, observation: str, generate: GenerateFn, decision: StepDecision,
-        grounding: tuple[ActionSpace, ScoreFn | None] | None = None,
+        grounding: tuple[ActionSpace, ChooseFn | None] | None = None,
     ) -> None:
         cfg = self.config
         turns = state.history[-cfg.history_window :] if cfg.history_window else []
@@ -261,18 +261,18 @@ class PolicyController:
     async def _ground(self, grounding, generated: str | None, query: str, prompt: str, role: Role,
                       banned: str | None, decision: StepDecision) -> str | None:
         """The admissible command to send for ``generated`` (see ``grounding``); records both."""
-        space, score = grounding
+        space, choose = grounding
         decision.generated_action = generated
         adapter = self.adapters[role]
 
-        async def scored(*args):
-            if score is None:
-                raise RuntimeError("grounding needs the executor's scores, and no scorer was given")
-            return await score(*args)
+        async def chosen_by_model(*args):
+            if choose is None:
+                raise RuntimeError("grounding needs the executor's model to choose, and no chooser was given")
+            return await choose(*args)
 
         chosen = await ground(space, generated, query=query, prompt=prompt, adapter=adapter,
-                              flat=role is Role.flat, limit=self.config.grounding_candidates, score=scored,
-                              banned=banned)
+                              flat=role is Role.flat, limit=self.config.grounding_candidates,
+                              choose=chosen_by_model, banned=banned)
         decision.grounded = chosen.grounded
         if chosen.adapter_version is not None:
             decision.adapter_versions[adapter] = chosen.adapter_version

@@ -4,9 +4,10 @@ An application may send the commands its environment admits now (``valid_actions
 still generates freely; then
 
 * a generation that is one of the commands is used as is (the list's entry, byte for byte);
-* otherwise the commands most similar to the generation (at most ``grounding_candidates``) are scored
-  by the executor's own model — the log-likelihood of ``" <command>;"`` (flat: ``" <command>\\n"``)
-  after the very prompt the generation answered — and the best one is taken.
+* otherwise the commands most similar to the generation (at most ``grounding_candidates``) go to the
+  executor's own model, which chooses among their continuations ``" <command>;"`` (flat:
+  ``" <command>\\n"``) after the very prompt the generation answered — by their log-likelihood
+  (``grounding_method=score``) or by greedy decoding constrained to them (``constrained``).
 
 Matching is exact after one normalisation (strip, collapse whitespace, case-fold) applied the same
 way to the generation and to the list.  The completion marker (``; true``) stays the model's own:
@@ -23,9 +24,9 @@ from glider.server.policy.prompts import STOP, sanitize
 
 _SPACE_RE = re.compile(r"\s+")
 
-#: the executor's model scoring continuations of one prompt: (prompt, adapter name, continuations)
-#: -> (log-likelihood of each continuation, the adapter version that scored them)
-ScoreFn = Callable[[str, str, Sequence[str]], Awaitable[tuple[list[float], str | None]]]
+#: the executor's model choosing among continuations of one prompt: (prompt, adapter name, continuations)
+#: -> (index of the continuation it prefers, the adapter version that chose)
+ChooseFn = Callable[[str, str, Sequence[str]], Awaitable[tuple[int, str | None]]]
 
 
 def normalize(text: str) -> str:
@@ -86,7 +87,7 @@ class Grounding:
 
 
 async def ground(space: ActionSpace, generated: str | None, *, query: str, prompt: str, adapter: str,
-                 flat: bool, limit: int, score: ScoreFn, banned: str | None = None) -> Grounding:
+                 flat: bool, limit: int, choose: ChooseFn, banned: str | None = None) -> Grounding:
     """The command to send: the generation if admissible, else the best-scored similar command
     other than ``banned`` (the guards' useless repeat) — unless the list holds nothing else."""
     entry = space.match(generated)
@@ -95,6 +96,10 @@ async def ground(space: ActionSpace, generated: str | None, *, query: str, promp
     candidates = space.nearest(generated or query, limit, exclude=banned) or space.nearest(query, limit)
     if len(candidates) == 1:
         return Grounding(action=candidates[0], grounded=True, candidates=1)
-    scores, version = await score(prompt, adapter, [continuation(c, flat) for c in candidates])
-    best = max(range(len(candidates)), key=lambda i: (scores[i], -i))
+    best, version = await choose(prompt, adapter, [continuation(c, flat) for c in candidates])
     return Grounding(action=candidates[best], grounded=True, candidates=len(candidates), adapter_version=version)
+
+
+def best_scored(scores: Sequence[float]) -> int:
+    """The highest score's index (the earliest, most similar candidate on a tie)."""
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))

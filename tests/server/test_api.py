@@ -54,7 +54,9 @@ class ControlledBackend(Backend):
         if self.fail:
             raise BackendError("engine unavailable")
         self.specs.extend(specs)
-        return [GenerationResult("look around; false", self._handle(s.adapter).version, 10, 4) for s in specs]
+        # a generation constrained to choices (grounding): the shortest one, as the scripted scores prefer
+        return [GenerationResult(min(s.choices, key=len) if s.choices else "look around; false",
+                                 self._handle(s.adapter).version, 10, 4) for s in specs]
 
     async def score(self, prompt, continuations, adapter):
         """A scripted model: the shorter the command, the likelier (grounding's choice)."""
@@ -295,3 +297,17 @@ async def test_an_episode_samples_with_its_own_settings_and_greedy_ones_keep_the
     records = [json.loads(line) for f in (tmp_path / "episodes").glob("*.jsonl") for line in f.read_text().splitlines()]
     by_episode = {r["episode_id"]: r["sampling"] for r in records}
     assert by_episode == {sampled["episode_id"]: own, "again-42": own, greedy["episode_id"]: None}
+
+
+async def test_constrained_grounding_asks_the_engine_for_a_generation_among_the_commands(tmp_path):
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), grounding_method="constrained")
+    await agent.start()
+    try:
+        result = await agent.act(observation="hall", task="boil water",
+                                 valid_actions=["open the door", "go north", "go to the kitchen"])
+    finally:
+        await agent.close()
+    assert (result.action, result.grounded, result.generated_action) == ("go north", True, "look around")
+    constrained = backend.specs[-1]
+    assert sorted(constrained.choices) == [" go north;", " go to the kitchen;", " open the door;"]
+    assert constrained.temperature == 0.0 and constrained.adapter == "executor" and not backend.scored

@@ -2,13 +2,13 @@
 
 import pytest
 from glider.server.policy import HierarchyConfig, PolicyController
-from glider.server.policy.grounding import ActionSpace, continuation, normalize
+from glider.server.policy.grounding import ActionSpace, best_scored, continuation, normalize
 
 from tests.server.scripted import Script
 
 
 class Scorer:
-    """A scripted model score: a fixed log-likelihood per command (unknown ones very unlikely)."""
+    """A scripted model's choice: the command with the highest fixed score (unknown ones very unlikely)."""
 
     def __init__(self, **by_command: float):
         self.by_command = {k.replace("_", " "): v for k, v in by_command.items()}
@@ -17,7 +17,7 @@ class Scorer:
     async def __call__(self, prompt, adapter, continuations):
         self.calls.append((prompt, adapter, list(continuations)))
         scores = [self.by_command.get(c.strip().rstrip(";").strip(), -100.0) for c in continuations]
-        return scores, f"{adapter}-v7"
+        return best_scored(scores), f"{adapter}-v7"
 
 
 def controller(**kw) -> PolicyController:
@@ -31,7 +31,7 @@ async def test_an_admissible_generation_passes_through_untouched_and_is_not_scor
     ctrl = controller()
     script, scorer = Script(planner=["go to the kitchen"], executor=["Open  door to KITCHEN; true"]), Scorer()
     d = await ctrl.step(ctrl.new_state("e", "boil water"), "hallway", 0.0, False, script,
-                        valid_actions=ROOM, score=scorer)
+                        valid_actions=ROOM, choose=scorer)
     # the list's entry byte for byte, matched after normalisation; the model's marker kept
     assert d.action == "open door to kitchen" and not d.grounded and d.subgoal_done
     assert d.generated_action == "Open door to KITCHEN" and scorer.calls == []
@@ -42,7 +42,7 @@ async def test_an_inadmissible_generation_becomes_the_command_the_model_scores_h
     script = Script(planner=["get the thermometer"], executor=["pick up the thermometer now; true"])
     scorer = Scorer(pick_up_thermometer=-2.0, focus_on_thermometer=-1.5, look_around=-9.0)
     d = await ctrl.step(ctrl.new_state("e", "use a thermometer"), "kitchen", 0.0, False, script,
-                        valid_actions=ROOM, score=scorer)
+                        valid_actions=ROOM, choose=scorer)
     assert d.action == "focus on thermometer" and d.grounded
     assert d.generated_action == "pick up the thermometer now"
     assert d.subgoal_done  # the completion marker is the model's, not grounding's
@@ -59,7 +59,7 @@ async def test_flat_mode_grounds_with_its_own_prompt_and_the_stop_after_the_comm
     ctrl = controller(mode="flat")
     script, scorer = Script(flat=["teleport to kitchen"]), Scorer(go_to_hallway=-1.0)
     d = await ctrl.step(ctrl.new_state("e", "boil water"), "hallway", 0.0, False, script,
-                        valid_actions=ROOM, score=scorer)
+                        valid_actions=ROOM, choose=scorer)
     assert d.action == "go to hallway" and d.grounded
     (_, adapter, scored), = scorer.calls
     assert adapter == "flat" and all(c.endswith("\n") for c in scored)
@@ -69,7 +69,7 @@ async def test_unusable_output_is_grounded_instead_of_falling_back():
     ctrl = controller(max_action_attempts=2)
     script, scorer = Script(planner=["look"], executor=[";;;", "!!!"]), Scorer(look_around=-0.5)
     d = await ctrl.step(ctrl.new_state("e", "find a plant"), "room", 0.0, False, script,
-                        valid_actions=ROOM, score=scorer)
+                        valid_actions=ROOM, choose=scorer)
     assert d.action == "look around" and d.grounded and not d.fallback and d.generated_action is None
 
 
@@ -79,10 +79,10 @@ async def test_the_guard_refuses_the_useless_repeat_among_the_commands_too():
                                                     "go to hallway; false", "go to hallway; false"])
     scorer = Scorer(go_to_hallway=-0.1, look_around=-3.0)
     state = ctrl.new_state("e", "find a plant")
-    first = await ctrl.step(state, "room", 0.0, False, script, valid_actions=ROOM, score=scorer)
+    first = await ctrl.step(state, "room", 0.0, False, script, valid_actions=ROOM, choose=scorer)
     assert first.action == "go to hallway" and not first.grounded
     # the same observation came back: the repeat changed nothing, and grounding does not pick it either
-    second = await ctrl.step(first.state, "room", 0.0, False, script, valid_actions=ROOM, score=scorer)
+    second = await ctrl.step(first.state, "room", 0.0, False, script, valid_actions=ROOM, choose=scorer)
     assert second.action == "look around" and second.grounded
     assert all(" go to hallway;" not in scored for _, _, scored in scorer.calls)
 
@@ -91,7 +91,7 @@ async def test_no_list_or_an_empty_one_leaves_the_step_as_it_was():
     for valid in (None, [], ["  ", ""]):
         ctrl = controller()
         script, scorer = Script(planner=["g"], executor=["jump around; false"]), Scorer()
-        d = await ctrl.step(ctrl.new_state("e", "t"), "o", 0.0, False, script, valid_actions=valid, score=scorer)
+        d = await ctrl.step(ctrl.new_state("e", "t"), "o", 0.0, False, script, valid_actions=valid, choose=scorer)
         assert d.action == "jump around" and not d.grounded and d.generated_action is None and not scorer.calls
 
 
@@ -116,5 +116,5 @@ def test_a_command_cannot_forge_prompt_lines_in_the_scored_text():
 async def test_every_hierarchical_mode_scores_with_the_executor_s_adapter(mode):
     ctrl = controller(mode=mode)
     script, scorer = Script(planner=["g"], executor=["xyzzy; false"]), Scorer(look_around=0.0)
-    await ctrl.step(ctrl.new_state("e", "t"), "o", 0.0, False, script, valid_actions=ROOM, score=scorer)
+    await ctrl.step(ctrl.new_state("e", "t"), "o", 0.0, False, script, valid_actions=ROOM, choose=scorer)
     assert scorer.calls[0][1] == {"separate": "executor", "shared": "shared"}[mode]
