@@ -8,7 +8,7 @@
    grounding method (score | constrained) and candidate bound: step latency p50 / p95 grounded ÷ free,
    and how many steps were grounded (the executor's generation was not admissible, so its model chose).
 
-    .venv/bin/python bench/grounding.py [--methods score,constrained] [--candidates 4,16,64] [--levels 1,32]
+    .venv/bin/python bench/grounding.py [--candidates 4,16,64] [--levels 1,32] [--backend hf --methods score]
 
 The server serves ``--home``'s backbone and its planner and executor adapters (``glider adapters init``
 publishes untrained ones: the worst case, where nearly every step is grounded).
@@ -157,7 +157,8 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="score,constrained", help="GLIDER_GROUNDING_METHOD values")
+    p.add_argument("--methods", default="constrained",
+                   help="GLIDER_GROUNDING_METHOD values (score: with --backend hf only)")
     p.add_argument("--candidates", default="16", help="GLIDER_GROUNDING_CANDIDATES values, comma-separated")
     p.add_argument("--levels", default="1,32", help="concurrent episodes")
     p.add_argument("--steps", type=int, default=8, help="steps per episode")

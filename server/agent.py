@@ -79,6 +79,9 @@ class Agent:
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.recorder = recorder
+        if settings.grounding_method is GroundingMethod.score and backend.kind == "vllm":
+            raise ValueError("GLIDER_GROUNDING_METHOD=score needs the transformers backend: vLLM cannot compute "
+                             "prompt logprobs under LoRA; use constrained")
         self.policy = PolicyController(HierarchyConfig.from_settings(settings))
         self.mode = self.policy.config.mode
         self.adapters = AdapterManager(

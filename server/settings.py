@@ -24,8 +24,11 @@ class BackendKind(str, Enum):
 class GroundingMethod(str, Enum):
     """How the executor's model chooses among admissible commands when its generation is none of them."""
 
-    score = "score"  # each candidate's log-likelihood after the prompt; the highest wins
-    constrained = "constrained"  # greedy decoding constrained to the candidates (vLLM structured outputs)
+    # greedy decoding constrained to the candidates (vLLM: structured outputs; transformers: the most likely)
+    constrained = "constrained"
+    # each candidate's log-likelihood after the prompt, the highest wins: transformers only (vLLM 0.32
+    # cannot compute prompt logprobs on a LoRA engine: vllm-project/vllm#29955)
+    score = "score"
 
 
 class StoreKind(str, Enum):
@@ -102,8 +105,9 @@ class Settings(BaseSettings):
     grounding_max_tokens: int = Field(
         128, ge=1, description="constrained grounding: most tokens of a command's continuation.")
     grounding_method: GroundingMethod = Field(
-        GroundingMethod.score, description="score: the candidates' log-likelihoods | constrained: greedy "
-                                           "decoding constrained to them (the transformers backend scores).")
+        GroundingMethod.constrained,
+        description="constrained: greedy decoding constrained to the candidates (the transformers backend takes "
+                    "the most likely) | score: their log-likelihoods (transformers backend only).")
     planner_max_tokens: int = Field(32, ge=1)
     executor_max_tokens: int = Field(24, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample. An episode may "

@@ -208,29 +208,11 @@ class VLLMBackend(Backend):
         )
 
     async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
-        """One request per continuation, all in flight together: the prompt's tokens (as ``generate``'s
-        text prompt becomes them) then the continuation's, asking for the prompt's logprobs.  vLLM
-        recomputes such a request's whole prompt (``skip_reading_prefix_cache`` is on for prompt
-        logprobs), so the prompt's cost is paid once per continuation."""
-        from vllm import SamplingParams, TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
-
-        engine = self._require_engine()
-        handle = self._handle(adapter)
-        lora = self._requests[adapter] if handle is not None else None
-        tokenizer = engine.get_tokenizer()
-        head = tokenizer.encode(prompt)
-        tails = [tokenizer.encode(c, add_special_tokens=False) for c in continuations]
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
-        finals = await asyncio.gather(*(self._run(engine, TokensPrompt(prompt_token_ids=head + tail), params, lora)
-                                        for tail in tails))
-        logprobs = []
-        for tail, final in zip(tails, finals, strict=True):
-            ids, per_position = head + tail, final.prompt_logprobs
-            logprobs.append(sum(per_position[i][ids[i]].logprob for i in range(len(head), len(ids))))
-        return ScoreResult(logprobs=logprobs, tokens=[len(t) for t in tails],
-                           adapter_version=handle.version if handle else None)
+        """Not on this engine: scoring a continuation needs its prompt logprobs, and vLLM 0.32's LoRA logits
+        processor fails on them (the engine dies: vllm-project/vllm#29955; where it runs, an lm_head LoRA's
+        delta is left out: #51594).  Grounding uses constrained decoding here instead."""
+        raise BackendError("the vLLM backend cannot score continuations under LoRA (prompt logprobs); "
+                           "use GLIDER_GROUNDING_METHOD=constrained")
 
     async def close(self) -> None:
         self.ready = False

@@ -122,9 +122,10 @@ async def test_a_step_with_admissible_commands_answers_one_of_them_and_records_b
                                              "valid_actions": commands})).json()
     assert first["action"] == "go north" and first["grounded"] is True
     assert first["generated_action"] == "look around" and not first["fallback"]
-    (prompt, adapter, scored), = backend.scored
-    assert adapter == "executor" and prompt.endswith("Obs: hall\nAction:")
-    assert sorted(scored) == [" go north;", " go to the hallway;", " open the door;"]  # deduplicated, sanitised
+    (constrained,) = [s for s in backend.specs if s.choices]  # the engine chose among the commands
+    assert constrained.adapter == "executor" and constrained.prompt.endswith("Obs: hall\nAction:")
+    # deduplicated and sanitised
+    assert sorted(constrained.choices) == [" go north;", " go to the hallway;", " open the door;"]
     # an admissible generation is used as it is, and an empty list is no list
     second = (await client.post("/act", json={"episode_id": first["episode_id"], "observation": "north",
                                               "valid_actions": ["Look  Around", "go south"]})).json()
@@ -132,7 +133,7 @@ async def test_a_step_with_admissible_commands_answers_one_of_them_and_records_b
     third = (await client.post("/act", json={"episode_id": first["episode_id"], "observation": "south",
                                              "valid_actions": []})).json()
     assert (third["action"], third["grounded"], third["generated_action"]) == ("look around", False, None)
-    assert len(backend.scored) == 1
+    assert len([s for s in backend.specs if s.choices]) == 1 and not backend.scored
     recorder, agent.recorder = agent.recorder, None
     recorder.close()
     records = [json.loads(line) for f in (tmp_path / "episodes").glob("*.jsonl") for line in f.read_text().splitlines()]
@@ -299,8 +300,8 @@ async def test_an_episode_samples_with_its_own_settings_and_greedy_ones_keep_the
     assert by_episode == {sampled["episode_id"]: own, "again-42": own, greedy["episode_id"]: None}
 
 
-async def test_constrained_grounding_asks_the_engine_for_a_generation_among_the_commands(tmp_path):
-    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), grounding_method="constrained")
+async def test_score_grounding_takes_the_most_likely_command_and_is_refused_on_vllm(tmp_path):
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), grounding_method="score")
     await agent.start()
     try:
         result = await agent.act(observation="hall", task="boil water",
@@ -308,6 +309,9 @@ async def test_constrained_grounding_asks_the_engine_for_a_generation_among_the_
     finally:
         await agent.close()
     assert (result.action, result.grounded, result.generated_action) == ("go north", True, "look around")
-    constrained = backend.specs[-1]
-    assert sorted(constrained.choices) == [" go north;", " go to the kitchen;", " open the door;"]
-    assert constrained.temperature == 0.0 and constrained.adapter == "executor" and not backend.scored
+    (prompt, adapter, scored), = backend.scored
+    assert adapter == "executor" and sorted(scored) == [" go north;", " go to the kitchen;", " open the door;"]
+    assert not [s for s in backend.specs if s.choices]
+    backend.kind = "vllm"  # vLLM cannot score under LoRA: the server refuses to start so configured
+    with pytest.raises(ValueError, match="constrained"):
+        Agent(agent.settings, backend, MemoryEpisodeStore(), agent.registry)
