@@ -98,9 +98,10 @@ def display(label: str) -> str:
     return LABEL.get(base, base) + (f" ({rest}" if rest else "")
 
 
-def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None = None) -> tuple[Path, Summary]:
+def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None = None,
+             grounded: bool = False) -> tuple[Path, Summary]:
     """One agent on the plan: the recipe registry's current adapters of ``mode``, or ``registry``'s (a
-    pinned copy holding one agent's versions)."""
+    pinned copy holding one agent's versions); ``grounded``: with the environment's admissible commands."""
     s = settings(home=args.home, mode=mode)
     server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()),
                            GLIDER_ADAPTERS=str(registry or s.adapters_dir()), GLIDER_RECORD="false", **env)
@@ -113,7 +114,7 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
         slug = label.replace(" (", "-").replace(")", "").replace(" ", "-")
         out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
-        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel)
+        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel, grounded=grounded)
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
         with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {label}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
@@ -143,6 +144,8 @@ def main() -> None:
                    help="held-out gold segments replayed to measure the executor's completion")
     p.add_argument("--repeat", type=int, default=1, help="evaluate the separate agent this many times (A/A)")
     p.add_argument("--guards-off", action="store_true", help="also evaluate the separate agent without guards")
+    p.add_argument("--grounded", action="store_true",
+                   help="also evaluate the separate agent grounded (the environment's admissible commands sent)")
     p.add_argument("--orl", action="store_true",
                    help="also ORL from each mode's SFT adapters (agent <mode>+orl), evaluated beside them")
     p.add_argument("--orl-scratch", action="store_true",
@@ -191,11 +194,13 @@ def main() -> None:
         wanted += [(f"separate (repeat {k})", "separate", {}) for k in range(2, args.repeat + 1)]
         if args.guards_off:
             wanted.append(("separate (guards off)", "separate", GUARDS_OFF))
+        if args.grounded:  # its own row, compared paired with the free agent: never mixed into its score
+            wanted.append(("separate (grounded)", "separate", {}))
     for label, mode, env in wanted:  # the figures are written after each run: a cut-off run keeps them
         base = label.split(" (")[0]
         view = registry.pinned_copy(agents[base], args.home / "pinned" / base.replace("+", "-")).root if pinned \
             else None
-        runs[label] = evaluate(args, plan, mode, label, env, registry=view)
+        runs[label] = evaluate(args, plan, mode, label, env, registry=view, grounded=label.endswith("(grounded)"))
         record(args, recipe, plan, training, runs, orl)
 
 
@@ -296,6 +301,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
+                   + (" --grounded" if args.grounded else "")
                    + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
                    + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
                       f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),
