@@ -6,6 +6,7 @@
     .venv/bin/python bench/quality.py --recipe full --warmup-minutes 10 --sft-minutes 20 --modes separate
                                                                # the same data in shorter boxes (full-w10-s20)
     .venv/bin/python bench/quality.py --recipe demo --repeat 2 --guards-off   # + an A/A run and the guards off
+    .venv/bin/python bench/quality.py --recipe demo --modes separate --grounded  # + the agent grounded, paired
 
 Every stage is cached or resumable, so a run cut off (a session's end, a kill) carries on where it stopped
 when started again with the same arguments: collection and training resume from their caches and
