@@ -362,6 +362,10 @@ def render(results: dict) -> str:
                        f"{sp['seen']['episodes']} / {sp['unseen']['episodes']} |")
         protocols = sorted({a["protocol"] for a in r["agents"].values()})
         out += ["", f"Score ×100 on the {' / '.join(protocols)} plan, mean with its 95 % stratified bootstrap CI.", ""]
+        for label, a in r["agents"].items():
+            if a.get("command") and a["command"] != r["command"]:
+                out += [f"{display(label)}: trained and evaluated by an earlier run, `{a['command']}` (commit "
+                        f"{a.get('commit')}); its comparisons include the variance between trainings.", ""]
         if r["comparisons"]:
             out += ["| comparison (B − A) | seen: difference [95 % CI] | MDE | unseen: difference [95 % CI] | MDE |",
                     "|---|---:|---:|---:|---:|"]
