@@ -34,6 +34,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
     "hier_vs_flat": (["--variations", "1"], []),
     "hotswap": (["--swaps", "5", "--rounds", "2", "--phase-s", "15"], []),
     "transports": (["--rounds", "2", "--seconds", "10"], []),
+    "grounding": (["--candidates", "16", "--steps", "6"], ["--candidates", "4,16,64", "--steps", "12"]),
     "train_throughput": (["--per-task", "1", "--step-bench", "4"], []),
     "soak": (["--episodes", "48", "--steps", "20", "--minutes", "3", "--concurrency", "32",
               "--sample-every", "30"], []),
