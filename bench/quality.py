@@ -6,7 +6,7 @@
     .venv/bin/python bench/quality.py --recipe full --warmup-minutes 10 --sft-minutes 20 --modes separate
                                                                # the same data in shorter boxes (full-w10-s20)
     .venv/bin/python bench/quality.py --recipe demo --repeat 2 --guards-off   # + an A/A run and the guards off
-    .venv/bin/python bench/quality.py --recipe demo --modes separate --grounded  # + the agent grounded, paired
+    .venv/bin/python bench/quality.py --recipe demo --modes separate --grounded  # + each agent grounded, paired
 
 Every stage is cached or resumable, so a run cut off (a session's end, a kill) carries on where it stopped
 when started again with the same arguments: collection and training resume from their caches and
@@ -146,7 +146,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="evaluate the separate agent this many times (A/A)")
     p.add_argument("--guards-off", action="store_true", help="also evaluate the separate agent without guards")
     p.add_argument("--grounded", action="store_true",
-                   help="also evaluate the separate agent grounded (the environment's admissible commands sent)")
+                   help="also evaluate each mode's agent grounded (the environment's admissible commands sent)")
     p.add_argument("--orl", action="store_true",
                    help="also ORL from each mode's SFT adapters (agent <mode>+orl), evaluated beside them")
     p.add_argument("--orl-scratch", action="store_true",
@@ -195,8 +195,8 @@ def main() -> None:
         wanted += [(f"separate (repeat {k})", "separate", {}) for k in range(2, args.repeat + 1)]
         if args.guards_off:
             wanted.append(("separate (guards off)", "separate", GUARDS_OFF))
-        if args.grounded:  # its own row, compared paired with the free agent: never mixed into its score
-            wanted.append(("separate (grounded)", "separate", {}))
+    if args.grounded:  # their own rows, compared paired with the free agent: never mixed into its score
+        wanted += [(f"{mode} (grounded)", mode, {}) for mode in modes]
     for label, mode, env in wanted:  # the figures are written after each run: a cut-off run keeps them
         base = label.split(" (")[0]
         view = registry.pinned_copy(agents[base], args.home / "pinned" / base.replace("+", "-")).root if pinned \
@@ -278,7 +278,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     earlier = kept_agents(args, plan, results["recipes"].get(key), runs)
     runs = {**{label: run for label, (run, _) in earlier.items()}, **runs}
     pairs = [(a, b) for a, b in COMPARE if a in runs and b in runs]
-    pairs += [("separate", k) for k in runs if k.startswith("separate (")]
+    # an agent's variants (repeat, guards off, grounded) against the agent itself
+    pairs += [(k.split(" (")[0], k) for k in runs if " (" in k and k.split(" (")[0] in runs]
     comparisons = []
     for a, b in pairs:
         cmp = compare_runs(runs[a][0], runs[b][0])
