@@ -309,8 +309,11 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                       f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},
-        # a mode trained in an earlier run keeps its figures (its agent is kept below)
-        "training": {**{m: t for m, t in previous.get("training", {}).items() if m in earlier}, **training},
+        # a mode trained in an earlier run keeps its figures: its agent is kept, or this run only
+        # resumed it from the cache (no SFT stage ran) and its own figures would say "0 minutes"
+        "training": {**{m: t for m, t in previous.get("training", {}).items() if m in earlier or m in training},
+                     **{m: t for m, t in training.items()
+                        if "sft" in t["stages_run"] or m not in previous.get("training", {})}},
         **({"orl": orl} if orl else {}),
         "agents": {label: earlier[label][1] if label in earlier else
                    {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
