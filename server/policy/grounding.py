@@ -37,23 +37,45 @@ def normalize(text: str) -> str:
 class ActionSpace:
     """An episode step's admissible commands, looked up by their normalised form.
 
-    Duplicates (after normalisation) are harmless: the first entry stands for them all.
+    Duplicates (after normalisation) are harmless: the first entry stands for them all (a generation
+    equal to a later one byte for byte is that one).  The
+    normalised index is built on the first miss: a generation that is an entry byte for byte (a
+    trained executor's usual case) costs one set lookup, not a pass over thousands of commands.
     """
 
     def __init__(self, commands: Sequence[str]):
-        self.by_key: dict[str, str] = {}
-        for command in commands:
-            key = normalize(command)
-            if key:
-                self.by_key.setdefault(key, command)
-        self.keys = list(self.by_key)
+        self.commands = commands
+        self._verbatim = frozenset(commands)
+        self._by_key: dict[str, str] | None = None
+
+    @property
+    def by_key(self) -> dict[str, str]:
+        if self._by_key is None:
+            self._by_key = {}
+            for command in self.commands:
+                key = normalize(command)
+                if key:
+                    self._by_key.setdefault(key, command)
+        return self._by_key
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.by_key)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.by_key)
+
+    def __bool__(self) -> bool:  # without building the index: any entry that is not blank
+        return any(not c.isspace() and c for c in self.commands)
 
     def match(self, text: str | None) -> str | None:
-        """The list's entry equal to ``text`` after normalisation, or None."""
-        return None if text is None else self.by_key.get(normalize(text))
+        """The list's entry equal to ``text``: byte for byte, else after normalisation (the first
+        entry of that form), else None."""
+        if text is None:
+            return None
+        if text in self._verbatim and text.strip():
+            return text
+        return self.by_key.get(normalize(text))
 
     def nearest(self, text: str, limit: int, exclude: str | None = None) -> list[str]:
         """At most ``limit`` entries, most similar to ``text`` first (the list's order breaks ties);

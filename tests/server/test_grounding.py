@@ -99,6 +99,14 @@ def test_matching_is_exact_after_one_normalisation_and_duplicates_are_harmless()
     space = ActionSpace(["Go to  Kitchen", "go to kitchen", "look around"])
     assert len(space) == 2 and space.match("GO TO kitchen ") == "Go to  Kitchen"
     assert space.match("go to the kitchen") is None and normalize("\tA \n b ") == "a b"
+    assert space.match("go to kitchen") == "go to kitchen"  # byte for byte: that very entry
+    assert space.match("  ") is None and ActionSpace(["  ", "look"]).match("  ") is None
+
+
+def test_a_verbatim_hit_does_not_build_the_normalised_index():
+    space = ActionSpace([f"open drawer {i}" for i in range(1000)])
+    assert space.match("open drawer 7") == "open drawer 7" and space._by_key is None
+    assert space.match("Open drawer 7") == "open drawer 7" and space._by_key is not None
 
 
 def test_preselection_keeps_the_most_similar_commands_and_can_exclude_one():
