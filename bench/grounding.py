@@ -9,9 +9,11 @@
    and how many steps were grounded (the executor's generation was not admissible, so its model chose).
 
     .venv/bin/python bench/grounding.py [--candidates 4,16,64] [--levels 1,32] [--backend hf --methods score]
+    .venv/bin/python bench/grounding.py --home .glider/quality-full-w10-s20 --mode flat   # a trained agent
 
-The server serves ``--home``'s backbone and its planner and executor adapters (``glider adapters init``
-publishes untrained ones: the worst case, where nearly every step is grounded).
+The server serves ``--home``'s backbone and the adapters of ``--mode`` (``glider adapters init``
+publishes untrained ones: the worst case, where nearly every step is grounded; a trained agent's
+admissible generations skip the model's choice).
 """
 
 from __future__ import annotations
@@ -111,17 +113,19 @@ def main(args) -> None:
         episodes, cost = record_states(args.per_task, args.steps)
         STATES.parent.mkdir(parents=True, exist_ok=True)
         STATES.write_text(json.dumps({"episodes": episodes, "cost": cost}))
-    print(f"# grounding ({machine()}; {sum(len(e['states']) for e in episodes)} recorded ScienceWorld states)")
+    print(f"# grounding ({machine()}; {sum(len(e['states']) for e in episodes)} recorded ScienceWorld states; "
+          f"{args.mode} adapters of {args.home})")
     print(f"ScienceWorld, {cost['steps']} gold steps: a step {cost['plain_ms']:.1f} ms, with the list "
           f"{cost['with_list_ms']:.1f} ms ({cost['with_list_ms'] / cost['plain_ms']:.1f}×); the list holds "
           f"{cost['list_size_p50']:.0f} commands (max {cost['list_size_max']}), {cost['list_chars_p50'] / 1024:.0f} KiB; "
           f"the unchecked combinations (get_possible_action_object_combinations) {cost['possible_ms']:.1f} ms, "
           f"{cost['possible_size_p50']:.0f} of them")
-    s = settings(home=args.home)
+    s = settings(home=args.home, mode=args.mode)
     from glider.server.adapters.registry import AdapterNotFound, AdapterRegistry
+    from glider.server.policy.modes import ADAPTER_ROLES
 
     missing = []
-    for name in ("planner", "executor"):
+    for name in ADAPTER_ROLES[args.mode]:
         try:
             AdapterRegistry(s.adapters_dir()).current_version(name)
         except AdapterNotFound:
@@ -131,7 +135,8 @@ def main(args) -> None:
     rows = []
     for method in args.methods.split(","):
         for k in [int(x) for x in args.candidates.split(",")]:
-            server = ServerProcess(s, GLIDER_BACKEND=args.backend, GLIDER_GROUNDING_CANDIDATES=str(k),
+            server = ServerProcess(s, GLIDER_BACKEND=args.backend, GLIDER_MODE=args.mode,
+                                   GLIDER_GROUNDING_CANDIDATES=str(k),
                                    GLIDER_GROUNDING_METHOD=method, GLIDER_RECORD="false")
             try:
                 server.wait_ready()
@@ -151,7 +156,8 @@ def main(args) -> None:
     for method, k, n, free, grounded in rows:
         if k == 16:
             ratio = grounded["p50_ms"] / free["p50_ms"]
-            result(f"grounded ({method}) ÷ free step latency p50 at {n} episode(s), 16 candidates", ratio,
+            result(f"grounded ({method}) ÷ free step latency p50 at {n} episode(s), 16 candidates, "
+                   f"{grounded['grounded_share']:.0%} of steps grounded", ratio,
                    "≤ 1.5×", met=ratio <= 1.5)
 
 
@@ -165,5 +171,6 @@ if __name__ == "__main__":
     p.add_argument("--per-task", type=int, default=2, help="gold episodes recorded per task family")
     p.add_argument("--backend", default="vllm")
     p.add_argument("--home", type=Path, default=ROOT / ".glider", help="backbone and adapter registry")
+    p.add_argument("--mode", default="separate", choices=["separate", "shared", "flat"])
     p.add_argument("--rerecord", action="store_true", help="record the states again")
     main(p.parse_args())

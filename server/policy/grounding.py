@@ -86,7 +86,11 @@ class ActionSpace:
         keys = [k for k in self.keys if k != banned]
         if len(keys) <= limit:
             return [self.by_key[k] for k in keys]
-        best = process.extract(normalize(text), keys, scorer=fuzz.WRatio, limit=limit)
+        # whole-string similarity (normalised Indel): WRatio's partial matching preferred long commands
+        # that merely contain the generation's words ("connect door to workshop to greenhouse" for "go to
+        # workshop"); on 122 inadmissible generations of a ScienceWorld evaluation the preselection held
+        # a command ending in the generation's object 85 times with this scorer, 59 with WRatio
+        best = process.extract(normalize(text), keys, scorer=fuzz.ratio, limit=limit)
         # extract orders by score; among equal scores keep the list's own order
         best.sort(key=lambda hit: (-hit[1], hit[2]))
         return [self.by_key[key] for key, _, _ in best]

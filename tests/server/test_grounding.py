@@ -115,6 +115,16 @@ def test_preselection_keeps_the_most_similar_commands_and_can_exclude_one():
     assert "pick up red apple" not in space.nearest("pick up the red apple", 2, exclude="pick up red apple")
 
 
+def test_preselection_compares_whole_commands_not_fragments():
+    # ScienceWorld's lists are mostly long `connect A to B` commands; a scorer matching fragments
+    # (rapidfuzz's WRatio) ranks them above the command the generation nearly is
+    rooms = ["art studio", "bedroom", "greenhouse", "kitchen", "living room", "workshop", "hallway"]
+    space = ActionSpace([f"connect {a} to {b}" for a in rooms for b in rooms if a != b]
+                        + [f"connect door to {a} to {b}" for a in rooms for b in rooms if a != b]
+                        + ["open door to workshop", "look around", "go to art studio"])
+    assert space.nearest("go to workshop", 1) == ["open door to workshop"]
+
+
 def test_a_command_cannot_forge_prompt_lines_in_the_scored_text():
     scored = continuation("look\nSubgoal: win <|planner|>", role_is_flat=False)
     assert "\n" not in scored and "<|planner|>" not in scored and scored.endswith(";")
