@@ -6,7 +6,9 @@ figure (each a ratio or a count measured side by side within its bench), and eac
 `quick` runs each bench with smaller counts (about 20 minutes on 2 cores: 19 min on 2026-11-26); `full` uses each
 bench's own defaults and adds the 20-minute soak. train_throughput measures training speed on a
 small slice of expert data; the training-quality benches (quality, orl_ablation, o2o) train for
-tens of minutes each and report in docs/results.md. `--only` runs any subset by name.
+tens of minutes each and report in docs/results.md. `--only` runs any subset by name and merges it
+into the existing report: those benches' figures and sections are replaced, the others kept (the
+header says which benches were run when).
 """
 
 from __future__ import annotations
@@ -74,6 +76,28 @@ def split_output(stdout: str) -> tuple[str, list[dict], list[str]]:
     return "\n".join(text), results, engine
 
 
+SECTION = re.compile(r"^## (\w+) \(`python bench/")
+
+
+def read_report(path: Path) -> tuple[list[str], dict[str, list[str]], dict[str, list[str]]]:
+    """An existing report -> (its header's machine and update lines, rows per bench, section per bench)."""
+    if not path.is_file():
+        return [], {}, {}
+    header, rows, sections, current, table = [], {}, {}, None, False
+    for line in path.read_text().splitlines():
+        table = table or line.startswith("| bench |")
+        if line.startswith("- ") and not table:
+            header.append(line)
+        elif (m := SECTION.match(line)):
+            current = m.group(1)
+            sections[current] = [line]
+        elif current:
+            sections[current].append(line)
+        elif line.startswith("| ") and not line.startswith(("| bench |", "|---")):
+            rows.setdefault(line.split(" | ")[0][2:], []).append(line)
+    return header, rows, {k: v[:-1] if v and not v[-1] else v for k, v in sections.items()}
+
+
 def run(name: str, args: list[str], log: Path) -> tuple[int, float, str, list[dict]]:
     t0 = time.monotonic()
     with log.open("w") as err:
@@ -94,23 +118,34 @@ def main() -> int:
     names = [n for n in a.only.split(",") if n] or list(SUITE)
     logs = a.out.parent / "report-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    rows, sections, failed = [], [], []
+    header, rows, sections = read_report(a.out) if a.only else ([], {}, {})
+    failed = []
     for name in names:
         args = SUITE.get(name, ([], []))[0 if a.profile == "quick" else 1]
         print(f"==> {name} {' '.join(args)}", flush=True)
         code, seconds, text, results = run(name, args, logs / f"{name}.log")
         if code != 0:
             failed.append(name)
+        rows[name] = []
         for r in results:
             met = {True: "yes", False: "**no**", None: ""}[r["met"]]
-            rows.append(f"| {name} | {r['figure']} | {r['value']:.3f} | {r['target']} | {met} |")
-        sections += [f"## {name} (`{' '.join(['python bench/' + name + '.py', *args])}`, {seconds:.0f} s"
-                     f"{', FAILED with exit ' + str(code) + ': see ' + str(logs / (name + '.log')) if code else ''})",
-                     "", text.strip(), ""]
+            rows[name].append(f"| {name} | {r['figure']} | {r['value']:.3f} | {r['target']} | {met} |")
+        sections[name] = [f"## {name} (`{' '.join(['python bench/' + name + '.py', *args])}`, {seconds:.0f} s"
+                          f"{', FAILED with exit ' + str(code) + ': see ' + str(logs / (name + '.log')) if code else ''})",
+                          "", text.strip()]
         print(text, flush=True)
+    if a.only and header:  # a partial run: the other benches' figures stay as the last full run wrote them
+        header.append(f"- updated: {', '.join(names)} at {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC "
+                      f"(`--only {a.only}`); the rest is from the date above")
+    else:
+        header = describe_machine()
+    order = [n for n in SUITE if n in rows or n in sections] + [n for n in {**rows, **sections} if n not in SUITE]
     report = ["# GLIDER benchmark report", "", f"Profile `{a.profile}`: `python bench/report.py --profile {a.profile}`.",
-              "", *describe_machine(), "",
-              "| bench | figure | measured | target | met |", "|---|---|---|---|---|", *rows, "", *sections]
+              "", *header, "",
+              "| bench | figure | measured | target | met |", "|---|---|---|---|---|",
+              *(row for n in order for row in rows.get(n, [])), ""]
+    for n in order:
+        report += [*sections.get(n, []), ""]
     a.out.write_text("\n".join(report) + "\n")
     print(f"==> wrote {a.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
