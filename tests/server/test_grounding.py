@@ -103,6 +103,14 @@ def test_matching_is_exact_after_one_normalisation_and_duplicates_are_harmless()
     assert space.match("  ") is None and ActionSpace(["  ", "look"]).match("  ") is None
 
 
+def test_normalisation_treats_every_unicode_space_as_the_regex_would():
+    import re
+
+    for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000\u200b":
+        text = f"  Go{c}{c}To {c}Kitchen{c} "
+        assert normalize(text) == re.sub(r"\s+", " ", text).strip().casefold(), repr(c)
+
+
 def test_a_verbatim_hit_does_not_build_the_normalised_index():
     space = ActionSpace([f"open drawer {i}" for i in range(1000)])
     assert space.match("open drawer 7") == "open drawer 7" and space._by_key is None
