@@ -112,7 +112,7 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
 
         with GliderClient(server.url) as client:
             adapters = dict(client.ready().adapters)
-        slug = label.replace(" (", "-").replace(")", "").replace(" ", "-")
+        slug = label.replace(" (", "-").replace(")", "").replace(",", "").replace(" ", "-")
         out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
         cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel, grounded=grounded)
@@ -147,6 +147,10 @@ def main() -> None:
     p.add_argument("--guards-off", action="store_true", help="also evaluate the separate agent without guards")
     p.add_argument("--grounded", action="store_true",
                    help="also evaluate each mode's agent grounded (the environment's admissible commands sent)")
+    p.add_argument("--grounding-protect", default="focus on",
+                   help="grounded runs: command prefixes grounding never chooses, comma-separated "
+                        "(GLIDER_GROUNDING_PROTECTED; ScienceWorld's 'focus on' ends an episode on a wrong object); "
+                        "'' for none")
     p.add_argument("--orl", action="store_true",
                    help="also ORL from each mode's SFT adapters (agent <mode>+orl), evaluated beside them")
     p.add_argument("--orl-scratch", action="store_true",
@@ -196,12 +200,15 @@ def main() -> None:
         if args.guards_off:
             wanted.append(("separate (guards off)", "separate", GUARDS_OFF))
     if args.grounded:  # their own rows, compared paired with the free agent: never mixed into its score
-        wanted += [(f"{mode} (grounded)", mode, {}) for mode in modes]
+        protect = [x.strip() for x in args.grounding_protect.split(",") if x.strip()]
+        grounded = ("grounded, protected", {"GLIDER_GROUNDING_PROTECTED": json.dumps(protect)}) if protect \
+            else ("grounded", {})
+        wanted += [(f"{mode} ({grounded[0]})", mode, grounded[1]) for mode in modes]
     for label, mode, env in wanted:  # the figures are written after each run: a cut-off run keeps them
         base = label.split(" (")[0]
         view = registry.pinned_copy(agents[base], args.home / "pinned" / base.replace("+", "-")).root if pinned \
             else None
-        runs[label] = evaluate(args, plan, mode, label, env, registry=view, grounded=label.endswith("(grounded)"))
+        runs[label] = evaluate(args, plan, mode, label, env, registry=view, grounded="(grounded" in label)
         record(args, recipe, plan, training, runs, orl)
 
 
@@ -289,7 +296,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     episodes_dir = args.results.parent / "runs" / key.replace(" (", "-").replace(")", "")
     episodes_dir.mkdir(parents=True, exist_ok=True)
     def episodes_file(label: str) -> Path:
-        return episodes_dir / (label.replace(" (", "-").replace(")", "").replace(" ", "-") + ".jsonl")
+        return episodes_dir / (label.replace(" (", "-").replace(")", "").replace(",", "").replace(" ", "-") + ".jsonl")
 
     for label, (out, _) in runs.items():
         if label not in earlier:
@@ -303,7 +310,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
-                   + (" --grounded" if args.grounded else "")
+                   + (f" --grounded --grounding-protect '{args.grounding_protect}'" if args.grounded else "")
                    + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
                    + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
                       f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     grounding_candidates: int = Field(
         16, ge=1, description="Admissible commands the executor's model chooses among when its generation is "
                               "none of them: those most similar to the generation.")
+    grounding_protected: list[str] = Field(
+        default_factory=list,
+        description="Command prefixes grounding never chooses (compared normalised, as whole words): "
+                    "irreversible commands, sent only when the executor generated them. For ScienceWorld "
+                    "'[\"focus on\"]': a focus on the wrong object ends the episode at score 0.")
     grounding_max_tokens: int = Field(
         128, ge=1, description="constrained grounding: most tokens of a command's continuation.")
     grounding_method: GroundingMethod = Field(

@@ -43,3 +43,21 @@ def test_the_lean_step_plays_exactly_as_the_package(scienceworld, package_env, t
     # the list is still there for whoever asks
     assert sorted(scienceworld.get_valid_action_object_combinations()) == sorted(
         package_env.get_valid_action_object_combinations())
+
+
+def test_the_grounded_runner_sends_the_package_s_commands_bounded_by_their_objects(scienceworld):
+    from glider.clients.envs.scienceworld import ScienceWorld
+
+    world = ScienceWorld("boil", 0, env=scienceworld, grounded=True)
+    world.reset()
+    for action in ("open door to kitchen", "go to kitchen"):
+        step = world.step(action)
+    everything = list(scienceworld.get_valid_action_object_combinations())
+    assert sorted(step.valid_actions) == sorted(everything) and len(everything) > 1000
+    # over the bound: every command over one object or none is kept, then two-object ones fill it
+    objects = {c["action"]: len(c["obj_ids"]) for c in scienceworld.get_valid_action_object_combinations_with_templates()}
+    few = [c for c in everything if objects[c] <= 1]
+    world.max_valid_actions = len(few) + 10
+    bounded = world.valid_actions()
+    assert len(bounded) == len(few) + 10 and set(few) <= set(bounded)
+    assert sum(objects[c] == 2 for c in bounded) == 10 and set(bounded) <= set(everything)

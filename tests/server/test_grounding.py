@@ -2,7 +2,14 @@
 
 import pytest
 from glider.server.policy import HierarchyConfig, PolicyController
-from glider.server.policy.grounding import ActionSpace, best_scored, continuation, normalize
+from glider.server.policy.grounding import (
+    ActionSpace,
+    best_scored,
+    continuation,
+    is_protected,
+    normalize,
+    protected_prefixes,
+)
 
 from tests.server.scripted import Script
 
@@ -144,3 +151,43 @@ async def test_every_hierarchical_mode_scores_with_the_executor_s_adapter(mode):
     script, scorer = Script(planner=["g"], executor=["xyzzy; false"]), Scorer(look_around=0.0)
     await ctrl.step(ctrl.new_state("e", "t"), "o", 0.0, False, script, valid_actions=ROOM, choose=scorer)
     assert scorer.calls[0][1] == {"separate": "executor", "shared": "shared"}[mode]
+
+
+async def test_grounding_never_chooses_a_protected_command_but_passes_one_the_model_generated():
+    ctrl = controller(grounding_candidates=3, grounding_protected=protected_prefixes(["  Focus   ON "]))
+    # the model prefers the irreversible command; grounding may not choose it
+    scorer = Scorer(pick_up_thermometer=-2.0, focus_on_thermometer=-1.5, look_around=-9.0)
+    script = Script(planner=["get the thermometer"], executor=["pick up the thermometer now; false"])
+    d = await ctrl.step(ctrl.new_state("e", "use a thermometer"), "kitchen", 0.0, False, script,
+                        valid_actions=ROOM, choose=scorer)
+    assert d.action == "pick up thermometer" and d.grounded
+    assert all("focus" not in c for c in scorer.calls[0][2])
+    # generated verbatim, a protected command is the model's own choice and is sent
+    script = Script(planner=["get the thermometer"], executor=["focus on thermometer; true"])
+    d = await ctrl.step(ctrl.new_state("e2", "use a thermometer"), "kitchen", 0.0, False, script,
+                        valid_actions=ROOM, choose=scorer)
+    assert d.action == "focus on thermometer" and not d.grounded
+
+
+def test_protection_matches_whole_words_and_yields_when_nothing_else_is_left():
+    prefixes = protected_prefixes(["focus on", " "])
+    assert prefixes == ("focus on",)
+    assert is_protected("focus on red box", prefixes) and is_protected("focus on", prefixes)
+    assert not is_protected("focus onion soup", prefixes) and not is_protected("look at focus on", prefixes)
+    space = ActionSpace(["focus on red box", "Focus on blue box"])
+    assert space.nearest("focus on green box", 4, protected=prefixes) == []
+
+
+async def test_a_list_of_protected_commands_only_still_answers_one_of_them():
+    ctrl = controller(mode="flat", grounding_protected=("focus on",))
+    script, scorer = Script(flat=["focus on green box"]), Scorer(focus_on_blue_box=-1.0)
+    d = await ctrl.step(ctrl.new_state("e", "t"), "o", 0.0, False, script,
+                        valid_actions=["focus on red box", "focus on blue box"], choose=scorer)
+    assert d.action == "focus on blue box" and d.grounded
+
+
+def test_the_server_setting_reaches_the_policy_normalised(monkeypatch):
+    from glider.server.settings import Settings
+
+    monkeypatch.setenv("GLIDER_GROUNDING_PROTECTED", '["Focus  on", "eat"]')
+    assert HierarchyConfig.from_settings(Settings()).grounding_protected == ("focus on", "eat")
