@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -99,6 +100,11 @@ def display(label: str) -> str:
     return LABEL.get(base, base) + (f" ({rest}" if rest else "")
 
 
+def label_slug(label: str) -> str:
+    """An agent's label as a file name: ``flat (grounded, focus on protected)`` -> ``flat-grounded-focus-on-protected``."""
+    return label.replace(" (", "-").replace(")", "").replace(",", "").replace(" + ", "-").replace(" ", "-")
+
+
 def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None = None,
              grounded: bool = False) -> tuple[Path, Summary]:
     """One agent on the plan: the recipe registry's current adapters of ``mode``, or ``registry``'s (a
@@ -112,7 +118,7 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
 
         with GliderClient(server.url) as client:
             adapters = dict(client.ready().adapters)
-        slug = label.replace(" (", "-").replace(")", "").replace(",", "").replace(" ", "-")
+        slug = label_slug(label)
         out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
         t0 = time.monotonic()
         cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel, grounded=grounded)
@@ -201,8 +207,9 @@ def main() -> None:
             wanted.append(("separate (guards off)", "separate", GUARDS_OFF))
     if args.grounded:  # their own rows, compared paired with the free agent: never mixed into its score
         protect = [x.strip() for x in args.grounding_protect.split(",") if x.strip()]
-        grounded = ("grounded, protected", {"GLIDER_GROUNDING_PROTECTED": json.dumps(protect)}) if protect \
-            else ("grounded", {})
+        # the prefixes are in the label, so the run directory of one set is never resumed for another
+        grounded = (f"grounded, {' + '.join(protect)} protected", {"GLIDER_GROUNDING_PROTECTED": json.dumps(protect)}) \
+            if protect else ("grounded", {})
         wanted += [(f"{mode} ({grounded[0]})", mode, grounded[1]) for mode in modes]
     for label, mode, env in wanted:  # the figures are written after each run: a cut-off run keeps them
         base = label.split(" (")[0]
@@ -296,7 +303,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     episodes_dir = args.results.parent / "runs" / key.replace(" (", "-").replace(")", "")
     episodes_dir.mkdir(parents=True, exist_ok=True)
     def episodes_file(label: str) -> Path:
-        return episodes_dir / (label.replace(" (", "-").replace(")", "").replace(",", "").replace(" ", "-") + ".jsonl")
+        return episodes_dir / (label_slug(label) + ".jsonl")
 
     for label, (out, _) in runs.items():
         if label not in earlier:
@@ -310,7 +317,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
-                   + (f" --grounded --grounding-protect '{args.grounding_protect}'" if args.grounded else "")
+                   + (f" --grounded --grounding-protect {shlex.quote(args.grounding_protect)}" if args.grounded else "")
                    + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
                    + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
                       f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),

@@ -124,18 +124,20 @@ class ObservationFormatter:
 
 
 def bound_commands(combinations: list[dict], limit: int) -> list[str]:
-    """At most ``limit`` commands of ScienceWorld's combinations (``{"action", "obj_ids"}``), those over
-    fewer objects first, each kept in the list's order.
+    """At most ``limit`` distinct commands of ScienceWorld's combinations (``{"action", "obj_ids"}``),
+    those over fewer objects first, returned sorted as ``get_valid_action_object_combinations()``
+    returns them (grounding's preselection breaks ties by the list's order).
 
     The list grows with the square of the objects in view: the two-object templates (``connect A to
-    B``, ``move A to B``, ``pour A in B``, ``use A on B``) made 2,395 of a kitchen's 2,911 commands, and
+    B``, ``move A to B``, ``pour A in B``, ``use A on B``) made 2,584 of a kitchen's 2,827 commands, and
     one evaluation step held 4,793, over the server's limit.  Commands over one object or none (``go
     to``, ``open``, ``pick up``, ``focus on``, ``look at``) are what most steps need and are never
-    dropped before a two-object one."""
-    if len(combinations) <= limit:
-        return [c["action"] for c in combinations]
-    order = sorted(range(len(combinations)), key=lambda i: len(combinations[i].get("obj_ids") or ()))
-    return [combinations[i]["action"] for i in sorted(order[:limit])]
+    dropped before a two-object one; among as many objects, the JVM's order decides."""
+    arity: dict[str, int] = {}
+    for c in combinations:  # a command listed twice (two referents, one name) counts once
+        arity.setdefault(c["action"], len(c.get("obj_ids") or ()))
+    kept = sorted(arity, key=arity.__getitem__)[:limit] if len(arity) > limit else arity
+    return sorted(kept)
 
 
 class ScienceWorld:
@@ -182,13 +184,18 @@ class ScienceWorld:
         """The admissible commands now (ScienceWorld's valid action-object combinations), when ``grounded``,
         at most ``max_valid_actions`` of them (``bound_commands``).
 
-        Asked for with their objects (one JSON string from the JVM): the same commands as
+        Asked for with their objects, as one JSON string from the JVM: the same commands as
         ``get_valid_action_object_combinations()``, whose py4j list of strings took 2.5-4× longer over a
-        kitchen's 2,827 (measured side by side), and the objects say which to drop over the bound."""
+        kitchen's 2,827 (measured side by side), and the objects say which to drop over the bound.  The
+        JVM writes that JSON without escaping names; should it not parse, the plain list is sent, its
+        first ``max_valid_actions`` entries."""
         if not self.grounded:
             return []
-        return bound_commands(self.env.get_valid_action_object_combinations_with_templates(),
-                              self.max_valid_actions)
+        try:
+            combinations = self.env.get_valid_action_object_combinations_with_templates()
+        except ValueError:  # json.JSONDecodeError: a name with a quote or a backslash in it
+            return sorted(set(self.env.get_valid_action_object_combinations()))[: self.max_valid_actions]
+        return bound_commands(combinations, self.max_valid_actions)
 
     def gold_actions(self) -> list[str]:
         """The gold path of the loaded variation (needs ``gold=True``)."""

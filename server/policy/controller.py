@@ -33,7 +33,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from glider.server.policy.grounding import ActionSpace, ChooseFn, ground, protected_prefixes
+from glider.server.policy.grounding import ActionSpace, ChooseFn, ground
 from glider.server.policy.modes import ADAPTER_FOR_ROLE, Role
 from glider.server.policy.prompts import (
     STOP,
@@ -95,14 +95,14 @@ class HierarchyConfig:
     guard_repeated_action: bool = True
     guard_repeated_answer: bool = False
     grounding_candidates: int = 16
-    grounding_protected: tuple[str, ...] = ()  # normalised (``protected_prefixes``)
+    grounding_protected: tuple[str, ...] = ()  # command prefixes grounding never chooses
 
     @classmethod
     def from_settings(cls, settings) -> HierarchyConfig:
         names = cls.__dataclass_fields__
         values = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
         values["mode"] = getattr(settings.mode, "value", settings.mode)
-        values["grounding_protected"] = protected_prefixes(values.get("grounding_protected", ()))
+        values["grounding_protected"] = tuple(values.get("grounding_protected", ()))
         return cls(**values)
 
 

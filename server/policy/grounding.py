@@ -21,6 +21,7 @@ grounded episodes ended on a ``focus on`` that grounding, not the model, had cho
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -90,7 +91,9 @@ class ActionSpace:
         from rapidfuzz import fuzz, process
 
         banned = normalize(exclude) if exclude else None
-        keys = [k for k in self.keys if k != banned and not is_protected(k, protected)]
+        keys = [k for k in self.keys if k != banned]
+        if protected:
+            keys = list(itertools.filterfalse(protection(protected), keys))
         if len(keys) <= limit:
             return [self.by_key[k] for k in keys]
         # whole-string similarity (normalised Indel): WRatio's partial matching preferred long commands
@@ -108,9 +111,16 @@ def protected_prefixes(prefixes: Sequence[str]) -> tuple[str, ...]:
     return tuple(key for key in map(normalize, prefixes) if key)
 
 
+def protection(prefixes: Sequence[str]) -> Callable[[str], bool]:
+    """Whether a normalised command is one of the normalised ``prefixes`` or starts with one of them as
+    whole words (one ``str.startswith`` over a tuple: thousands of commands a grounded step)."""
+    exact = frozenset(prefixes)
+    starts = tuple(p + " " for p in exact)
+    return lambda key: key in exact or key.startswith(starts)
+
+
 def is_protected(key: str, prefixes: Sequence[str]) -> bool:
-    """Whether a normalised command is one of ``prefixes``' or starts with one of them as whole words."""
-    return any(key == p or key.startswith(p + " ") for p in prefixes)
+    return protection(prefixes)(key)
 
 
 def continuation(command: str, role_is_flat: bool) -> str:
@@ -133,14 +143,17 @@ async def ground(space: ActionSpace, generated: str | None, *, query: str, promp
                  flat: bool, limit: int, choose: ChooseFn, banned: str | None = None,
                  protected: Sequence[str] = ()) -> Grounding:
     """The command to send: the generation if admissible, else the best-scored similar command
-    other than ``banned`` (the guards' useless repeat) and not ``protected`` (normalised prefixes) —
-    unless the list holds nothing else."""
+    other than ``banned`` (the guards' useless repeat) and not under a ``protected`` prefix. When the
+    list holds nothing else, the useless repeat comes before a protected command (it wastes a step;
+    the other may end the episode), and a protected command before nothing."""
     entry = space.match(generated)
     if entry is not None and (banned is None or normalize(entry) != normalize(banned)):
         return Grounding(action=entry, grounded=False)
-    candidates = (space.nearest(generated or query, limit, exclude=banned, protected=protected)
-                  or space.nearest(generated or query, limit, protected=protected)
-                  or space.nearest(query, limit))
+    text, protected = generated or query, protected_prefixes(protected)
+    candidates = (space.nearest(text, limit, exclude=banned, protected=protected)
+                  or space.nearest(text, limit, protected=protected)
+                  or space.nearest(text, limit, exclude=banned)
+                  or space.nearest(text, limit))
     if len(candidates) == 1:
         return Grounding(action=candidates[0], grounded=True, candidates=1)
     best, version = await choose(prompt, adapter, [continuation(c, flat) for c in candidates])

@@ -154,7 +154,7 @@ async def test_every_hierarchical_mode_scores_with_the_executor_s_adapter(mode):
 
 
 async def test_grounding_never_chooses_a_protected_command_but_passes_one_the_model_generated():
-    ctrl = controller(grounding_candidates=3, grounding_protected=protected_prefixes(["  Focus   ON "]))
+    ctrl = controller(grounding_candidates=3, grounding_protected=("  Focus   ON ",))  # normalised when used
     # the model prefers the irreversible command; grounding may not choose it
     scorer = Scorer(pick_up_thermometer=-2.0, focus_on_thermometer=-1.5, look_around=-9.0)
     script = Script(planner=["get the thermometer"], executor=["pick up the thermometer now; false"])
@@ -186,8 +186,34 @@ async def test_a_list_of_protected_commands_only_still_answers_one_of_them():
     assert d.action == "focus on blue box" and d.grounded
 
 
-def test_the_server_setting_reaches_the_policy_normalised(monkeypatch):
+async def test_the_useless_repeat_comes_before_a_protected_command_when_nothing_else_is_left():
+    ctrl = controller(mode="flat", grounding_protected=("focus on",))
+    state = ctrl.new_state("e", "t")
+    commands = ["look around", "focus on red box"]
+    scorer = Scorer(focus_on_red_box=-1.0, look_around=-5.0)
+    d = await ctrl.step(state, "a room", 0.0, False, Script(flat=["look around"]), valid_actions=commands,
+                        choose=scorer)
+    assert d.action == "look around" and not d.grounded
+    # the same observation came back: the guard bans the repeat, and the only other command is protected
+    d = await ctrl.step(d.state, "a room", 0.0, False, Script(flat=["look around", "look around", "look around"]),
+                        valid_actions=commands, choose=scorer)
+    assert d.action == "look around"
+
+
+async def test_among_protected_commands_only_the_guard_still_refuses_the_useless_repeat():
+    ctrl = controller(mode="flat", grounding_protected=("focus on",))
+    commands = ["focus on red box", "focus on blue box"]
+    scorer = Scorer(focus_on_red_box=-1.0, focus_on_blue_box=-5.0)
+    d = await ctrl.step(ctrl.new_state("e", "t"), "a room", 0.0, False, Script(flat=["focus on red box"]),
+                        valid_actions=commands, choose=scorer)
+    assert d.action == "focus on red box" and not d.grounded
+    d = await ctrl.step(d.state, "a room", 0.0, False, Script(flat=["focus on red box"] * 3),
+                        valid_actions=commands, choose=scorer)
+    assert d.action == "focus on blue box" and d.grounded
+
+
+def test_the_server_setting_reaches_the_policy(monkeypatch):
     from glider.server.settings import Settings
 
     monkeypatch.setenv("GLIDER_GROUNDING_PROTECTED", '["Focus  on", "eat"]')
-    assert HierarchyConfig.from_settings(Settings()).grounding_protected == ("focus on", "eat")
+    assert HierarchyConfig.from_settings(Settings()).grounding_protected == ("Focus  on", "eat")
