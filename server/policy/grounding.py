@@ -119,9 +119,6 @@ def protection(prefixes: Sequence[str]) -> Callable[[str], bool]:
     return lambda key: key in exact or key.startswith(starts)
 
 
-def is_protected(key: str, prefixes: Sequence[str]) -> bool:
-    return protection(prefixes)(key)
-
 
 def continuation(command: str, role_is_flat: bool) -> str:
     """What the model would generate to choose ``command``, up to where the command ends: the
