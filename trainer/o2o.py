@@ -67,6 +67,12 @@ class O2OConfig:
     # scoring more than ``gate_margin`` (0..1 score) below the last accepted one is rolled back.  0: no gate
     gate_episodes: int = 0
     gate_margin: float = 0.05
+    # the learning curve's own measure: after each update (and once before the first) the server plays
+    # ``eval_episodes`` greedy episodes per online family on ``eval_split``'s first variations, which
+    # online play (on ``split``) never visits; the sampled online episodes' scores say what the learner
+    # saw, these say what the policy it published does.  0: no evaluation
+    eval_episodes: int = 0
+    eval_split: str = "dev"
     critic: CriticConfig = field(default_factory=CriticConfig)
     transport: str = "rest"
     parallel: int = 2
@@ -81,6 +87,10 @@ class O2OConfig:
         """(task family, position) of the gate's episodes: the split's last variations (negative positions
         count from its end), the same for every iteration."""
         return [(task, -1 - i) for task in self.tasks for i in range(self.gate_episodes)]
+
+    def eval_schedule(self) -> list[tuple[str, int]]:
+        """(task family, position) of the greedy evaluation's episodes on ``eval_split``, the same every time."""
+        return [(task, i) for task in self.tasks for i in range(self.eval_episodes)]
 
     def schedule(self, iteration: int) -> list[tuple[str, int]]:
         """(task family, variation position) of the iteration's episodes: new variations each iteration,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -37,6 +37,14 @@ class IterationPoint:
     gate: float | None = None  # the publish gate's score of this update (None: no gate)
     rolled_back: bool = False  # the gate rejected it: the server went back to ``served``
     served: dict[str, str] = field(default_factory=dict)  # what the server serves after the iteration
+    # the greedy evaluation (O2OConfig.eval_episodes) of what the server serves after the iteration, by
+    # "family/position"; the first point also holds the offline policy's, before any update
+    eval_scores: dict[str, float] = field(default_factory=dict)
+    eval_before: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def eval_score(self) -> float | None:
+        return sum(self.eval_scores.values()) / len(self.eval_scores) if self.eval_scores else None
 
     def to_json(self) -> dict:
         return {**asdict(self), "update": self.update.to_dict()}
@@ -84,14 +92,22 @@ def read_episodes(record_dir: Path, episode_ids: Sequence[str], timeout: float =
         time.sleep(0.2)
 
 
-def gate_score(pool, cfg, server: str, games_dir: Path) -> float:
-    """The publish gate's evaluation: its fixed episodes, greedy, through the server as it serves now."""
+def greedy_scores(pool, cfg, server: str, games_dir: Path, schedule: Sequence[tuple[str, int]], split: str
+                  ) -> dict[str, float]:
+    """Fixed episodes played greedy through the server as it serves now: "family/position" -> final
+    score clipped at 0."""
     from glider.clients.play import PlayJob, play_job
 
-    jobs = [PlayJob("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir),
-                    wrap=True) for task, pos in cfg.gate_schedule()]
-    reports = list(pool.map(play_job, jobs))
-    return sum(max(0.0, r.score) for r in reports) / len(reports)
+    jobs = [PlayJob("scienceworld", task, split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir),
+                    wrap=True) for task, pos in schedule]
+    reports = pool.map(play_job, jobs)
+    return {f"{task}/{pos}": max(0.0, r.score) for (task, pos), r in zip(schedule, reports, strict=True)}
+
+
+def gate_score(pool, cfg, server: str, games_dir: Path) -> float:
+    """The publish gate's evaluation: its fixed episodes, greedy, through the server as it serves now."""
+    scores = greedy_scores(pool, cfg, server, games_dir, cfg.gate_schedule(), cfg.split)
+    return sum(scores.values()) / len(scores)
 
 
 def roll_back(learner: OnlineLearner, server: str, versions: dict[str, str], timeout: float) -> float:
@@ -126,6 +142,9 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
     with ProcessPoolExecutor(max_workers=max(1, cfg.parallel), mp_context=get_context("spawn")) as pool:
         accepted = dict(learner.start_versions)
         accepted_gate = gate_score(pool, cfg, server, games_dir) if cfg.gate_episodes else None
+        evaluate = (lambda: greedy_scores(pool, cfg, server, games_dir, cfg.eval_schedule(), cfg.eval_split)) \
+            if cfg.eval_episodes else dict
+        before = evaluate()
         for it in iterations:
             t0 = time.monotonic()
             # variations wrap around: a long (or endless) run replays the split from its start
@@ -164,7 +183,8 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
                                    episode_scores={f"{it}/{task}/{pos}": max(0.0, r.score)
                                                    for (task, pos), r in zip(schedule, reports, strict=True)},
                                    play_s=play_s, train_s=train_s, swap_s=swap_s, update=stats, gate=gate,
-                                   rolled_back=rolled_back, served=dict(accepted))
+                                   rolled_back=rolled_back, served=dict(accepted), eval_scores=evaluate(),
+                                   eval_before=before if it == 0 else {})
             curve.append(point)
             (learner.out_dir / "curve.json").write_text(json.dumps([p.to_json() for p in curve], indent=2, default=str))
             log.info("o2o %s iteration %d: score %.3f over %d episodes; published %s (swap %.1fs)", cfg.method, it,
@@ -174,27 +194,43 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
     return curve
 
 
-def curve_episodes(curve: Sequence[IterationPoint]) -> dict[tuple[str, str], float]:
-    """Every online episode's score ×100, keyed (family, schedule place) as ``glider.clients.stats`` pairs."""
-    return {(key.split("/")[1], key): 100 * score for pt in curve for key, score in pt.episode_scores.items()}
+Curve = Sequence[IterationPoint]
 
 
-def area_with_ci(curve: Sequence[IterationPoint]):
-    """The area under the curve (mean over online episodes, ×100) with its bootstrap CI, episodes
-    resampled within families (``clients.stats.bootstrap``, micro mean)."""
+def curve_episodes(curve: Curve | Mapping[int, Curve], *, greedy: bool = False) -> dict[tuple[str, str], float]:
+    """Every online episode's score ×100 (``greedy``: every greedy evaluation episode's, after each
+    update), keyed (family, schedule place) as ``glider.clients.stats`` pairs.  Several seeds' curves
+    (seed -> curve) pool their episodes, each place tagged with its seed: two methods pair on the same
+    place of the same seed."""
+    if isinstance(curve, Mapping):
+        return {(family, f"{place}/seed{seed}"): score for seed, c in curve.items()
+                for (family, place), score in curve_episodes(c, greedy=greedy).items()}
+    out = {}
+    for pt in curve:
+        scores = {f"{pt.iteration}/{k}": v for k, v in pt.eval_scores.items()} if greedy else pt.episode_scores
+        for key, score in scores.items():  # "iteration/family/position"
+            out[(key.split("/")[1], key)] = 100 * score
+    return out
+
+
+def area_with_ci(curve: Curve | Mapping[int, Curve], *, greedy: bool = False):
+    """The area under the curve (mean over its episodes, ×100) with its bootstrap CI, episodes
+    resampled within families (``clients.stats.bootstrap``, micro mean).  Over several seeds the
+    episodes of one run are not independent (one learner made them): the CI is a lower bound on the
+    spread between runs."""
     from glider.clients.stats import bootstrap
 
     by_family: dict[str, list[float]] = {}
-    for (family, _), score in curve_episodes(curve).items():
+    for (family, _), score in curve_episodes(curve, greedy=greedy).items():
         by_family.setdefault(family, []).append(score)
     return bootstrap(by_family, "micro")
 
 
-def paired_area(a: Sequence[IterationPoint], b: Sequence[IterationPoint]):
+def paired_area(a: Curve | Mapping[int, Curve], b: Curve | Mapping[int, Curve], *, greedy: bool = False):
     """AUC(B) − AUC(A) over the schedule places both played, with its paired bootstrap CI."""
     from glider.clients.stats import paired
 
-    return paired(curve_episodes(a), curve_episodes(b), "micro")
+    return paired(curve_episodes(a, greedy=greedy), curve_episodes(b, greedy=greedy), "micro")
 
 
 def area_under_curve(curve: Sequence[IterationPoint]) -> float:

@@ -246,6 +246,10 @@ def train_o2o(
                                               "update (0: no gate).", O2O.gate_episodes)] = None,
     gate_margin: Annotated[float | None, _opt("Publish gate: roll an update back when its score (0..1) falls "
                                               "this much below the last accepted one.", O2O.gate_margin)] = None,
+    eval_episodes: Annotated[int | None, _opt("Greedy episodes per online family on --eval-split after each "
+                                              "update: the curve of what is published (0: none).",
+                                              O2O.eval_episodes)] = None,
+    eval_split: Annotated[str | None, _opt("Whose variations the greedy evaluation plays.", O2O.eval_split)] = None,
     offline: Annotated[bool, typer.Option(help="Interleave the expert data (--data) with the online episodes.")]
     = True,
     data: Annotated[Path | None, typer.Option(help="Expert trajectory cache.")] = None,
@@ -285,6 +289,8 @@ def train_o2o(
         raise typer.BadParameter("a share in [0, 1)", param_hint="--offline-share")
     if gate_episodes is not None and gate_episodes < 0:
         raise typer.BadParameter("0 (no gate) or more", param_hint="--gate-episodes")
+    if eval_episodes is not None and eval_episodes < 0:
+        raise typer.BadParameter("0 (no evaluation) or more", param_hint="--eval-episodes")
     s = settings(model=model, adapters=adapters)
     mode = getattr(s.mode, "value", s.mode)
     offline_trajs = []
@@ -297,8 +303,9 @@ def train_o2o(
                 updates_per_episode=updates_per_episode, critic_steps=critic_steps, adapt_executor=adapt_executor,
                 actor_lr=actor_lr, critic=given(defaults.critic, seed=seed), parallel=parallel, seed=seed,
                 temperature=temperature, offline_share=offline_share, gate_episodes=gate_episodes,
-                gate_margin=gate_margin)
-    table = Table("iteration", "episodes", "score", "published", "gate", "serving", "play s", "train s", "swap s")
+                gate_margin=gate_margin, eval_episodes=eval_episodes, eval_split=eval_split)
+    table = Table("iteration", "episodes", "score", "published", "gate", "greedy eval", "serving", "play s",
+                  "train s", "swap s")
 
     def show(point) -> None:
         verdict = " (rolled back)" if point.rolled_back else ""
@@ -306,6 +313,7 @@ def train_o2o(
         table.add_row(str(point.iteration), str(point.episodes), f"{100 * point.score:.1f}",
                       " ".join(f"{k}@{v}" for k, v in point.versions.items()),
                       "-" if point.gate is None else f"{100 * point.gate:.1f}{verdict}",
+                      "-" if point.eval_score is None else f"{100 * point.eval_score:.1f}",
                       " ".join(f"{k}@{v}" for k, v in point.served.items()), f"{point.play_s:.0f}",
                       f"{point.train_s:.0f}", f"{point.swap_s:.1f}")
 

@@ -72,11 +72,14 @@ def test_the_publish_gate_rolls_back_a_rejected_update(swap_server, swap_registr
     restored = {k: v for k, v in learner.models["planner"].state_dict().items() if "lora" in k}
     assert restored.keys() == start.keys() and all(torch.equal(restored[k], start[k]) for k in start)
 
-    # a gate that accepts anything (margin beyond the range) keeps the update
-    cfg.gate_margin = 2.0
+    # a gate that accepts anything (margin beyond the range) keeps the update; the greedy evaluation plays
+    # its dev variation before the update and after it
+    cfg.gate_margin, cfg.eval_episodes = 2.0, 1
     keep = OnlineLearner(backbone_dir, swap_registry, cfg, offline=[gold_trajectory], out_dir=tmp_path / "keep")
     (kept,) = run_o2o(swap_server.url, swap_server.record_dir, keep)
     assert not kept.rolled_back and registry.current_version("planner") == kept.versions["planner"] != before
+    assert kept.eval_scores.keys() == kept.eval_before.keys() == {"find-plant/0"}
+    assert 0.0 <= kept.eval_score <= 1.0
 
 
 def _greedy_subgoal(server: str, observation: str, task: str) -> str:

@@ -341,6 +341,8 @@ def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
     assert bad_tasks.exit_code == 2 and "find-unicorn" in bad_tasks.output
     bad_iterations = runner.invoke(app, ["train", "o2o", "--iterations", "-1"])
     assert bad_iterations.exit_code == 2 and "until stopped" in bad_iterations.output
+    bad_eval = runner.invoke(app, ["train", "o2o", "--eval-episodes", "-1"])
+    assert bad_eval.exit_code == 2 and "no evaluation" in bad_eval.output
     bad_eps = runner.invoke(app, ["data", "collect", "--perturb", "1.5", "--out", str(tmp_path)])
     assert bad_eps.exit_code == 2 and "[0, 1)" in bad_eps.output
 
@@ -376,6 +378,29 @@ def test_area_with_ci_and_paired_difference_over_the_same_schedule():
     assert diff.mean == pytest.approx(10.0) and diff.low == pytest.approx(10.0) and diff.high == pytest.approx(10.0)
 
 
+def test_seeds_pool_their_episodes_and_pair_place_by_place_and_the_greedy_curve_is_its_own():
+    from glider.trainer.online import IterationPoint, area_with_ci, curve_episodes, paired_area
+
+    def curve(online: float, greedy: float):
+        return [IterationPoint(iteration=i, episodes=2 * (i + 1), score=online, best=online, tasks={}, versions={},
+                               play_s=0, train_s=0, swap_s=0,
+                               episode_scores={f"{i}/boil/{2 * i}": online, f"{i}/melt/{2 * i}": online},
+                               eval_scores={"boil/0": greedy, "melt/0": greedy}) for i in range(2)]
+
+    a = {0: curve(0.1, 0.2), 1: curve(0.3, 0.4)}
+    b = {0: curve(0.2, 0.2), 1: curve(0.3, 0.6)}
+    pooled = curve_episodes(a)
+    assert len(pooled) == 8 and pooled[("boil", "1/boil/2/seed1")] == pytest.approx(30.0)
+    greedy = curve_episodes(a, greedy=True)  # the greedy places carry their iteration: 2 evaluations per seed
+    assert len(greedy) == 8 and greedy[("melt", "1/melt/0/seed0")] == pytest.approx(20.0)
+    assert area_with_ci(a).mean == pytest.approx(20.0) and area_with_ci(a, greedy=True).mean == pytest.approx(30.0)
+    # seed 0 gains 10 online and nothing greedy; seed 1 nothing online and 20 greedy: paired place by place
+    online, on_greedy = paired_area(a, b).difference, paired_area(a, b, greedy=True).difference
+    assert online.mean == pytest.approx(5.0) and online.episodes == 8
+    assert on_greedy.mean == pytest.approx(10.0) and 0.0 <= on_greedy.low < 10.0 < on_greedy.high <= 20.0
+    assert curve(0.1, 0.5)[0].eval_score == pytest.approx(0.5)
+
+
 def test_curves_written_by_earlier_versions_load_with_the_learners_report():
     from glider.trainer.o2o import ActorUpdate, CriticUpdate
     from glider.trainer.online import IterationPoint
@@ -396,6 +421,6 @@ def test_curves_written_by_earlier_versions_load_with_the_learners_report():
         # written back in today's layout: the learner's report under "update", and the fields curves gained
         # since (per-episode scores, the publish gate) at their defaults
         assert point.to_json() == {**layouts[1], "episode_scores": {}, "gate": None, "rolled_back": False,
-                                   "served": {}}
+                                   "served": {}, "eval_scores": {}, "eval_before": {}}
     nothing = IterationPoint.from_json({**base, "update": {"new_episodes": 0}})
     assert nothing.to_json()["update"] == {"new_episodes": 0}
