@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -171,6 +172,9 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     p.add_argument("--page", type=Path, default=ROOT / "docs" / "results.md")
     args = p.parse_args()
+    # the trainer's progress (ORL's critic rounds: does the critic rank the data?) as it happens
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("glider.trainer").setLevel(logging.INFO)
     recipe = Recipe.full(args.sft_minutes, args.warmup_minutes) if args.recipe == "full" else Recipe.named(args.recipe)
     args.home = args.home or ROOT / ".glider" / f"quality-{recipe.name}"
     args.home.mkdir(parents=True, exist_ok=True)

@@ -329,9 +329,11 @@ class _CriticRounds:
             r = critic_round(self.model, d, epoch, self.pad_id, self.cfg, progress=self.progress)
             self.reports[role].rounds.append(r)
             rho = r.heldout.rank_correlation if r.heldout else None
-            log.info("%s/%s round %d: critic %s, advantage %.3f±%.3f, ESS %.2f, held-out ρ(A, G) %s", self.name,
-                     role, epoch, r.critic_loss, r.weights.advantage_mean, r.weights.advantage_std,
-                     r.weights.effective_sample_size, "-" if rho is None else f"{rho:.2f}")
+            sources = ", ".join(f"{k} {g.advantage_mean:+.3f}±{g.advantage_std:.3f} (w {g.weight_mean:.2f})"
+                                for k, g in r.by_source.items())
+            log.info("%s/%s round %d: critic %s, advantage %.3f±%.3f, ESS %.2f, held-out ρ(A, G) %s; by source: %s",
+                     self.name, role, epoch, r.critic_loss, r.weights.advantage_mean, r.weights.advantage_std,
+                     r.weights.effective_sample_size, "-" if rho is None else f"{rho:.2f}", sources)
 
 
 def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, cfg: ORLConfig, *,
