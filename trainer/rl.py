@@ -22,11 +22,11 @@ class RLMethod(str, Enum):
 class CriticConfig:
     kind: RLMethod = RLMethod.glider
     gamma: float = 0.99
-    expectile: float = 0.9  # τ (the paper's configs: 0.95 and 0.75); awac uses 0.5
+    expectile: float = 0.95  # τ, the authors' default (0.75 in their other configs); awac uses 0.5
     lam: float = 0.1  # λ, the advantage temperature (rewards are on ScienceWorld's 0..1 score scale)
     max_weight: float = 20.0  # w_max
     normalize: bool = True  # rescale the actor's weights to mean 1 over the data (same step size as SFT)
-    polyak: float = 0.05  # ρ (the released code: 0.2)
+    polyak: float = 0.2  # ρ, the authors' rate
     lr: float = 3e-4
     hidden: int = 256
     batch_size: int = 256
