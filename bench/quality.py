@@ -204,7 +204,9 @@ def main() -> None:
         return
     runs: dict[str, tuple[Path, Summary]] = {}
     pinned = len(agents) > len(modes)  # several agents of one mode share the registry: serve each from a copy
-    wanted = [(label, label.split("+")[0], {}) for label in agents]
+    # each mode's agents together, SFT first: a run cut off has its first mode's paired SFT → ORL reading
+    wanted = [(label, label.split("+")[0], {})
+              for label in sorted(agents, key=lambda lab: (modes.index(lab.split("+")[0]), lab))]
     if "separate" in modes:
         wanted += [(f"separate (repeat {k})", "separate", {}) for k in range(2, args.repeat + 1)]
         if args.guards_off:
