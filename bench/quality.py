@@ -164,6 +164,8 @@ def main() -> None:
                    help="also ORL from a fresh LoRA for the separate mode (the 'ORL only' row)")
     p.add_argument("--orl-minutes", type=float, default=20.0, help="ORL: the actor's time box per mode")
     p.add_argument("--orl-epochs", type=float, default=4.0, help="ORL: actor epochs (a critic round before each)")
+    p.add_argument("--orl-critic", default="{}",
+                   help='ORL: CriticConfig fields as JSON, e.g. \'{"advantage": "mc", "expectile": 0.5}\'')
     p.add_argument("--perturb", type=float, default=0.2,
                    help="ORL data: perturbed replays of the recipe's variations at this ε (0: none)")
     p.add_argument("--medium-minutes", type=float, default=9.0,
@@ -255,19 +257,25 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
     from glider.server.policy.controller import HierarchyConfig
     from glider.trainer.data.hierarchy import SegmentationConfig
     from glider.trainer.orl import ORLConfig, run_orl
+    from glider.trainer.rl import CriticConfig
     from glider.trainer.training import TrainConfig
 
     s = settings(home=args.home, mode=mode)
     out = args.home / "runs" / f"orl-{mode}-{init}"
     metrics_file = out / "orl_metrics.json"
     started = {name: v for name, v in sft_versions.items()} if init == "sft" else {}
-    if metrics_file.is_file():
+    critic = json.loads(json.dumps(dataclasses.asdict(CriticConfig(**json.loads(args.orl_critic))), default=str))
+    if metrics_file.is_file():  # a finished run of the same start and critic is reused
         metrics = json.loads(metrics_file.read_text())
         versions = {name: a.get("published") for name, a in metrics["adapters"].items()}
-        if all(versions.values()) and metrics.get("started_from", {}) == started:
+        same_critic = {**critic, **metrics.get("config", {}).get("critic", {})} == critic
+        if all(versions.values()) and metrics.get("started_from", {}) == started and same_critic:
             return versions, orl_figures(metrics, 0.0)
+        if not same_critic:  # another critic's run: its checkpoints must not resume this one
+            shutil.rmtree(out)
     t0 = time.monotonic()
     cfg = ORLConfig(mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
+                    critic=CriticConfig(**json.loads(args.orl_critic)),
                     actor=TrainConfig(lr=5e-4 if init == "sft" else 2e-3, epochs=args.orl_epochs,
                                       batch_tokens=2048, warmup_steps=5, max_minutes=args.orl_minutes))
     report = run_orl(s.model_dir(), trajs, out, cfg, registry=s.adapters_dir(), make_current=False,
@@ -326,6 +334,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --grounded --grounding-protect {shlex.quote(args.grounding_protect)}" if args.grounded else "")
                    + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
                    + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
+                      f" --orl-critic {shlex.quote(args.orl_critic)}"
                       f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},

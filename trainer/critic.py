@@ -14,6 +14,12 @@ The equations, each next to its code below:
     θ̄ ← (1 − ρ)·θ̄ + ρ·θ                                                  (Polyak, ``polyak_update``)
     A = Q_φ̄(s, u) − V_ψ(s),   w = min(exp(A / λ), w_max)                   (``awr_weights``)
 
+or, with ``CriticConfig.advantage = "mc"``, no Q at all: V_ψ is fitted by the same expectile loss to
+the return G the decision actually led to (``observed_returns``: r + γ^k G_next along its episode),
+and A = G − V_ψ(s), the AWR of Peng et al. (2019) with Monte-Carlo returns.  Offline every episode
+is complete, so G is known; it carries the outcome without the bootstrapping error of a TD critic
+on small data.
+
 k is how many environment steps the decision spanned (a subgoal's segment
 length at the high level: a semi-MDP discount; 1 for actions), d whether its
 level's episode ended there (an executor episode ends with its subgoal).  With
@@ -97,6 +103,7 @@ class Transitions:
     discount: torch.Tensor
     done: torch.Tensor
     next: torch.Tensor
+    returns: torch.Tensor  # G, each decision's observed discounted return along its episode
 
     def __len__(self) -> int:
         return self.reward.numel()
@@ -111,7 +118,7 @@ class Transitions:
                    reward=torch.tensor([d.reward * reward_scale for d in decisions], dtype=torch.float32),
                    discount=torch.tensor([gamma ** d.steps for d in decisions], dtype=torch.float32),
                    done=torch.tensor([1.0 if d.done or d.next < 0 else 0.0 for d in decisions]),
-                   next=nxt)
+                   next=nxt, returns=observed_returns(decisions, gamma) * reward_scale)
 
     @classmethod
     def concat(cls, parts: Sequence[Transitions]) -> Transitions:
@@ -121,7 +128,7 @@ class Transitions:
             at += len(p)
         return cls(state=torch.cat([p.state for p in parts]), utterance=torch.cat([p.utterance for p in parts]),
                    reward=torch.cat([p.reward for p in parts]), discount=torch.cat([p.discount for p in parts]),
-                   done=torch.cat([p.done for p in parts]),
+                   done=torch.cat([p.done for p in parts]), returns=torch.cat([p.returns for p in parts]),
                    next=torch.cat([torch.where(p.next >= 0, p.next + o, p.next) for p, o in zip(parts, offsets,
                                                                                                  strict=True)]))
 
@@ -162,7 +169,7 @@ class Critic(nn.Module):
         self.cfg = cfg
         self.v = value_head(dim, cfg.hidden)
         self.v_target = copy.deepcopy(self.v).requires_grad_(False)
-        self.q = value_head(dim, cfg.hidden) if cfg.kind != "ac" else None
+        self.q = value_head(dim, cfg.hidden) if cfg.kind != "ac" and cfg.advantage == "td" else None
         self.q_target = copy.deepcopy(self.q).requires_grad_(False) if self.q is not None else None
         self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=cfg.lr)
 
@@ -170,8 +177,14 @@ class Critic(nn.Module):
     def tau(self) -> float:
         return 0.5 if self.cfg.kind == "awac" else self.cfg.expectile
 
+    @property
+    def monte_carlo(self) -> bool:
+        return self.cfg.advantage == "mc" and self.cfg.kind != "ac"
+
     def losses(self, data: Transitions, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         s, u = data.state[idx], data.utterance[idx]
+        if self.monte_carlo:  # V_ψ(s) to the observed return's τ-expectile
+            return {"v_loss": expectile_loss(data.returns[idx] - self.v(s).squeeze(-1), self.tau)}
         nxt = data.next[idx]
         with torch.no_grad():  # V_ψ̄(s') from the target head; 0 where there is no s'
             next_state = data.state[nxt.clamp(min=0)]
@@ -215,6 +228,8 @@ class Critic(nn.Module):
 
     @torch.no_grad()
     def advantages(self, data: Transitions) -> torch.Tensor:
+        if self.monte_carlo:  # A = G − V(s)
+            return data.returns - self.v(data.state).squeeze(-1)
         if self.q is None:  # δ = r + γ^k V̄(s') − V(s)
             next_v = self.v_target(data.state[data.next.clamp(min=0)]).squeeze(-1) * (data.next >= 0)
             return td_target(data.reward, next_v, data.done, data.discount) - self.v(data.state).squeeze(-1)

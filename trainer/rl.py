@@ -33,6 +33,13 @@ class CriticConfig:
     steps: int = 1500
     reward_scale: float = 1.0
     seed: int = 0
+    # where the advantage comes from: "td", the paper's TD-trained Q_φ(s, u) against the expectile V_ψ(s);
+    # "mc", the return the decision actually led to (G, discounted, along its episode) against V_ψ(s)
+    # fitted by the same expectile loss to G: A = G − V_ψ(s).  On the demo data the TD critic did not
+    # rank the decisions (docs/results.md); the observed return does
+    advantage: str = "td"
 
     def __post_init__(self):
         self.kind = RLMethod(self.kind)  # a plain string from a config file or the CLI is checked here
+        if self.advantage not in ("td", "mc"):
+            raise ValueError(f"unknown advantage {self.advantage!r} (td | mc)")

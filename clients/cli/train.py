@@ -161,6 +161,8 @@ def train_orl(
     polyak: Annotated[float | None, _opt("", CRITIC.polyak)] = None,
     critic_steps: Annotated[int | None, _opt("", CRITIC.steps)] = None,
     critic_lr: Annotated[float | None, _opt("", CRITIC.lr)] = None,
+    advantage: Annotated[str | None, _opt("td: the paper's TD-trained Q against the expectile V; mc: the "
+                                          "decision's observed return against V.", CRITIC.advantage)] = None,
     step_cost: Annotated[float | None, _opt("κ: the executor's intrinsic cost per step.",
                                             ORL.executor_reward.step_cost)] = None,
     heldout_fraction: Annotated[float | None, _opt("Variations kept out to check the critic's ranking on.",
@@ -184,6 +186,8 @@ def train_orl(
 
     if init not in ("sft", "scratch"):
         raise typer.BadParameter("sft | scratch", param_hint="--init")
+    if advantage is not None and advantage not in ("td", "mc"):
+        raise typer.BadParameter("td | mc", param_hint="--advantage")
     mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
     if perturbed is None and perturbed_root(None).is_dir():
@@ -196,6 +200,7 @@ def train_orl(
                 heldout_fraction=heldout_fraction,
                 executor_reward=given(defaults.executor_reward, step_cost=step_cost),
                 critic=given(defaults.critic, expectile=expectile, lam=lam, max_weight=max_weight, gamma=gamma,
+                             advantage=advantage,
                              polyak=polyak, steps=critic_steps, lr=critic_lr, seed=seed),
                 actor=given(defaults.actor, epochs=epochs, lr=lr, batch_tokens=batch_tokens, grad_accum=grad_accum,
                             max_minutes=max_minutes, max_steps=max_steps, seed=seed))

@@ -88,6 +88,29 @@ def test_critic_learns_a_chain_by_td_and_the_advantage_ranks_actions():
     assert weights[1] > 10 * weights[3] and weights.mean().item() == pytest.approx(1.0)
 
 
+def test_monte_carlo_advantage_is_the_observed_return_against_an_expectile_v():
+    """The same chain, advantage "mc": no Q head; V(s) is the τ-expectile of the returns that left s, and
+    A = G − V(s) ranks good above bad at s1 and gives each s0 decision its own episode's outcome."""
+    eye = torch.eye(4)
+    state = torch.stack([eye[0], eye[1], eye[0], eye[1]])
+    decisions = [Decision(0.0, False, 1, next=1), Decision(1.0, True), Decision(0.0, False, 1, next=3),
+                 Decision(0.0, True)]
+    data = Transitions.build(state, state, decisions, gamma=0.9)
+    assert data.returns.tolist() == pytest.approx([0.9, 1.0, 0.0, 0.0])
+    for tau, v1 in ((0.5, 0.5), (0.8, 0.8)):  # the τ-expectile of {1, 0}: τ
+        critic = Critic(4, CriticConfig(advantage="mc", expectile=tau, steps=3000, lr=3e-3, hidden=32, batch_size=4))
+        assert critic.q is None
+        critic.fit(data)
+        with torch.no_grad():
+            v = critic.v(data.state).squeeze(-1)
+        assert v[1].item() == pytest.approx(v1, abs=0.05) and v[0].item() == pytest.approx(0.9 * v1, abs=0.05)
+        adv = critic.advantages(data)
+        assert adv.tolist() == pytest.approx((data.returns - v).tolist())
+        assert adv[1] > 0 > adv[3] and adv[0] > 0 > adv[2]
+    with pytest.raises(ValueError, match="td | mc"):
+        CriticConfig(advantage="bootstrap")
+
+
 def test_ac_critic_uses_the_td_error_as_advantage():
     eye = torch.eye(2)
     data = Transitions.build(eye, eye, [Decision(1.0, True), Decision(0.0, True)], gamma=0.99)
@@ -341,6 +364,8 @@ def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
     assert bad_tasks.exit_code == 2 and "find-unicorn" in bad_tasks.output
     bad_iterations = runner.invoke(app, ["train", "o2o", "--iterations", "-1"])
     assert bad_iterations.exit_code == 2 and "until stopped" in bad_iterations.output
+    bad_advantage = runner.invoke(app, ["train", "orl", "--advantage", "bootstrap"])
+    assert bad_advantage.exit_code == 2 and "td | mc" in bad_advantage.output
     bad_eval = runner.invoke(app, ["train", "o2o", "--eval-episodes", "-1"])
     assert bad_eval.exit_code == 2 and "no evaluation" in bad_eval.output
     bad_eps = runner.invoke(app, ["data", "collect", "--perturb", "1.5", "--out", str(tmp_path)])
