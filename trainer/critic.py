@@ -167,9 +167,13 @@ class Critic(nn.Module):
     def __init__(self, dim: int, cfg: CriticConfig):
         super().__init__()
         self.cfg = cfg
-        self.v = value_head(dim, cfg.hidden)
+        # the heads' initialisation from the config's seed, not from whatever the global generator went
+        # through before (a model load, a data loader): the TD critic's fit depends on it (docs/results.md)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.v = value_head(dim, cfg.hidden)
+            self.q = value_head(dim, cfg.hidden) if cfg.kind != "ac" and cfg.advantage == "td" else None
         self.v_target = copy.deepcopy(self.v).requires_grad_(False)
-        self.q = value_head(dim, cfg.hidden) if cfg.kind != "ac" and cfg.advantage == "td" else None
         self.q_target = copy.deepcopy(self.q).requires_grad_(False) if self.q is not None else None
         self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=cfg.lr)
 

@@ -176,6 +176,9 @@ class HeldOutRanking:
     decisions: int
     rank_correlation: float | None
     advantage_mean: float = 0.0
+    # ρ(V(s), G): whether the value head generalises to states it never saw.  With the Monte-Carlo
+    # advantage A = G − V(s), ρ(A, G) is large by construction and this is the held-out check
+    value_correlation: float | None = None
 
 
 @dataclass
@@ -267,6 +270,7 @@ def critic_and_weights(model, sequences: Sequence[TokenSequence], decisions, pad
 def heldout_ranking(model, critic, sequences: Sequence[TokenSequence], decisions: Sequence[Decision], pad_id: int,
                     cfg: CriticConfig) -> HeldOutRanking | None:
     """Spearman's ρ of the critic's A with the observed return G on decisions it never trained on."""
+    import torch
     from glider.trainer.critic import (
         Transitions,
         decision_features,
@@ -280,8 +284,10 @@ def heldout_ranking(model, critic, sequences: Sequence[TokenSequence], decisions
     data = Transitions.build(state, utterance, decisions, cfg.gamma, cfg.reward_scale)
     adv = critic.advantages(data)
     returns = observed_returns(decisions, cfg.gamma) * cfg.reward_scale
+    with torch.no_grad():
+        value = critic.v(data.state).squeeze(-1)
     return HeldOutRanking(decisions=len(decisions), rank_correlation=rank_correlation(adv, returns),
-                          advantage_mean=float(adv.mean()))
+                          advantage_mean=float(adv.mean()), value_correlation=rank_correlation(value, returns))
 
 
 @dataclass
@@ -329,11 +335,13 @@ class _CriticRounds:
             r = critic_round(self.model, d, epoch, self.pad_id, self.cfg, progress=self.progress)
             self.reports[role].rounds.append(r)
             rho = r.heldout.rank_correlation if r.heldout else None
+            rho_v = r.heldout.value_correlation if r.heldout else None
             sources = ", ".join(f"{k} {g.advantage_mean:+.3f}±{g.advantage_std:.3f} (w {g.weight_mean:.2f})"
                                 for k, g in r.by_source.items())
-            log.info("%s/%s round %d: critic %s, advantage %.3f±%.3f, ESS %.2f, held-out ρ(A, G) %s; by source: %s",
-                     self.name, role, epoch, r.critic_loss, r.weights.advantage_mean, r.weights.advantage_std,
-                     r.weights.effective_sample_size, "-" if rho is None else f"{rho:.2f}", sources)
+            log.info("%s/%s round %d: critic %s, advantage %.3f±%.3f, ESS %.2f, held-out ρ(A, G) %s, ρ(V, G) %s; "
+                     "by source: %s", self.name, role, epoch, r.critic_loss, r.weights.advantage_mean,
+                     r.weights.advantage_std, r.weights.effective_sample_size, "-" if rho is None else f"{rho:.2f}",
+                     "-" if rho_v is None else f"{rho_v:.2f}", sources)
 
 
 def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, cfg: ORLConfig, *,
