@@ -151,6 +151,8 @@ def main() -> None:
     p.add_argument("--eval-episodes", type=int, default=0,
                    help="greedy episodes per held-out family on dev variations after each update; 0: none")
     p.add_argument("--offline-per-task", type=int, default=2, help="expert trajectories interleaved per family")
+    p.add_argument("--critic", default="{}", help='CriticConfig fields as JSON, e.g. \'{"advantage": "mc"}\' '
+                                                  "(the method sets the update rule)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--report-only", action="store_true", help="redraw the report from the finished runs")
     args = p.parse_args()
@@ -202,7 +204,7 @@ def play(args, s, model: Path, base_registry: Path, method: str, seed: int, onli
         cfg = O2OConfig(method=method, tasks=online, iterations=args.iterations,
                         episodes_per_iteration=args.episodes, max_steps=args.max_steps,
                         updates_per_episode=args.updates_per_episode, actor_lr=args.actor_lr,
-                        critic=CriticConfig(seed=seed), parallel=2, seed=seed,
+                        critic=CriticConfig(**{**json.loads(args.critic), "seed": seed}), parallel=2, seed=seed,
                         temperature=args.temperature or None, offline_share=args.offline_share,
                         adapt_executor=args.adapt_executor, eval_episodes=args.eval_episodes)
         learner = OnlineLearner(model, registry, cfg, offline=offline, out_dir=run,
@@ -235,7 +237,8 @@ def report(curves: dict[str, Runs], timings, out: Path, args, online, offline_ta
              f"{args.episodes} episodes sampled at temperature {args.temperature:g}, {args.max_steps}-step cap, "
              f"≤{args.updates_per_episode} updates per episode, actor lr {args.actor_lr:g}, executor "
              f"{'adapted' if args.adapt_executor else 'frozen'}, offline share {args.offline_share:g} of "
-             f"{len(offline)} expert trajectories); seeds {', '.join(str(k) for k in next(iter(curves.values())))}."
+             f"{len(offline)} expert trajectories, critic {args.critic}); seeds "
+             f"{', '.join(str(k) for k in next(iter(curves.values())))}."
              + (f" Greedy evaluation: {args.eval_episodes} dev variations per family after each update." if greedy
                 else "") + " Score: final score clipped at 0, ×100; AUC: mean over the episodes, 95 % bootstrap CI "
              "(episodes resampled within families; a run's episodes share one learner, so it understates the "
