@@ -194,37 +194,38 @@ def main() -> None:
     registry = AdapterRegistry(settings(home=args.home).adapters_dir())
     agents = {mode: {name: registry.current_version(name) for name in ADAPTER_ROLES[mode]} for mode in modes}
     orl: dict[str, dict] = {}
-    if args.orl or args.orl_scratch:
-        orl_data = orl_trajectories(args, recipe)
-        for mode in modes:
-            inits = (["sft"] if args.orl else []) + (["scratch"] if args.orl_scratch and mode == "separate" else [])
-            for init in inits:
-                label = f"{mode}+orl" + ("-scratch" if init == "scratch" else "")
-                agents[label], orl[label] = train_orl(args, orl_data, mode, init, agents[mode])
-    if args.skip_eval:
-        print(json.dumps({"sft": training, "orl": orl}, indent=2))
-        return
-    runs: dict[str, tuple[Path, Summary]] = {}
-    pinned = len(agents) > len(modes)  # several agents of one mode share the registry: serve each from a copy
-    # each mode's agents together, SFT first: a run cut off has its first mode's paired SFT → ORL reading
-    wanted = [(label, label.split("+")[0], {})
-              for label in sorted(agents, key=lambda lab: (modes.index(lab.split("+")[0]), lab))]
+    orl_data = orl_trajectories(args, recipe) if args.orl or args.orl_scratch else None
+    # each mode's ORL agents are trained just before they are evaluated, after the mode's SFT agent: a
+    # run cut off (a session's end) already has its first mode's paired SFT → ORL reading
+    per_mode = {mode: [(f"{mode}+orl" + ("-scratch" if init == "scratch" else ""), init)
+                       for init in (["sft"] if args.orl else [])
+                       + (["scratch"] if args.orl_scratch and mode == "separate" else [])]
+                for mode in modes} if orl_data is not None else {mode: [] for mode in modes}
+    wanted = [(label, mode, {}, init) for mode in modes for label, init in [(mode, None), *per_mode[mode]]]
     if "separate" in modes:
-        wanted += [(f"separate (repeat {k})", "separate", {}) for k in range(2, args.repeat + 1)]
+        wanted += [(f"separate (repeat {k})", "separate", {}, None) for k in range(2, args.repeat + 1)]
         if args.guards_off:
-            wanted.append(("separate (guards off)", "separate", GUARDS_OFF))
+            wanted.append(("separate (guards off)", "separate", GUARDS_OFF, None))
     if args.grounded:  # their own rows, compared paired with the free agent: never mixed into its score
         protect = [x.strip() for x in args.grounding_protect.split(",") if x.strip()]
         # the prefixes are in the label, so the run directory of one set is never resumed for another
         grounded = (f"grounded, {' + '.join(protect)} protected", {"GLIDER_GROUNDING_PROTECTED": json.dumps(protect)}) \
             if protect else ("grounded", {})
-        wanted += [(f"{mode} ({grounded[0]})", mode, grounded[1]) for mode in modes]
-    for label, mode, env in wanted:  # the figures are written after each run: a cut-off run keeps them
+        wanted += [(f"{mode} ({grounded[0]})", mode, grounded[1], None) for mode in modes]
+    runs: dict[str, tuple[Path, Summary]] = {}
+    pinned = orl_data is not None  # several agents of one mode share the registry: serve each from a copy
+    for label, mode, env, init in wanted:  # the figures are written after each run: a cut-off run keeps them
+        if init is not None:
+            agents[label], orl[label] = train_orl(args, orl_data, mode, init, agents[mode])
+        if args.skip_eval:
+            continue
         base = label.split(" (")[0]
         view = registry.pinned_copy(agents[base], args.home / "pinned" / base.replace("+", "-")).root if pinned \
             else None
         runs[label] = evaluate(args, plan, mode, label, env, registry=view, grounded="(grounded" in label)
         record(args, recipe, plan, training, runs, orl)
+    if args.skip_eval:
+        print(json.dumps({"sft": training, "orl": orl}, indent=2))
 
 
 def orl_trajectories(args, recipe: Recipe) -> list:
