@@ -88,7 +88,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from glider.trainer.critic import Critic, Transitions, observed_returns, rank_correlation
+    from glider.trainer.critic import Critic, Transitions, rank_correlation
     from glider.trainer.orl import by_source, weight_stats
     from glider.trainer.rl import CriticConfig
 
@@ -105,13 +105,13 @@ def main() -> None:
         critic = Critic(data.state.size(-1), cfg)
         losses = critic.fit(data)
         adv = critic.advantages(data)
-        stats = weight_stats(adv, critic.actor_weights(data, adv), cfg)
-        rho = [rank_correlation(a, observed_returns(d, cfg.gamma))
-               for a, d in ((adv, decisions), (critic.advantages(held), held_decisions))]
+        weights = critic.actor_weights(data, adv)
+        stats = weight_stats(adv, weights, cfg)
+        rho = [rank_correlation(adv, data.returns), rank_correlation(critic.advantages(held), held.returns)]
         with torch.no_grad():
-            rho_v = rank_correlation(critic.v(held.state).squeeze(-1), observed_returns(held_decisions, cfg.gamma))
+            rho_v = rank_correlation(critic.v(held.state).squeeze(-1), held.returns)
         groups = " ".join(f"{k} {g.advantage_mean:+.3f} ({g.weight_mean:.2f})"
-                          for k, g in by_source(decisions, adv, critic.actor_weights(data, adv)).items())
+                          for k, g in by_source(decisions, adv, weights).items())
         changed = {k: v for k, v in dataclasses.asdict(cfg).items() if v != getattr(CriticConfig(), k)}
         print(f"| {json.dumps(changed, default=str) if changed else 'defaults'} | "
               + " ".join(f"{k} {v:.4f}" for k, v in losses.items())

@@ -271,23 +271,17 @@ def heldout_ranking(model, critic, sequences: Sequence[TokenSequence], decisions
                     cfg: CriticConfig) -> HeldOutRanking | None:
     """Spearman's ρ of the critic's A with the observed return G on decisions it never trained on."""
     import torch
-    from glider.trainer.critic import (
-        Transitions,
-        decision_features,
-        observed_returns,
-        rank_correlation,
-    )
+    from glider.trainer.critic import Transitions, decision_features, rank_correlation
 
     if not decisions:
         return None
     state, utterance = decision_features(model, sequences, pad_id)
     data = Transitions.build(state, utterance, decisions, cfg.gamma, cfg.reward_scale)
     adv = critic.advantages(data)
-    returns = observed_returns(decisions, cfg.gamma) * cfg.reward_scale
     with torch.no_grad():
         value = critic.v(data.state).squeeze(-1)
-    return HeldOutRanking(decisions=len(decisions), rank_correlation=rank_correlation(adv, returns),
-                          advantage_mean=float(adv.mean()), value_correlation=rank_correlation(value, returns))
+    return HeldOutRanking(decisions=len(decisions), rank_correlation=rank_correlation(adv, data.returns),
+                          advantage_mean=float(adv.mean()), value_correlation=rank_correlation(value, data.returns))
 
 
 @dataclass
