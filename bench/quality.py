@@ -140,6 +140,9 @@ def main() -> None:
     p.add_argument("--recipe", default="demo", choices=["demo", "full"])
     p.add_argument("--modes", default="flat,separate,shared")
     p.add_argument("--protocol", default="glider")
+    p.add_argument("--splits", default=None,
+                   help="evaluate these splits of the plan only (e.g. unseen): recorded as its own entry, "
+                        "<recipe> (<protocol>-<splits>)")
     p.add_argument("--home", type=Path, default=None, help="default .glider/quality-<recipe>")
     p.add_argument("--data", type=Path, default=ROOT / ".glider" / "data",
                    help="expert data cache shared by every recipe")
@@ -188,6 +191,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown modes {unknown}")
     plan = load_plan(args.protocol)
+    if args.splits:
+        plan = plan.only([s for s in args.splits.split(",") if s])
     print(f"# quality: recipe {recipe.name} on {machine()}; {plan.describe()}", flush=True)
     training = {mode: train(args, recipe, mode) for mode in modes}
     # every agent's adapter versions: SFT is the registry's current after training; ORL publishes beside it
@@ -324,11 +329,12 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         if label not in earlier:
             shutil.copyfile(out / "episodes.jsonl", episodes_file(label))
     previous = results["recipes"].get(key) or {}
-    plan_file = str(plan_path(plan.protocol).relative_to(ROOT)) if plan.protocol in ("glider", "eto") \
-        else plan.protocol
+    plan_file = str(plan_path(args.protocol).relative_to(ROOT)) if args.protocol in ("glider", "eto") \
+        else args.protocol  # --splits: the committed plan file, of which the entry's protocol names the splits
     results["recipes"][key] = {
         "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
         "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
+                   + (f" --splits {args.splits}" if args.splits else "")
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
@@ -391,9 +397,10 @@ def render(results: dict) -> str:
                 f"`{r['command']}` — {r['date']}, commit {r['commit']}, {r['machine']}.", "",
                 "| agent | seen (dev) | unseen (test) | episodes |", "|---|---:|---:|---:|"]
         for label, a in r["agents"].items():
-            sp = a["splits"]
-            out.append(f"| {display(label)} | {_ci(sp['seen'])} | {_ci(sp['unseen'])} | "
-                       f"{sp['seen']['episodes']} / {sp['unseen']['episodes']} |")
+            sp = a["splits"]  # a plan of one split (--splits) leaves the other's cells empty
+            out.append(f"| {display(label)} | " + " | ".join(_ci(sp[s]) if s in sp else "–" for s in ("seen", "unseen"))
+                       + " | " + " / ".join(str(sp[s]["episodes"]) if s in sp else "–" for s in ("seen", "unseen"))
+                       + " |")
         protocols = sorted({a["protocol"] for a in r["agents"].values()})
         out += ["", f"Score ×100 on the {' / '.join(protocols)} plan, mean with its 95 % stratified bootstrap CI.", ""]
         for label, a in r["agents"].items():

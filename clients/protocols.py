@@ -37,7 +37,7 @@ import json
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 PLANS_DIR = Path(__file__).resolve().parent / "plans"
@@ -136,6 +136,18 @@ class Plan:
         return Plan(protocol=protocol, episodes=kept, scoring=self.scoring, aggregate=self.aggregate,
                     simplification=self.simplification, max_steps=caps, env=self.env, seed=self.seed,
                     source=f"cut from the {self.protocol} plan")
+
+    def only(self, splits: Sequence[str]) -> Plan:
+        """This plan's episodes of ``splits`` alone, same scoring, named ``<protocol>-<split>...``: a
+        comparison that needs one split (e.g. unseen) costs that split's episodes, not the whole plan's."""
+        unknown = [s for s in splits if s not in self.splits]
+        if unknown or not splits:
+            raise ValueError(f"plan {self.protocol!r} has the splits {self.splits}, not {list(splits)}")
+        if set(splits) == set(self.splits):
+            return self
+        return replace(self, protocol="-".join([self.protocol, *(s for s in SPLITS if s in splits)]),
+                       episodes=[e for e in self.episodes if e.split in splits],
+                       source=f"the {'/'.join(splits)} episodes of the {self.protocol} plan")
 
     @classmethod
     def draw(cls, tasks: Sequence[str], counts: Mapping[tuple[str, str], Sequence[int]], per_task: int,

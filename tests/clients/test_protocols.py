@@ -81,6 +81,17 @@ def test_quick_plans_are_cut_from_the_glider_plan():
     assert quick.protocol == "quick" and ci.protocol == "quick-ci" and quick.scoring == "final"
 
 
+def test_a_plan_restricted_to_one_split_keeps_its_episodes_and_scoring_and_names_the_split():
+    glider = load_plan("glider")
+    unseen = glider.only(["unseen"])
+    assert unseen.protocol == "glider-unseen" and unseen.splits == ["unseen"]
+    assert unseen.episodes == [e for e in glider.episodes if e.split == "unseen"] and len(unseen.episodes) == 211
+    assert (unseen.scoring, unseen.aggregate, unseen.max_steps) == (glider.scoring, glider.aggregate, glider.max_steps)
+    assert glider.only(["unseen", "seen"]) is glider
+    with pytest.raises(ValueError, match="splits"):
+        unseen.only(["seen"])
+
+
 def test_tune_plan_touches_no_reported_episode_and_no_training_variation(variations):
     from glider.trainer.data.collect import recipe_counts, spread
     from glider.trainer.data.hierarchy import is_held_out
