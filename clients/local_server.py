@@ -6,15 +6,18 @@ data collection or a script plays against when no server is running yet.
 
 Its stderr goes to ``<home>/logs/server-<time>-<port>.log`` (shown if it fails to start, kept after a run
 for what went wrong in it).  Closing it sends SIGTERM and waits: the server shuts its engine down itself
-(a SIGKILL would orphan vLLM's engine processes).
+(a SIGKILL would orphan vLLM's engine processes).  A SIGTERM to the process that owns it (``kill``, a
+session's end) unwinds like Ctrl-C, so the owner's ``with`` / ``finally`` closes the server too.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,8 +28,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    sys.exit(128 + signum)
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM raises SystemExit in this process, unless its owner handles SIGTERM itself: without it a
+    killed benchmark leaves its ``glider serve`` child and that child's engine processes running."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 class LocalServer:
     def __init__(self, home: Path, *, cwd: Path | None = None, **env: str):
+        unwind_on_sigterm()
         self.port = free_port()
         self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
