@@ -58,7 +58,9 @@ LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared"
 #: the comparisons the issues ask for, as (A, B): B − A is reported
 COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("separate", "separate+orl"), ("flat", "flat+orl"), ("flat", "separate+orl"),
-           ("separate+orl-scratch", "separate+orl")]
+           ("separate+orl-scratch", "separate+orl"),
+           # the issue's ratio target: hierarchical SFT+ORL ≥ 1.15 × flat SFT, as B − 1.15·A above 0
+           ("flat", "separate+orl", 1.15)]
 GUARDS_OFF = {"GLIDER_GUARD_REPEATED_SUBGOAL": "false", "GLIDER_GUARD_REPEATED_ACTION": "false"}
 
 
@@ -311,12 +313,13 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     results = json.loads(args.results.read_text()) if args.results.is_file() else {"recipes": {}}
     earlier = kept_agents(args, plan, results["recipes"].get(key), runs)
     runs = {**{label: run for label, (run, _) in earlier.items()}, **runs}
-    pairs = [(a, b) for a, b in COMPARE if a in runs and b in runs]
+    pairs = [(a, b, scale) for a, b, *rest in COMPARE for scale in [rest[0] if rest else 1.0]
+             if a in runs and b in runs]
     # an agent's variants (repeat, guards off, grounded) against the agent itself
-    pairs += [(k.split(" (")[0], k) for k in runs if " (" in k and k.split(" (")[0] in runs]
+    pairs += [(k.split(" (")[0], k, 1.0) for k in runs if " (" in k and k.split(" (")[0] in runs]
     comparisons = []
-    for a, b in pairs:
-        cmp = compare_runs(runs[a][0], runs[b][0])
+    for a, b, scale in pairs:
+        cmp = compare_runs(runs[a][0], runs[b][0], scale_a=scale)
         print(comparison_markdown(cmp, a, b), flush=True)
         comparisons.append({**cmp.to_dict(), "a": a, "b": b})  # the agents' labels, not their run directories
     # one entry per recipe on the reported plan; a run on another plan (quick, tune) is kept beside it
@@ -415,7 +418,8 @@ def render(results: dict) -> str:
             for split in ("seen", "unseen"):
                 d = c["splits"].get(split)
                 cells += [difference_cell(SplitDifference.from_dict(d)), f"{d['mde']:.2f}"] if d else ["–", "–"]
-            out.append(f"| {display(c['b'])} − {display(c['a'])} | " + " | ".join(cells) + " |")
+            scale = f"{c['scale_a']:g} × " if c.get("scale_a", 1.0) != 1.0 else ""
+            out.append(f"| {display(c['b'])} − {scale}{display(c['a'])} | " + " | ".join(cells) + " |")
         if r["comparisons"]:
             out += ["", "MDE: the minimum difference detectable at 80 % power with these episodes."]
         out += ["",

@@ -515,22 +515,25 @@ class RunComparison:
     b: str
     protocol: str
     splits: dict[str, SplitDifference]
+    scale_a: float = 1.0  # B − scale_a · A: a ratio target ("B ≥ 1.15 × A") as a paired difference
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def compare_runs(run_a: Path, run_b: Path) -> RunComparison:
+def compare_runs(run_a: Path, run_b: Path, *, scale_a: float = 1.0) -> RunComparison:
     """B − A, paired over the episodes both runs played, per split: the difference with its 95 % CI,
-    the minimum detectable difference at 80 % power, and the per-family differences."""
+    the minimum detectable difference at 80 % power, and the per-family differences.  With ``scale_a``
+    the difference is B − scale_a · A (episode by episode), so "B is at least 1.15 × A" is the claim
+    that this difference's CI lies above 0."""
     plan_a, results_a = load_run(run_a)
     plan_b, results_b = load_run(run_b)
     if (plan_a.scoring, plan_a.aggregate) != (plan_b.scoring, plan_b.aggregate):
         raise ValueError(f"{run_a} and {run_b} score differently ({plan_a.protocol} vs {plan_b.protocol})")
-    out = RunComparison(a=str(run_a), b=str(run_b), protocol=plan_a.protocol, splits={})
+    out = RunComparison(a=str(run_a), b=str(run_b), protocol=plan_a.protocol, splits={}, scale_a=scale_a)
     for split in plan_a.splits:
-        va, vb = ({(r.task, r.key): r.value(plan_a.scoring) for r in results if r.split == split}
-                  for results in (results_a, results_b))
+        va, vb = ({(r.task, r.key): scale * r.value(plan_a.scoring) for r in results if r.split == split}
+                  for results, scale in ((results_a, scale_a), (results_b, 1.0)))
         if not set(va) & set(vb):
             continue
         c = paired(va, vb, plan_a.aggregate)
@@ -561,6 +564,8 @@ def difference_cell(c: SplitDifference) -> str:
 
 def comparison_markdown(cmp: RunComparison, label_a: str = "A", label_b: str = "B") -> str:
     splits = list(cmp.splits)
+    if cmp.scale_a != 1.0:  # a ratio target: A's column and the difference are of scale_a · A
+        label_a = f"{cmp.scale_a:g} × {label_a}"
     lines = [f"paired comparison on protocol {cmp.protocol}: B = {label_b}, A = {label_a} "
              "(score ×100; 95 % stratified bootstrap CI of B − A; MDE = minimum detectable difference "
              "at 80 % power)", "",

@@ -170,6 +170,8 @@ def compare_command(
     run_a: Annotated[Path, typer.Argument(help="The baseline run's directory (A).")],
     run_b: Annotated[Path, typer.Argument(help="The other run's directory (B): B − A is reported.")],
     out: Annotated[Path | None, typer.Option(help="Also write the comparison as JSON here.")] = None,
+    scale_a: Annotated[float, typer.Option(
+        help="Report B − SCALE·A instead: a ratio target (B ≥ 1.15 × A) holds when its CI is above 0.")] = 1.0,
 ):
     """B − A paired episode by episode: per split the difference with its 95 % CI and the minimum
     detectable difference at 80 % power, and the per-family differences."""
@@ -177,7 +179,7 @@ def compare_command(
     from glider.clients.evaluate import compare_runs, comparison_markdown
 
     try:
-        cmp = compare_runs(run_a, run_b)
+        cmp = compare_runs(run_a, run_b, scale_a=scale_a)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if not cmp.splits:

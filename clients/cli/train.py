@@ -154,15 +154,15 @@ def train_orl(
     logs: Annotated[Path | None, typer.Option(help="Server episode logs (the SFT agent's own episodes).")] = None,
     tasks: str = "",
     per_task: int | None = None,
-    expectile: Annotated[float | None, _opt("τ of the V loss.", CRITIC.expectile)] = None,
-    lam: Annotated[float | None, _opt("λ of exp(A/λ).", CRITIC.lam)] = None,
-    max_weight: Annotated[float | None, _opt("Clip of exp(A/λ).", CRITIC.max_weight)] = None,
-    gamma: Annotated[float | None, _opt("", CRITIC.gamma)] = None,
-    polyak: Annotated[float | None, _opt("", CRITIC.polyak)] = None,
-    critic_steps: Annotated[int | None, _opt("", CRITIC.steps)] = None,
-    critic_lr: Annotated[float | None, _opt("", CRITIC.lr)] = None,
+    expectile: Annotated[float | None, _opt("τ of the V loss.", ORL.critic.expectile)] = None,
+    lam: Annotated[float | None, _opt("λ of exp(A/λ).", ORL.critic.lam)] = None,
+    max_weight: Annotated[float | None, _opt("Clip of exp(A/λ).", ORL.critic.max_weight)] = None,
+    gamma: Annotated[float | None, _opt("", ORL.critic.gamma)] = None,
+    polyak: Annotated[float | None, _opt("", ORL.critic.polyak)] = None,
+    critic_steps: Annotated[int | None, _opt("", ORL.critic.steps)] = None,
+    critic_lr: Annotated[float | None, _opt("", ORL.critic.lr)] = None,
     advantage: Annotated[str | None, _opt("td: the paper's TD-trained Q against the expectile V; mc: the "
-                                          "decision's observed return against V.", CRITIC.advantage)] = None,
+                                          "decision's observed return against V.", ORL.critic.advantage)] = None,
     step_cost: Annotated[float | None, _opt("κ: the executor's intrinsic cost per step.",
                                             ORL.executor_reward.step_cost)] = None,
     heldout_fraction: Annotated[float | None, _opt("Variations kept out to check the critic's ranking on.",
@@ -178,7 +178,8 @@ def train_orl(
     out: Annotated[Path | None, typer.Option(help="Checkpoints, critics, adapters (<home>/runs/orl-<mode>).")]
     = None,
 ):
-    """Offline RL: Q/V critic (TD + expectile) and advantage-weighted actor, per level, on expert + suboptimal data."""
+    """Offline RL: a critic per level (by default V, the expectile of the observed returns, against them;
+    --advantage td: the paper's TD-trained Q/V) and an advantage-weighted actor, on expert + suboptimal data."""
     require("train", command="train orl")
     from glider.server.policy.controller import HierarchyConfig
     from glider.trainer.data.hierarchy import SegmentationConfig

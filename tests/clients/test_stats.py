@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pytest
 from glider.clients.stats import aggregate, bootstrap, detectable_difference, paired
 
@@ -93,3 +95,31 @@ def test_difference_cell_bolds_only_a_ci_that_excludes_zero():
               "only_a": 0, "only_b": 1, "per_family": {"boil": {"difference": 1.0, "episodes": 9}}}
     back = SplitDifference.from_dict(stored)
     assert back.significant and back.per_family["boil"].episodes == 9
+
+
+def test_a_ratio_target_is_a_scaled_paired_difference(tmp_path):
+    """B ≥ 1.15 × A as B − 1.15·A, episode by episode: B = 1.2·A clears 1.15 and misses 1.25."""
+    import dataclasses
+
+    from glider.clients.evaluate import EpisodeResult, compare_runs, comparison_markdown
+    from glider.clients.protocols import load_plan
+
+    plan = load_plan("glider").only(["unseen"])
+    rng = np.random.default_rng(0)
+    runs = {}
+    scores = rng.uniform(0.2, 0.7, size=len(plan.episodes))
+    for name, factor in (("a", 1.0), ("b", 1.2)):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / "plan.json").write_text(plan.to_json())
+        rows = [EpisodeResult(split=e.split, task=e.task, variation=e.variation, score=factor * s, best=factor * s,
+                              steps=10, subgoals=2, done=True) for e, s in zip(plan.episodes, scores, strict=True)]
+        (runs[name] / "episodes.jsonl").write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows))
+    plain = compare_runs(runs["a"], runs["b"]).splits["unseen"]
+    met = compare_runs(runs["a"], runs["b"], scale_a=1.15).splits["unseen"]
+    missed = compare_runs(runs["a"], runs["b"], scale_a=1.25).splits["unseen"]
+    assert plain.difference == pytest.approx(0.2 * plain.a, rel=1e-6)
+    assert met.difference == pytest.approx(0.05 * plain.a, rel=1e-6) and met.low > 0
+    assert missed.difference == pytest.approx(-0.05 * plain.a, rel=1e-6) and missed.high < 0
+    assert met.episodes == len(plan.episodes)
+    assert "1.15 × A" in comparison_markdown(compare_runs(runs["a"], runs["b"], scale_a=1.15))
