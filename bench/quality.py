@@ -176,6 +176,9 @@ def main() -> None:
     p.add_argument("--medium-minutes", type=float, default=9.0,
                    help="ORL data: the medium policy's SFT box (glider data medium; 0: no medium data)")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--entry", default=None,
+                   help="record under this name instead of the recipe's: another training of a recipe (its own "
+                        "backbone build, warm-up and SFT) kept beside the first, e.g. demo-b")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     p.add_argument("--page", type=Path, default=ROOT / "docs" / "results.md")
     args = p.parse_args()
@@ -309,7 +312,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
            orl: dict | None = None) -> None:
     """Merge this recipe's agents and comparisons into the results file and page; copy each run's
     per-episode scores beside them, so every figure can be recomputed from the repository."""
-    key = recipe.name if plan.protocol == "glider" else f"{recipe.name} ({plan.protocol})"
+    name = args.entry or recipe.name
+    key = name if plan.protocol == "glider" else f"{name} ({plan.protocol})"
     results = json.loads(args.results.read_text()) if args.results.is_file() else {"recipes": {}}
     earlier = kept_agents(args, plan, results["recipes"].get(key), runs)
     runs = {**{label: run for label, (run, _) in earlier.items()}, **runs}
@@ -338,6 +342,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
         "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
                    + (f" --splits {args.splits}" if args.splits else "")
+                   + (f" --entry {shlex.quote(args.entry)}" if args.entry else "")
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
