@@ -66,8 +66,8 @@ class ORLConfig:
     mode: str = "separate"  # separate | shared | flat (the adapters, as in SFT)
     init: str = "sft"  # sft: from the registry's current adapters | scratch: a fresh LoRA (the "ORL" ablation)
     # the Monte-Carlo advantage at τ 0.5: on the demo data it ranks expert > medium > perturbed where the
-    # TD critic does not, and its ORL agent beats its SFT start (+1.51 [+0.65, +2.39] on the glider plan's
-    # unseen split, docs/results.md); the paper's TD critic is CriticConfig(advantage="td", expectile=0.95)
+    # TD critic does not (docs/results.md; whether its ORL agent beats SFT varied between two trainings);
+    # the paper's TD critic is CriticConfig(advantage="td", expectile=0.95)
     critic: CriticConfig = field(default_factory=lambda: CriticConfig(advantage="mc", expectile=0.5))
     # a critic round before every ``critic_every``-th actor epoch: with 4 epochs, the authors' 4 rounds
     actor: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, epochs=4.0, warmup_steps=5))
