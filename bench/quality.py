@@ -414,7 +414,8 @@ def render(results: dict) -> str:
         for label, a in r["agents"].items():
             if a.get("command") and a["command"] != r["command"]:
                 out += [f"{display(label)}: trained and evaluated by an earlier run, `{a['command']}` (commit "
-                        f"{a.get('commit')}); its comparisons include the variance between trainings.", ""]
+                        f"{a.get('commit')}); where that run trained its own backbone, its comparisons include the "
+                        "variance between trainings.", ""]
         if r["comparisons"]:
             out += ["| comparison (B − A) | seen: difference [95 % CI] | MDE | unseen: difference [95 % CI] | MDE |",
                     "|---|---:|---:|---:|---:|"]
