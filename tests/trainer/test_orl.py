@@ -299,8 +299,9 @@ def _two_segment_episode(i: int, detour: bool):
 @pytest.mark.parametrize("advantage", ["mc", "td"])
 def test_a_detour_inside_a_segment_gets_a_lower_executor_advantage(tiny_model_dir, advantage):
     """Both critics: ORL's default (the observed return against the expectile V; the gap is then the
-    step cost κ plus a step's discount, so it fails without κ) and the paper's TD Q/V pair at the default
-    Polyak rate (at the authors' 0.2 its fit does not converge here and the detour ranks first)."""
+    step cost κ plus a step's discount, so it fails without κ) and the paper's TD Q/V pair at the
+    default Polyak rate with the authors' other expectile, τ 0.75 (at their Polyak 0.2 its fit does not
+    converge here and the detour ranks first)."""
     from glider.trainer.orl import ORLConfig, critic_and_weights, load_policy
     from glider.trainer.sft import sft_lora
     from transformers import AutoTokenizer
