@@ -38,7 +38,14 @@ from glider.trainer.critic import CriticConfig
 from glider.trainer.data.collect import collect, load_collected
 from glider.trainer.data.hierarchy import SegmentationConfig
 from glider.trainer.o2o import O2OConfig, OnlineLearner
-from glider.trainer.online import IterationPoint, area_with_ci, paired_area, run_o2o
+from glider.trainer.online import (
+    IterationPoint,
+    area_with_ci,
+    paired_area,
+    run_o2o,
+    seed_areas,
+    seed_blocked_area,
+)
 from glider.trainer.pipeline import SLOW_TASKS, sft_is_current
 from glider.trainer.sft import SFTConfig, run_sft
 from glider.trainer.training import TrainConfig
@@ -251,17 +258,35 @@ def report(curves: dict[str, Runs], timings, out: Path, args, online, offline_ta
             _, ys = mean_curve(runs, True)
             cells += [_auc_cell(runs, True), f"{ys[0]:.1f} → {ys[-1]:.1f}"]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {timings[method]:.1f} |")
+    seeds = sorted({seed for runs in curves.values() for seed in runs})
     pairs = [(a, b) for a, b in (("awac", "glider"), ("ac", "awac"), ("ac", "glider"))  # B − A: the paper's order
              if a in curves and b in curves]
+    kinds = (False, True) if greedy else (False,)
+    lines += ["", "| method | curve | " + " | ".join(f"AUC seed {seed}" for seed in seeds) + " |",
+              "|---|---|" + "---:|" * len(seeds)]
+    for method, runs in curves.items():
+        for kind in kinds:
+            per_seed = seed_areas(runs, greedy=kind)
+            lines.append(f"| {method} | {'greedy' if kind else 'online'} | "
+                         + " | ".join(f"{per_seed[s]:.2f}" if s in per_seed else "–" for s in seeds) + " |")
     if pairs:
-        lines += ["", "| paired AUC difference (same schedule and seeds) | curve | B − A [95 % CI] | MDE | episodes |",
-                  "|---|---|---:|---:|---:|"]
-        for kind in (False, True) if greedy else (False,):
+        lines += ["", "| paired AUC difference (same schedule and seeds) | curve | B − A, seeds as blocks [95 % t CI] "
+                  "| per seed | episodes pooled [95 % bootstrap CI] | MDE | episodes |",
+                  "|---|---|---:|---|---:|---:|---:|"]
+        for kind in kinds:
             for a, b in pairs:
+                blocked = seed_blocked_area(curves[a], curves[b], greedy=kind)
+                per_seed = ", ".join(f"{sb - sa:+.1f}" for (sa, sb) in (
+                    (seed_areas(curves[a], greedy=kind).get(s), seed_areas(curves[b], greedy=kind).get(s))
+                    for s in seeds) if sa is not None and sb is not None)
                 cmp = paired_area(curves[a], curves[b], greedy=kind)
                 d = cmp.difference
-                lines.append(f"| {b} − {a} | {'greedy' if kind else 'online'} | {d.mean:+.2f} [{d.low:+.2f}, "
+                lines.append(f"| {b} − {a} | {'greedy' if kind else 'online'} | {blocked.mean:+.2f} "
+                             f"[{blocked.low:+.2f}, {blocked.high:+.2f}] | {per_seed} | {d.mean:+.2f} [{d.low:+.2f}, "
                              f"{d.high:+.2f}] | {cmp.mde:.2f} | {d.episodes} |")
+        lines.append("\nSeeds as blocks is the comparison to read: a Student-t interval over the seeds' paired AUC "
+                     "differences (n − 1 degrees of freedom, so ±4.3 standard errors with three seeds). The pooled "
+                     "bootstrap treats episodes of one run as independent and understates the spread between runs.")
     with (out / "curves.csv").open("w") as f:  # one row per episode: the curves, re-plottable
         f.write("method,seed,iteration,episodes,curve,family,place,score\n")
         for method, runs in curves.items():

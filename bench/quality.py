@@ -167,7 +167,9 @@ def main() -> None:
                    help="also ORL from each mode's SFT adapters (agent <mode>+orl), evaluated beside them")
     p.add_argument("--orl-scratch", action="store_true",
                    help="also ORL from a fresh LoRA for the separate mode (the 'ORL only' row)")
-    p.add_argument("--orl-minutes", type=float, default=20.0, help="ORL: the actor's time box per mode")
+    p.add_argument("--orl-minutes", type=float, default=20.0,
+                   help="ORL: the stage's time box per mode (critic rounds included); 0: none, the actor runs "
+                        "--orl-epochs whole (a fixed schedule: a box gives an idle machine more epochs)")
     p.add_argument("--orl-epochs", type=float, default=4.0, help="ORL: actor epochs (a critic round before each)")
     p.add_argument("--orl-critic", default="{}",
                    help='ORL: CriticConfig fields as JSON, e.g. \'{"advantage": "mc", "expectile": 0.5}\'')
@@ -276,19 +278,21 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
     metrics_file = out / "orl_metrics.json"
     started = {name: v for name, v in sft_versions.items()} if init == "sft" else {}
     critic = json.loads(json.dumps(dataclasses.asdict(CriticConfig(**json.loads(args.orl_critic))), default=str))
-    if metrics_file.is_file():  # a finished run of the same start and critic is reused
+    actor = TrainConfig(lr=5e-4 if init == "sft" else 2e-3, epochs=args.orl_epochs, batch_tokens=2048,
+                        warmup_steps=5, max_minutes=args.orl_minutes or None)
+    schedule = {"epochs": actor.epochs, "max_minutes": actor.max_minutes}
+    if metrics_file.is_file():  # a finished run of the same start, critic and schedule is reused
         metrics = json.loads(metrics_file.read_text())
         versions = {name: a.get("published") for name, a in metrics["adapters"].items()}
         same_critic = {**critic, **metrics.get("config", {}).get("critic", {})} == critic
-        if all(versions.values()) and metrics.get("started_from", {}) == started and same_critic:
+        ran = metrics.get("config", {}).get("actor", {})
+        same_schedule = {k: ran.get(k) for k in schedule} == schedule
+        if all(versions.values()) and metrics.get("started_from", {}) == started and same_critic and same_schedule:
             return versions, orl_figures(metrics, 0.0)
-        if not same_critic:  # another critic's run: its checkpoints must not resume this one
-            shutil.rmtree(out)
+        shutil.rmtree(out)  # another critic's or schedule's run: a new one (its ORL versions are published anew)
     t0 = time.monotonic()
     cfg = ORLConfig(mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
-                    critic=CriticConfig(**json.loads(args.orl_critic)),
-                    actor=TrainConfig(lr=5e-4 if init == "sft" else 2e-3, epochs=args.orl_epochs,
-                                      batch_tokens=2048, warmup_steps=5, max_minutes=args.orl_minutes))
+                    critic=CriticConfig(**json.loads(args.orl_critic)), actor=actor)
     report = run_orl(s.model_dir(), trajs, out, cfg, registry=s.adapters_dir(), make_current=False,
                      start_versions=sft_versions if init == "sft" else None,
                      hierarchy=HierarchyConfig.from_settings(s))

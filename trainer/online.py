@@ -233,6 +233,26 @@ def paired_area(a: Curve | Mapping[int, Curve], b: Curve | Mapping[int, Curve], 
     return paired(curve_episodes(a, greedy=greedy), curve_episodes(b, greedy=greedy), "micro")
 
 
+def seed_areas(runs: Mapping[int, Curve], *, greedy: bool = False) -> dict[int, float]:
+    """Each seed's AUC (the mean of its episodes ×100): runs, not episodes, are what a rerun redraws."""
+    return {seed: sum(scores) / len(scores) for seed, c in runs.items()
+            if (scores := list(curve_episodes(c, greedy=greedy).values()))}
+
+
+def seed_blocked_area(a: Mapping[int, Curve], b: Mapping[int, Curve], *, greedy: bool = False):
+    """AUC(B) − AUC(A) with seeds as blocks: each seed's two AUCs over the places both methods played,
+    and a Student-t interval over the seeds' differences (``clients.stats.blocked_difference``)."""
+    from glider.clients.stats import blocked_difference
+
+    per_a, per_b = {}, {}
+    for seed in sorted(set(a) & set(b)):
+        ea, eb = curve_episodes(a[seed], greedy=greedy), curve_episodes(b[seed], greedy=greedy)
+        if common := sorted(set(ea) & set(eb)):
+            per_a[seed] = sum(ea[k] for k in common) / len(common)
+            per_b[seed] = sum(eb[k] for k in common) / len(common)
+    return blocked_difference(per_a, per_b)
+
+
 def area_under_curve(curve: Sequence[IterationPoint]) -> float:
     """Mean score over the online episodes played (the curve's area per episode), ×100."""
     total = sum(p.score * (p.episodes - (curve[i - 1].episodes if i else 0)) for i, p in enumerate(curve))

@@ -7,7 +7,13 @@ import math
 
 import numpy as np
 import pytest
-from glider.clients.stats import aggregate, bootstrap, detectable_difference, paired
+from glider.clients.stats import (
+    aggregate,
+    blocked_difference,
+    bootstrap,
+    detectable_difference,
+    paired,
+)
 
 
 def test_point_estimates_macro_and_micro():
@@ -123,3 +129,13 @@ def test_a_ratio_target_is_a_scaled_paired_difference(tmp_path):
     assert missed.difference == pytest.approx(-0.05 * plain.a, rel=1e-6) and missed.high < 0
     assert met.episodes == len(plan.episodes)
     assert "1.15 × A" in comparison_markdown(compare_runs(runs["a"], runs["b"], scale_a=1.15))
+
+
+def test_blocked_difference_is_a_student_t_interval_over_the_blocks():
+    a, b = {0: 1.0, 1: 2.0, 2: 3.0, 9: 5.0}, {0: 2.0, 1: 4.0, 2: 3.0}  # differences 1, 2, 0; block 9 unpaired
+    d = blocked_difference(a, b)
+    assert d.mean == pytest.approx(1.0) and d.episodes == 3
+    assert d.se == pytest.approx(1 / math.sqrt(3))  # sample sd 1 over √3 blocks
+    assert (d.low, d.high) == pytest.approx((1 - 4.302653 / math.sqrt(3), 1 + 4.302653 / math.sqrt(3)), rel=1e-6)
+    one = blocked_difference({0: 1.0}, {0: 3.0})
+    assert one.mean == pytest.approx(2.0) and math.isnan(one.low) and math.isnan(one.high)

@@ -411,7 +411,14 @@ def test_area_with_ci_and_paired_difference_over_the_same_schedule():
 
 
 def test_seeds_pool_their_episodes_and_pair_place_by_place_and_the_greedy_curve_is_its_own():
-    from glider.trainer.online import IterationPoint, area_with_ci, curve_episodes, paired_area
+    from glider.trainer.online import (
+        IterationPoint,
+        area_with_ci,
+        curve_episodes,
+        paired_area,
+        seed_areas,
+        seed_blocked_area,
+    )
 
     def curve(online: float, greedy: float):
         return [IterationPoint(iteration=i, episodes=2 * (i + 1), score=online, best=online, tasks={}, versions={},
@@ -431,6 +438,12 @@ def test_seeds_pool_their_episodes_and_pair_place_by_place_and_the_greedy_curve_
     assert online.mean == pytest.approx(5.0) and online.episodes == 8
     assert on_greedy.mean == pytest.approx(10.0) and 0.0 <= on_greedy.low < 10.0 < on_greedy.high <= 20.0
     assert curve(0.1, 0.5)[0].eval_score == pytest.approx(0.5)
+    # seeds as blocks: one AUC per seed, and a t interval over the two seeds' differences (10 and 0 online)
+    assert seed_areas(a) == pytest.approx({0: 10.0, 1: 30.0})
+    blocked = seed_blocked_area(a, b)
+    assert blocked.mean == pytest.approx(5.0) and blocked.episodes == 2
+    assert blocked.high - blocked.mean == pytest.approx(12.7062 * 5.0, rel=1e-4)  # t(0.975, 1) · sd/√2
+    assert blocked.high - blocked.mean > online.high - online.mean  # wider than the pooled episodes claim
 
 
 def test_curves_written_by_earlier_versions_load_with_the_learners_report():
