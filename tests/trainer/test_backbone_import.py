@@ -25,37 +25,32 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def smollm(tmp_path_factory):
-    return import_backbone(tmp_path_factory.mktemp("smollm") / "SmolLM2-135M-Instruct")
-
-
-def test_the_package_model_imports_as_a_plain_float32_llama(smollm):
+def test_the_package_model_imports_as_a_plain_float32_llama(smollm_dir):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    config = json.loads((smollm / "config.json").read_text())
+    config = json.loads((smollm_dir / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "float32"
-    info = json.loads((smollm / BUILD_INFO).read_text())
+    info = json.loads((smollm_dir / BUILD_INFO).read_text())
     assert info["imported"] == {"source": package_source().package, "format": "gguf",
                                 "sha256": sha256(package_source().path)}  # by content, never by path
     assert info["architecture"] == "LlamaForCausalLM" and info["parameters"] == 134_515_008
-    assert AutoConfig.from_pretrained(smollm).num_hidden_layers == 30
-    tok = AutoTokenizer.from_pretrained(smollm)  # no gguf_file: the directory stands on its own
+    assert AutoConfig.from_pretrained(smollm_dir).num_hidden_layers == 30
+    tok = AutoTokenizer.from_pretrained(smollm_dir)  # no gguf_file: the directory stands on its own
     assert len(tok) == info["vocab_size"] == 49_152 and tok.chat_template and tok.pad_token is not None
     # a real tokenizer: our role markers are several tokens, and text round-trips
     assert len(tok("<|executor|>")["input_ids"]) > 1
     text = "open door to kitchen; true\nObs: The door is now open."
     assert tok.decode(tok(text)["input_ids"]) == text
-    model = AutoModelForCausalLM.from_pretrained(smollm)
+    model = AutoModelForCausalLM.from_pretrained(smollm_dir)
     assert sum(p.numel() for p in model.parameters()) == info["parameters"]
 
 
-def test_the_import_is_deterministic_and_its_identity_is_its_own(smollm, tmp_path, backbone_dir):
+def test_the_import_is_deterministic_and_its_identity_is_its_own(smollm_dir, tmp_path, backbone_dir):
     again = import_backbone(tmp_path / "again")
-    assert sha256(again / "model.safetensors") == sha256(smollm / "model.safetensors")
-    assert base_model_identity(again)["config_sha256"] == base_model_identity(smollm)["config_sha256"]
+    assert sha256(again / "model.safetensors") == sha256(smollm_dir / "model.safetensors")
+    assert base_model_identity(again)["config_sha256"] == base_model_identity(smollm_dir)["config_sha256"]
     # adapters are bound to their base: the embedded backbone is another one
-    assert base_model_identity(smollm)["config_sha256"] != base_model_identity(backbone_dir)["config_sha256"]
+    assert base_model_identity(smollm_dir)["config_sha256"] != base_model_identity(backbone_dir)["config_sha256"]
 
 
 def test_bad_sources_get_a_clear_error(tmp_path):

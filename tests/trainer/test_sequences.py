@@ -62,10 +62,11 @@ def test_chaining_follows_the_append_only_prompts(gold_trajectory):
     assert len(chain(executor_pairs(ep, HierarchyConfig(history_window=6))[2])) == 1
 
 
-def test_masking_and_tokens_match_the_served_prompt(gold_trajectory, backbone_dir):
+@pytest.mark.parametrize("backbone", ["backbone_dir", "smollm_dir"])  # our BPE, and a real pretrained one's
+def test_masking_and_tokens_match_the_served_prompt(gold_trajectory, backbone, request):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(backbone_dir)
+    tok = AutoTokenizer.from_pretrained(request.getfixturevalue(backbone))
     cfg = HierarchyConfig(history_window=3)
     ep = annotate(gold_trajectory)
     builder = SequenceBuilder(tok, max_len=4096)
