@@ -47,7 +47,7 @@ def smollm_dir() -> Path:
     from glider.trainer.backbone import is_backbone
     from glider.trainer.backbone_import import import_backbone
 
-    path = Path(os.environ.get("GLIDER_TEST_SMOLLM", ROOT / ".glider" / "backbones" / "SmolLM2-135M-Instruct"))
+    path = Path(os.environ.get("GLIDER_TEST_SMOLLM", ROOT / ".glider" / "backbones" / "SmolLM2-135M-Instruct.Q4_1"))
     if not is_backbone(path):
         import_backbone(path)
     return path
