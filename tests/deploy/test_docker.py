@@ -87,7 +87,7 @@ def test_build_variants_are_the_pyproject_extras():
     extras = metadata("glider").get_all("Provides-Extra")
     text = DOCKERFILE.read_text()
     assert re.search(r'pip install "/src\[server,\$\{VARIANT\}\]"', text)  # the server image: server + engine
-    assert re.search(r'pip install "/src\[train,envs\]"', text)  # the trainer image: no engine
+    assert re.search(r'pip install "/src\[train,envs,smollm\]"', text)  # the trainer image: no engine
     for variant in re.findall(r'"\$VARIANT" = (\w+)', text):
         assert variant in extras, variant
     assert {"server", "train", "envs"} <= set(extras)
