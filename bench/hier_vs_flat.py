@@ -18,7 +18,7 @@ from glider.clients.envs.scienceworld import ScienceWorld, open_env
 
 
 def counter(agent, name, role):
-    return agent.metrics.registry.get_sample_value(name, {"role": role}) or 0.0
+    return agent.metrics.registry.get_sample_value(name, {"profile": "default", "role": role}) or 0.0
 
 
 async def run_mode(mode, args, env):

@@ -30,6 +30,8 @@ from glider.server.policy import (
 from glider.server.policy.controller import PolicyGeneration
 from glider.server.policy.grounding import best_scored
 from glider.server.policy.state import LastAnswer
+from glider.server.profiles import ProfileSpec, ProfileStore
+from glider.server.served_profiles import ProfileSet, ServedProfile
 from glider.server.settings import GroundingMethod, Settings
 from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
@@ -82,11 +84,26 @@ class Agent:
         if settings.grounding_method is GroundingMethod.score and backend.kind == "vllm":
             raise ValueError("GLIDER_GROUNDING_METHOD=score needs the transformers backend: vLLM cannot compute "
                              "prompt logprobs under LoRA; use constrained")
-        self.policy = PolicyController(HierarchyConfig.from_settings(settings))
-        self.mode = self.policy.config.mode
-        self.adapters = AdapterManager(
-            registry, backend, self.policy.adapter_names, model_dir=settings.model_dir(),
-            max_rank=settings.max_lora_rank, metrics=self.metrics, poll_s=settings.adapter_poll_s)
+        # the registry's root is the default profile (the server's mode and settings); other agent
+        # profiles live beside its adapters (glider.server.profiles)
+        server_policy = HierarchyConfig.from_settings(settings)
+        self.profiles = ProfileSet(
+            ProfileStore(registry.root, ProfileSpec(mode=server_policy.mode)), backend, server_policy,
+            model_dir=settings.model_dir(), max_rank=settings.max_lora_rank, metrics=self.metrics,
+            poll_s=settings.adapter_poll_s)
+
+    # the default profile's policy and adapters: what a server without profiles serves
+    @property
+    def policy(self) -> PolicyController:
+        return self.profiles.default.policy
+
+    @property
+    def mode(self) -> str:
+        return self.policy.config.mode
+
+    @property
+    def adapters(self) -> AdapterManager:
+        return self.profiles.default.adapters
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -97,12 +114,11 @@ class Agent:
         except StoreUnavailable as exc:
             log.warning("%s; steps will answer 503 until it is reachable", exc)
         await self.backend.start()
-        await self.adapters.start()
-        self.adapters.start_watching()
+        await self.profiles.start()
 
     async def close(self) -> None:
         try:
-            await self.adapters.close()
+            await self.profiles.close()
             await self.backend.close()
             await self.store.close()
         finally:  # the trainer reads only sealed logs: seal them even if an engine shutdown fails
@@ -111,7 +127,8 @@ class Agent:
 
     @property
     def ready(self) -> bool:
-        return self.backend.ready and all(n in self.backend.adapters for n in self.policy.adapter_names)
+        """Ready while the engine and the default profile are (another profile's state is its own)."""
+        return self.backend.ready and self.profiles.default.ready
 
     # -- episodes -----------------------------------------------------------------
     def _check_task(self, task: str | None) -> str:
@@ -136,14 +153,17 @@ class Agent:
         return sampling
 
     async def create_episode(self, task: str | None, episode_id: str | None = None,
-                             sampling: Sampling | None = None) -> EpisodeState:
+                             sampling: Sampling | None = None, profile: str | None = None) -> EpisodeState:
+        """A new episode of agent ``profile`` (None: the default), which it keeps to its end."""
         task = self._check_task(task)
         sampling = self._check_sampling(sampling)
         if episode_id is None:
             episode_id = uuid.uuid4().hex
         elif not EPISODE_ID_RE.match(episode_id):
             raise InvalidInput("episode_id must be 1-128 characters of [A-Za-z0-9_.:-]")
-        state = self.policy.new_state(episode_id, task, sampling)
+        served = self.profiles.serving(profile)
+        state = served.policy.new_state(episode_id, task, sampling)
+        state.profile = served.name
         try:
             await self.store.create(state)
         except StoreFull:
@@ -176,9 +196,10 @@ class Agent:
     async def act(self, *, observation: str, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
                   score: float | None = None, sampling: Sampling | None = None,
-                  valid_actions: Sequence[str] | None = None) -> StepResult:
+                  valid_actions: Sequence[str] | None = None, profile: str | None = None) -> StepResult:
         """One step.  ``valid_actions``: the environment's admissible commands now; the action
-        answered is then one of them (see ``glider.server.policy.grounding``)."""
+        answered is then one of them (see ``glider.server.policy.grounding``).  ``profile``: the agent
+        profile of an episode this step starts (a later step may name the episode's own, nothing else)."""
         t0 = time.perf_counter()
         if len(observation) > self.settings.max_observation_chars:
             raise InvalidInput(
@@ -186,7 +207,7 @@ class Agent:
         valid_actions = self._check_valid_actions(valid_actions)
         created = episode_id is None
         if created:
-            episode_id = (await self.create_episode(task, sampling=sampling)).id
+            episode_id = (await self.create_episode(task, sampling=sampling, profile=profile)).id
         else:
             if sampling is not None:
                 raise InvalidInput("sampling is set when an episode starts, not on a later step")
@@ -204,9 +225,14 @@ class Agent:
                 raise EpisodeFinished(f"episode {episode_id!r} is finished; start a new one")
             if step is not None and step != state.step:
                 raise StepMismatch(f"episode {episode_id!r} is at step {state.step}, not {step}")
+            if profile is not None and profile != state.profile:
+                raise InvalidInput(f"episode {episode_id!r} belongs to profile {state.profile!r}, not {profile!r}")
+            served = self.profiles.serving(state.profile)
             try:
-                decision = await self.policy.step(state, observation, reward, done, self._generate,
-                                                  valid_actions=valid_actions, choose=self._choose)
+                decision = await served.policy.step(
+                    state, observation, reward, done, lambda requests: self._generate(requests, served),
+                    valid_actions=valid_actions,
+                    choose=lambda prompt, adapter, options: self._choose(prompt, adapter, options, served))
             except BackendError:
                 raise
             except Exception as exc:  # an engine failure of any kind: state is untouched
@@ -238,16 +264,17 @@ class Agent:
         result.latency_ms = (time.perf_counter() - t0) * 1000
         m = self.metrics
         if decision.action is not None:
-            m.steps.labels(self.mode).inc()
+            m.steps.labels(served.name, new.mode).inc()
         if decision.new_subgoal:
             m.subgoals.inc()
         if decision.fallback:
             m.fallbacks.inc()
         if valid_actions:
-            m.grounded_steps.labels("grounded" if decision.grounded else "admissible").inc()
+            m.grounded_steps.labels(served.name, "grounded" if decision.grounded else "admissible").inc()
         if self.recorder is not None:
             self.recorder.record({
-                "time": time.time(), "episode_id": episode_id, "task": new.task, "mode": self.mode,
+                "time": time.time(), "episode_id": episode_id, "task": new.task, "mode": new.mode,
+                "profile": served.name,
                 "step": result.step, "observation": observation, "reward": reward, "done": done,
                 "score": score,
                 "action": result.action, "subgoal": result.subgoal, "new_subgoal": result.new_subgoal,
@@ -260,10 +287,12 @@ class Agent:
             })
         return result
 
-    async def _choose(self, prompt: str, adapter: str, continuations: Sequence[str]) -> tuple[int, str | None]:
+    async def _choose(self, prompt: str, adapter: str, continuations: Sequence[str],
+                      served: ServedProfile) -> tuple[int, str | None]:
         """The continuation of ``prompt`` the executor's model prefers (grounding): the most likely one,
         or the one greedy decoding constrained to them produces (``grounding_method``)."""
         t0 = time.perf_counter()
+        adapter = served.engine_name(adapter)
         if self.settings.grounding_method is GroundingMethod.constrained:
             (gen,) = await self.backend.generate([GenerationSpec(
                 prompt=prompt, adapter=adapter, max_tokens=self.settings.grounding_max_tokens, temperature=0.0,
@@ -279,19 +308,20 @@ class Agent:
         self.metrics.grounding_seconds.observe(time.perf_counter() - t0)
         return best, version
 
-    async def _generate(self, requests: Sequence[PolicyRequest]) -> list[PolicyGeneration]:
+    async def _generate(self, requests: Sequence[PolicyRequest], served: ServedProfile) -> list[PolicyGeneration]:
         specs = [
-            GenerationSpec(prompt=r.prompt, adapter=r.adapter, max_tokens=r.max_tokens,
+            GenerationSpec(prompt=r.prompt, adapter=served.engine_name(r.adapter), max_tokens=r.max_tokens,
                            temperature=r.temperature, top_p=r.top_p, seed=r.seed, stop=r.stop)
             for r in requests
         ]
         results = await self.backend.generate(specs)
         out = []
         for r, g in zip(requests, results, strict=True):
-            self.metrics.generations.labels(r.role.value).inc()
-            self.metrics.generated_tokens.labels(r.role.value).inc(g.completion_tokens)
-            self.metrics.prompt_tokens.labels(r.role.value).inc(g.prompt_tokens)
-            self.metrics.cached_prompt_tokens.labels(r.role.value).inc(g.cached_tokens)
+            labels = (served.name, r.role.value)
+            self.metrics.generations.labels(*labels).inc()
+            self.metrics.generated_tokens.labels(*labels).inc(g.completion_tokens)
+            self.metrics.prompt_tokens.labels(*labels).inc(g.prompt_tokens)
+            self.metrics.cached_prompt_tokens.labels(*labels).inc(g.cached_tokens)
             out.append(PolicyGeneration(text=g.text, adapter_version=g.adapter_version,
                                         prompt_tokens=g.prompt_tokens,
                                         completion_tokens=g.completion_tokens))

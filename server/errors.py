@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from glider.server.adapters.registry import AdapterNotFound, InvalidAdapter
 from glider.server.backends.base import BackendError
+from glider.server.profiles import InvalidProfile, ProfileNotFound
+from glider.server.served_profiles import ProfileUnavailable
 from glider.server.store.base import (
     EpisodeBusy,
     EpisodeExists,
@@ -49,6 +51,8 @@ class RateLimited(GliderError):
 ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (InvalidInput, "invalid_input", 422, "INVALID_ARGUMENT"),
     (InvalidAdapter, "invalid_adapter", 422, "INVALID_ARGUMENT"),
+    (InvalidProfile, "invalid_profile", 422, "INVALID_ARGUMENT"),
+    (ProfileNotFound, "profile_not_found", 404, "NOT_FOUND"),
     (EpisodeNotFound, "episode_not_found", 404, "NOT_FOUND"),
     (AdapterNotFound, "adapter_not_found", 404, "NOT_FOUND"),
     (EpisodeExists, "episode_exists", 409, "ALREADY_EXISTS"),
@@ -60,6 +64,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (Unauthorized, "unauthorized", 401, "UNAUTHENTICATED"),
     (Forbidden, "forbidden", 403, "PERMISSION_DENIED"),
     (BackendError, "backend_unavailable", 503, "UNAVAILABLE"),
+    (ProfileUnavailable, "profile_unavailable", 503, "UNAVAILABLE"),
     (StoreUnavailable, "store_unavailable", 503, "UNAVAILABLE"),
 ]
 

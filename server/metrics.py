@@ -24,19 +24,20 @@ class Metrics:
         self.grpc_requests = Counter(
             "glider_grpc_requests_total", "gRPC calls (a stream once, when it ends) by method and status code.",
             ["method", "code"], registry=r)
-        self.steps = Counter("glider_env_steps_total", "Environment steps answered.", ["mode"], registry=r)
+        # every figure of the agent's work carries the agent profile that did it
+        self.steps = Counter("glider_env_steps_total", "Environment steps answered.", ["profile", "mode"], registry=r)
         self.generations = Counter(
             "glider_generations_total", "Model calls by policy role (planner / executor / flat).",
-            ["role"], registry=r)
+            ["profile", "role"], registry=r)
         self.generated_tokens = Counter(
-            "glider_generated_tokens_total", "Generated tokens by policy role.", ["role"], registry=r)
+            "glider_generated_tokens_total", "Generated tokens by policy role.", ["profile", "role"], registry=r)
         self.prompt_tokens = Counter(
-            "glider_prompt_tokens_total", "Prompt tokens sent to the engine by policy role.", ["role"],
+            "glider_prompt_tokens_total", "Prompt tokens sent to the engine by policy role.", ["profile", "role"],
             registry=r)
         # with glider_prompt_tokens_total, the prefix-cache hit rate of each role's prompts
         self.cached_prompt_tokens = Counter(
             "glider_prompt_cached_tokens_total", "Prompt tokens found in the engine's prefix cache, by policy role.",
-            ["role"], registry=r)
+            ["profile", "role"], registry=r)
         self.fallbacks = Counter(
             "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
         self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)
@@ -44,7 +45,7 @@ class Metrics:
         # chose one instead ("grounded")
         self.grounded_steps = Counter(
             "glider_grounded_steps_total", "Steps with admissible commands, by how the action was found.",
-            ["result"], registry=r)
+            ["profile", "result"], registry=r)
         self.grounding_seconds = Histogram(
             "glider_grounding_seconds", "Scoring the admissible commands of one grounded step.",
             buckets=_LATENCY_BUCKETS, registry=r)
@@ -54,12 +55,12 @@ class Metrics:
         self.active_episodes = Gauge("glider_active_episodes", "Episodes in the store.", registry=r)
         self.adapter_swaps = Counter(
             "glider_adapter_swaps_total", "Adapter swaps by result (loaded / rejected / rolled_back).",
-            ["name", "result"], registry=r)
+            ["profile", "name", "result"], registry=r)
         self.adapter_swap_seconds = Histogram(
             "glider_adapter_swap_seconds", "Validate + load + switch time of an adapter swap.",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
         self.adapter_version = Gauge(
-            "glider_adapter_serving", "1 for the version each adapter serves.", ["name", "version"],
+            "glider_adapter_serving", "1 for the version each adapter serves.", ["profile", "name", "version"],
             registry=r)
         self.records_dropped = Counter(
             "glider_records_dropped_total", "Trajectory records lost (writer behind or disk error).",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from glider.server.adapters.registry import (
@@ -57,11 +58,18 @@ class _Slot:
 
 
 class AdapterManager:
+    """One agent profile's adapters (``names``, as its registry calls them).  In the engine each is
+    ``serving_name(name)``: the default profile's keep their names, another profile's are prefixed, so
+    two profiles' planners are two engine adapters (``glider.server.profiles``)."""
+
     def __init__(self, registry: AdapterRegistry, backend: Backend, names: list[str], *,
-                 model_dir, max_rank: int, metrics: Metrics, poll_s: float = 1.0, history: int = 8):
+                 model_dir, max_rank: int, metrics: Metrics, poll_s: float = 1.0, history: int = 8,
+                 profile: str = "default", serving_name: Callable[[str], str] | None = None):
         self.registry = registry
         self.backend = backend
         self.names = list(names)
+        self.profile = profile
+        self.serving_name = serving_name or (lambda name: name)
         self.max_rank = max_rank
         self.metrics = metrics
         self.poll_s = poll_s
@@ -90,14 +98,14 @@ class AdapterManager:
             try:
                 result = await self._load_locked(name, slot, version, make_current, t0)
             except (InvalidAdapter, AdapterNotFound, BackendError) as exc:
-                self.metrics.adapter_swaps.labels(name, "rejected").inc()
+                self.metrics.adapter_swaps.labels(self.profile, name, "rejected").inc()
                 log.error("adapter %s: %s swap to %s rejected: %s; %s keeps serving",
-                          name, reason, version or "current", exc, slot.serving)
+                          self.serving_name(name), reason, version or "current", exc, slot.serving)
                 raise
             if result.changed:
-                self.metrics.adapter_swaps.labels(name, "loaded").inc()
+                self.metrics.adapter_swaps.labels(self.profile, name, "loaded").inc()
                 self.metrics.adapter_swap_seconds.observe(result.seconds)
-                log.info("adapter %s: %s -> %s (%s, %.0f ms)", name, result.previous, result.version,
+                log.info("adapter %s: %s -> %s (%s, %.0f ms)", self.serving_name(name), result.previous, result.version,
                          reason, result.seconds * 1000)
             return result
 
@@ -111,7 +119,7 @@ class AdapterManager:
         await asyncio.to_thread(self.registry.validate, adapter, base_model=self.base_model,
                                 max_rank=self.max_rank, supported_modules=SUPPORTED_MODULES)
         try:
-            await self.backend.load_adapter(name, version, adapter.path)
+            await self.backend.load_adapter(self.serving_name(name), version, adapter.path)
         except BackendError as exc:
             if self.backend.ready:  # the engine is fine: it refused this adapter
                 raise InvalidAdapter(f"adapter {name}@{version}: the engine refused it: {exc}") from exc
@@ -124,8 +132,8 @@ class AdapterManager:
         if make_current:
             self.registry.set_current(name, version)
         if previous is not None:
-            self.metrics.adapter_version.remove(name, previous)
-        self.metrics.adapter_version.labels(name, version).set(1)
+            self.metrics.adapter_version.remove(self.profile, name, previous)
+        self.metrics.adapter_version.labels(self.profile, name, version).set(1)
         return SwapResult(name, version, previous, time.perf_counter() - t0)
 
     async def rollback(self, name: str) -> SwapResult:
@@ -141,7 +149,7 @@ class AdapterManager:
                 slot.history.pop()
             if slot.history and slot.history[-1] == target:
                 slot.history.pop()
-        self.metrics.adapter_swaps.labels(name, "rolled_back").inc()
+        self.metrics.adapter_swaps.labels(self.profile, name, "rolled_back").inc()
         return result
 
     # -- startup and the watcher ------------------------------------------------------
@@ -175,6 +183,21 @@ class AdapterManager:
             await self.load(name, current, reason="watcher")
         except (InvalidAdapter, AdapterNotFound, BackendError):
             pass  # logged and counted by load(); the old version keeps serving
+
+    def ready(self) -> bool:
+        """Every adapter of the profile is loaded in the engine."""
+        return all(self.serving_name(n) in self.backend.adapters for n in self.names)
+
+    async def unload(self) -> None:
+        """Take the profile's adapters out of the engine (a deleted profile); requests already running
+        on them finish first."""
+        await self.close()
+        for name, slot in self.slots.items():
+            async with slot.lock:
+                await self.backend.unload_adapter(self.serving_name(name))
+                if slot.serving is not None:
+                    self.metrics.adapter_version.remove(self.profile, name, slot.serving)
+                slot.serving = None
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -88,6 +88,11 @@ class Backend(ABC):
     async def load_adapter(self, name: str, version: str, path: Path) -> AdapterHandle:
         """Load ``path`` as adapter ``name`` at ``version`` and make it the serving one."""
 
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving adapter ``name`` (a deleted profile's); requests already running on it finish.
+        Engines that hold adapters in memory override this to free them."""
+        self.adapters.pop(name, None)
+
     async def close(self) -> None:
         self.ready = False
 

@@ -96,6 +96,14 @@ class HFBackend(Backend):
         log.info("adapter %s loaded into peft", peft_name)
         return handle
 
+    async def unload_adapter(self, name: str) -> None:
+        async with self._lock:
+            self.adapters.pop(name, None)
+            peft_name = self._peft_names.pop(name, None)
+            if peft_name is not None:
+                self._retired.add(peft_name)  # deleted now, or when its queued requests have run
+                self._delete_if_unused(peft_name)
+
     async def engine_adapters(self) -> list[str]:
         return sorted(getattr(self.model, "peft_config", {}) or {})
 

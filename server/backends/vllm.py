@@ -133,6 +133,13 @@ class VLLMBackend(Backend):
         log.info("adapter %s@%s loaded as LoRA id %d", name, version, lora_id)
         return handle
 
+    async def unload_adapter(self, name: str) -> None:
+        handle = self.adapters.pop(name, None)
+        self._requests.pop(name, None)
+        if handle is not None and self._engine is not None:
+            self._retired.add(handle.engine_id)  # freed now, or by its last running request
+            await self._release(self._engine, handle.engine_id)
+
     async def _release(self, engine, lora_id: int) -> None:
         if lora_id in self._retired and self._inflight[lora_id] == 0:
             self._retired.discard(lora_id)

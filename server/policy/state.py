@@ -49,6 +49,7 @@ class EpisodeState(BaseModel):
     id: str
     task: str
     mode: str
+    profile: str = "default"  # the agent profile it started with, kept to its end
     sampling: Sampling | None = None  # the episode's own sampling settings, over the server's
     status: EpisodeStatus = EpisodeStatus.active
     step: int = 0  # env steps answered so far

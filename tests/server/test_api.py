@@ -56,7 +56,8 @@ class ControlledBackend(Backend):
         self.specs.extend(specs)
         # a generation constrained to choices (grounding): the shortest one, as the scripted scores prefer
         return [GenerationResult(min(s.choices, key=len) if s.choices else "look around; false",
-                                 self._handle(s.adapter).version, 10, 4) for s in specs]
+                                 handle.version if (handle := self._handle(s.adapter)) else None, 10, 4)
+                for s in specs]  # no adapter: the bare backbone, no version
 
     async def score(self, prompt, continuations, adapter):
         """A scripted model: the shorter the command, the likelier (grounding's choice)."""
@@ -192,8 +193,8 @@ async def test_episode_lifecycle_and_metrics(api):
     view = await snapshot(client, "run-1:ep.0")
     assert view["planner_calls"] == 1 and view["executor_calls"] == 1 and view["subgoal"] == "look around"
     metrics = (await client.get("/metrics")).text
-    assert 'glider_generations_total{role="planner"} 1.0' in metrics
-    assert 'glider_generated_tokens_total{role="executor"} 4.0' in metrics
+    assert 'glider_generations_total{profile="default",role="planner"} 1.0' in metrics
+    assert 'glider_generated_tokens_total{profile="default",role="executor"} 4.0' in metrics
     assert 'glider_request_latency_seconds_count{route="/act"}' in metrics
     assert (await client.delete("/episodes/run-1:ep.0")).status_code == 204
     error_of(await client.get("/episodes/run-1:ep.0"), 404)
