@@ -96,16 +96,19 @@ class GliderClient:
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
             reward: float = 0.0, done: bool = False, step: int | None = None,
             score: float | None = None, sampling: Sampling | None = None,
-            valid_actions: Sequence[str] | None = None) -> ActResponse:
+            valid_actions: Sequence[str] | None = None, profile: str | None = None) -> ActResponse:
         """``sampling``: the new episode's own sampling settings (only when starting one);
-        ``valid_actions``: the environment's admissible commands now (the answer is one of them)."""
+        ``valid_actions``: the environment's admissible commands now (the answer is one of them);
+        ``profile``: the agent profile of the episode this step starts (None: the server's default)."""
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step, score=score, sampling=sampling, valid_actions=valid_actions)
+                         done=done, step=step, score=score, sampling=sampling, valid_actions=valid_actions,
+                         profile=profile)
         return ActResponse.model_validate(self._send("POST", "/act", json=body).json())
 
     def create_episode(self, task: str, episode_id: str | None = None,
-                       sampling: Sampling | None = None) -> EpisodeView:
-        body = EpisodeCreate(task=task, episode_id=episode_id, sampling=sampling).model_dump(exclude_none=True)
+                       sampling: Sampling | None = None, profile: str | None = None) -> EpisodeView:
+        body = EpisodeCreate(task=task, episode_id=episode_id, sampling=sampling,
+                             profile=profile).model_dump(exclude_none=True)
         return EpisodeView.model_validate(self._send("POST", "/episodes", json=body).json())
 
     def get_episode(self, episode_id: str) -> EpisodeView:
@@ -168,14 +171,16 @@ class AsyncGliderClient:
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
                   score: float | None = None, sampling: Sampling | None = None,
-                  valid_actions: Sequence[str] | None = None) -> ActResponse:
+                  valid_actions: Sequence[str] | None = None, profile: str | None = None) -> ActResponse:
         body = _act_body(observation=observation, episode_id=episode_id, task=task, reward=reward,
-                         done=done, step=step, score=score, sampling=sampling, valid_actions=valid_actions)
+                         done=done, step=step, score=score, sampling=sampling, valid_actions=valid_actions,
+                         profile=profile)
         return ActResponse.model_validate((await self._send("POST", "/act", json=body)).json())
 
     async def create_episode(self, task: str, episode_id: str | None = None,
-                             sampling: Sampling | None = None) -> EpisodeView:
-        body = EpisodeCreate(task=task, episode_id=episode_id, sampling=sampling).model_dump(exclude_none=True)
+                             sampling: Sampling | None = None, profile: str | None = None) -> EpisodeView:
+        body = EpisodeCreate(task=task, episode_id=episode_id, sampling=sampling,
+                             profile=profile).model_dump(exclude_none=True)
         return EpisodeView.model_validate((await self._send("POST", "/episodes", json=body)).json())
 
     async def get_episode(self, episode_id: str) -> EpisodeView:
@@ -195,6 +200,7 @@ def _from_pb(reply) -> ActResponse:
         subgoal_index=reply.subgoal_index, done=reply.done,
         adapter_versions=dict(reply.adapter_versions), fallback=reply.fallback, grounded=reply.grounded,
         generated_action=reply.generated_action if reply.HasField("generated_action") else None,
+        profile=reply.profile or "default",
     )
 
 
@@ -204,12 +210,13 @@ def _sampling_pb(sampling: Sampling | None):
     return None if sampling is None else pb.Sampling(**sampling.model_dump(exclude_none=True))
 
 
-def _act_pb(observation, episode_id, task, reward, done, step, score=None, sampling=None, valid_actions=None):
+def _act_pb(observation, episode_id, task, reward, done, step, score=None, sampling=None, valid_actions=None,
+            profile=None):
     from glider.v1 import agent_pb2 as pb
 
     request = pb.ActRequest(observation=observation, episode_id=episode_id or "", task=task or "",
                             reward=reward, done=done, sampling=_sampling_pb(sampling),
-                            valid_actions=valid_actions or ())
+                            valid_actions=valid_actions or (), profile=profile or "")
     if step is not None:
         request.step = step
     if score is not None:
@@ -235,8 +242,10 @@ class EpisodeStream:
                 reply = await episode.step(env.step(reply.action), reward=r)
     """
 
-    def __init__(self, stub, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
+    def __init__(self, stub, task: str, episode_id: str | None = None, sampling: Sampling | None = None,
+                 profile: str | None = None):
         self._stub, self.task, self.episode_id, self.sampling = stub, task, episode_id, sampling
+        self.profile = profile
         self._queue: asyncio.Queue = asyncio.Queue()
         self._call = None
 
@@ -265,7 +274,7 @@ class EpisodeStream:
 
         return await self._round_trip(pb.EpisodeEvent(start=pb.EpisodeStart(
             task=self.task, observation=observation, episode_id=self.episode_id or "",
-            sampling=_sampling_pb(self.sampling), valid_actions=valid_actions or ())))
+            sampling=_sampling_pb(self.sampling), valid_actions=valid_actions or (), profile=self.profile or "")))
 
     async def step(self, observation: str, *, reward: float = 0.0, done: bool = False,
                    score: float | None = None, valid_actions: Sequence[str] | None = None) -> ActResponse:
@@ -364,15 +373,16 @@ class GliderGrpcClient:
     def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
             reward: float = 0.0, done: bool = False, step: int | None = None,
             score: float | None = None, sampling: Sampling | None = None,
-            valid_actions: Sequence[str] | None = None) -> ActResponse:
+            valid_actions: Sequence[str] | None = None, profile: str | None = None) -> ActResponse:
         return _from_pb(self._call(self._stub.Act, _act_pb(observation, episode_id, task, reward, done, step,
-                                                           score, sampling, valid_actions)))
+                                                           score, sampling, valid_actions, profile)))
 
-    def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
+    def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None,
+                       profile: str | None = None):
         from glider.v1 import agent_pb2 as pb
 
         return self._call(self._stub.CreateEpisode, pb.CreateEpisodeRequest(
-            task=task, episode_id=episode_id or "", sampling=_sampling_pb(sampling)))
+            task=task, episode_id=episode_id or "", sampling=_sampling_pb(sampling), profile=profile or ""))
 
     def get_episode(self, episode_id: str):
         from glider.v1 import agent_pb2 as pb
@@ -417,15 +427,16 @@ class AsyncGliderGrpcClient:
     async def act(self, observation: str, *, episode_id: str | None = None, task: str | None = None,
                   reward: float = 0.0, done: bool = False, step: int | None = None,
                   score: float | None = None, sampling: Sampling | None = None,
-                  valid_actions: Sequence[str] | None = None) -> ActResponse:
+                  valid_actions: Sequence[str] | None = None, profile: str | None = None) -> ActResponse:
         return _from_pb(await self._call(self._stub.Act, _act_pb(observation, episode_id, task, reward, done,
-                                                                 step, score, sampling, valid_actions)))
+                                                                 step, score, sampling, valid_actions, profile)))
 
-    async def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None):
+    async def create_episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None,
+                             profile: str | None = None):
         from glider.v1 import agent_pb2 as pb
 
         return await self._call(self._stub.CreateEpisode, pb.CreateEpisodeRequest(
-            task=task, episode_id=episode_id or "", sampling=_sampling_pb(sampling)))
+            task=task, episode_id=episode_id or "", sampling=_sampling_pb(sampling), profile=profile or ""))
 
     async def get_episode(self, episode_id: str):
         from glider.v1 import agent_pb2 as pb
@@ -437,7 +448,8 @@ class AsyncGliderGrpcClient:
 
         await self._call(self._stub.DeleteEpisode, pb.DeleteEpisodeRequest(episode_id=episode_id))
 
-    def episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None) -> EpisodeStream:
+    def episode(self, task: str, episode_id: str | None = None, sampling: Sampling | None = None,
+                profile: str | None = None) -> EpisodeStream:
         """A new episode on its own stream (see ``EpisodeStream``); ``episode_id`` picks its id,
-        ``sampling`` its own sampling settings."""
-        return EpisodeStream(self._stub, task, episode_id, sampling)
+        ``sampling`` its own sampling settings, ``profile`` its agent profile (None: the default)."""
+        return EpisodeStream(self._stub, task, episode_id, sampling, profile)

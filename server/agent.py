@@ -35,11 +35,12 @@ from glider.server.served_profiles import ProfileSet, ServedProfile
 from glider.server.settings import GroundingMethod, Settings
 from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
-from glider.v1.rest import EPISODE_ID_PATTERN, TASK_PATTERN, Sampling
+from glider.v1.rest import EPISODE_ID_PATTERN, PROFILE_PATTERN, TASK_PATTERN, Sampling
 
 log = logging.getLogger(__name__)
 
 EPISODE_ID_RE = re.compile(EPISODE_ID_PATTERN)
+PROFILE_RE = re.compile(PROFILE_PATTERN)
 TASK_RE = re.compile(TASK_PATTERN)  # the REST schema's own patterns: gRPC requests get the same checks
 
 
@@ -69,6 +70,7 @@ class StepResult:
     latency_ms: float = 0.0
     grounded: bool = False  # the action is an admissible command chosen by the model's scores
     generated_action: str | None = None  # the executor's own action when admissible commands were sent
+    profile: str = "default"  # the agent profile that played it
 
 
 class Agent:
@@ -156,6 +158,7 @@ class Agent:
                              sampling: Sampling | None = None, profile: str | None = None) -> EpisodeState:
         """A new episode of agent ``profile`` (None: the default), which it keeps to its end."""
         task = self._check_task(task)
+        profile = self.check_profile(profile)
         sampling = self._check_sampling(sampling)
         if episode_id is None:
             episode_id = uuid.uuid4().hex
@@ -170,6 +173,13 @@ class Agent:
             self.metrics.errors.labels("too_many_episodes").inc()
             raise
         return state
+
+    @staticmethod
+    def check_profile(profile: str | None) -> str | None:
+        """The contract's pattern (gRPC is not checked by pydantic); an empty name is no name."""
+        if profile and not PROFILE_RE.match(profile):
+            raise InvalidInput("profile must be 1-64 characters of [a-z0-9_-], starting with a letter")
+        return profile or None
 
     async def get_episode(self, episode_id: str) -> EpisodeState:
         return await self.store.get(episode_id)
@@ -205,6 +215,7 @@ class Agent:
             raise InvalidInput(
                 f"observation is longer than {self.settings.max_observation_chars} characters")
         valid_actions = self._check_valid_actions(valid_actions)
+        profile = self.check_profile(profile)
         created = episode_id is None
         if created:
             episode_id = (await self.create_episode(task, sampling=sampling, profile=profile)).id
@@ -252,6 +263,7 @@ class Agent:
                 fallback=decision.fallback,
                 grounded=decision.grounded,
                 generated_action=decision.generated_action if valid_actions else None,
+                profile=served.name,
             )
             new.last_answer = LastAnswer(digest=digest, result=asdict(result, dict_factory=_answer_fields))
             await self.store.commit(new, state.version)

@@ -29,16 +29,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from glider.server.adapters.registry import NAME_PATTERN, AdapterRegistry
+from glider.server.adapters.registry import AdapterRegistry
 from glider.server.policy.controller import HierarchyConfig
 from glider.server.policy.modes import ADAPTER_ROLES, PolicyMode
+from glider.v1.rest import PROFILE_PATTERN
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT = "default"
 PROFILES_DIR = "@profiles"
 DEFINITION = "profile.json"
-PROFILE_NAME_PATTERN = NAME_PATTERN  # a profile's name is a path segment, as an adapter's is
-_NAME_RE = re.compile(PROFILE_NAME_PATTERN)
+_NAME_RE = re.compile(PROFILE_PATTERN)  # the contract's: a path segment, as an adapter's name is
 
 
 class ProfileNotFound(LookupError):
@@ -78,7 +78,7 @@ class ProfileSpec(BaseModel):
 
 
 class Profile(ProfileSpec):
-    name: str = Field(pattern=PROFILE_NAME_PATTERN)
+    name: str = Field(pattern=PROFILE_PATTERN)
 
     @property
     def adapter_names(self) -> list[str]:

@@ -81,6 +81,10 @@ class AdapterManager:
     def serving(self) -> dict[str, str | None]:
         return {name: slot.serving for name, slot in self.slots.items()}
 
+    def serving_versions(self) -> dict[str, str]:
+        """Adapter -> the version the engine serves, for the adapters that are loaded."""
+        return {name: version for name, version in self.serving().items() if version is not None}
+
     def _slot(self, name: str) -> _Slot:
         self.registry.check_name(name)
         try:

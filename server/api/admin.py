@@ -1,4 +1,5 @@
-"""Admin REST API: adapters (list, load a version, rollback), behind a bearer token.
+"""Admin REST API: adapters (list, load a version, rollback) and agent profiles (list, create or change,
+delete), behind a bearer token.
 
 Clients name adapters and versions, never paths; both are validated by the
 registry, so nothing can resolve outside it.  No token configured means the
@@ -10,18 +11,22 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import NAME_PATTERN, VERSION_PATTERN
 from glider.server.agent import Agent
 from glider.server.errors import Forbidden, Unauthorized
-from glider.v1.rest import ErrorResponse
+from glider.server.profiles import GenerationSettings, ProfileSpec
+from glider.server.served_profiles import ServedProfile
+from glider.v1.rest import PROFILE_PATTERN, ErrorResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 _bearer = HTTPBearer(auto_error=False, description="GLIDER_ADMIN_TOKEN")
 # names and versions are documented with the registry's own patterns, so the contract says what
 # the server accepts (and nothing that resolves outside the registry can be asked for)
 AdapterName = Annotated[str, Path(pattern=NAME_PATTERN, description="planner | executor | shared | flat")]
+ProfileName = Annotated[str, Path(pattern=PROFILE_PATTERN, description="An agent profile; `default` is the server's.")]
 
 
 class AdapterInfo(BaseModel):
@@ -51,8 +56,29 @@ class SwapResponse(BaseModel):
     seconds: float
 
 
-def adapter_info(agent: Agent, name: str) -> AdapterInfo:
-    manager = agent.adapters
+class ProfileInfo(BaseModel):
+    name: str
+    mode: str
+    adapters: bool = Field(description="false: the base model prompted, no adapters")
+    generation: GenerationSettings
+    state: str = Field(description="ready | loading | broken (its episodes are refused with 503)")
+    error: str | None = None
+    serving: dict[str, str | None] = Field(description="Adapter -> the version the engine serves for it.")
+
+
+class ProfileList(BaseModel):
+    profiles: list[ProfileInfo]
+
+
+def profile_info(served: ServedProfile) -> ProfileInfo:
+    state = served.state()
+    return ProfileInfo(name=served.name, mode=state["mode"], adapters=served.profile.adapters,
+                       generation=served.profile.generation, state=state["state"], error=state.get("error"),
+                       serving=state["adapters"])
+
+
+def adapter_info(agent: Agent, name: str, manager: AdapterManager | None = None) -> AdapterInfo:
+    manager = manager or agent.adapters
     slot = manager.slots[name]
     try:
         current = manager.registry.current_version(name)
@@ -63,8 +89,9 @@ def adapter_info(agent: Agent, name: str) -> AdapterInfo:
                        versions=manager.registry.versions(name))
 
 
-async def adapter_list(agent: Agent) -> AdapterList:
-    return AdapterList(adapters=[adapter_info(agent, n) for n in agent.adapters.names],
+async def adapter_list(agent: Agent, manager: AdapterManager | None = None) -> AdapterList:
+    manager = manager or agent.adapters
+    return AdapterList(adapters=[adapter_info(agent, n, manager) for n in manager.names],
                        engine_loaded=await agent.backend.engine_adapters())
 
 
@@ -87,7 +114,6 @@ def admin_router(agent: Agent) -> APIRouter:
     errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
     router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                        responses=errors)
-    manager = agent.adapters
 
     @router.get("/adapters", response_model=AdapterList)
     async def list_adapters() -> AdapterList:
@@ -95,13 +121,49 @@ def admin_router(agent: Agent) -> APIRouter:
 
     @router.post("/adapters/{name}/load", response_model=SwapResponse)
     async def load(name: AdapterName, body: LoadRequest | None = None) -> SwapResponse:
-        r = await manager.load(name, body.version if body else None, make_current=True)
+        r = await agent.adapters.load(name, body.version if body else None, make_current=True)
         return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
                             seconds=r.seconds)
 
     @router.post("/adapters/{name}/rollback", response_model=SwapResponse)
     async def rollback(name: AdapterName) -> SwapResponse:
-        r = await manager.rollback(name)
+        r = await agent.adapters.rollback(name)
+        return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
+                            seconds=r.seconds)
+
+    # -- agent profiles: each one's definition, and its adapters as above -------------------------
+    @router.get("/profiles", response_model=ProfileList)
+    async def list_profiles() -> ProfileList:
+        return ProfileList(profiles=[profile_info(p) for p in agent.profiles.served.values()])
+
+    @router.get("/profiles/{profile}", response_model=ProfileInfo)
+    async def get_profile(profile: ProfileName) -> ProfileInfo:
+        return profile_info(agent.profiles.get(profile))
+
+    @router.put("/profiles/{profile}", response_model=ProfileInfo,
+                summary="Create or change a profile (stored beside its adapters; it survives a restart)")
+    async def put_profile(profile: ProfileName, body: ProfileSpec) -> ProfileInfo:
+        return profile_info(await agent.profiles.put(profile, body))
+
+    @router.delete("/profiles/{profile}", status_code=204, summary="Delete a profile and its adapters")
+    async def delete_profile(profile: ProfileName) -> Response:
+        await agent.profiles.delete(profile)
+        return Response(status_code=204)
+
+    @router.get("/profiles/{profile}/adapters", response_model=AdapterList)
+    async def list_profile_adapters(profile: ProfileName) -> AdapterList:
+        return await adapter_list(agent, agent.profiles.get(profile).adapters)
+
+    @router.post("/profiles/{profile}/adapters/{name}/load", response_model=SwapResponse)
+    async def load_profile_adapter(profile: ProfileName, name: AdapterName,
+                                   body: LoadRequest | None = None) -> SwapResponse:
+        r = await agent.profiles.get(profile).adapters.load(name, body.version if body else None, make_current=True)
+        return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
+                            seconds=r.seconds)
+
+    @router.post("/profiles/{profile}/adapters/{name}/rollback", response_model=SwapResponse)
+    async def rollback_profile_adapter(profile: ProfileName, name: AdapterName) -> SwapResponse:
+        r = await agent.profiles.get(profile).adapters.rollback(name)
         return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
                             seconds=r.seconds)
 

@@ -47,7 +47,7 @@ def _reply(r: StepResult) -> pb.ActResponse:
     msg = pb.ActResponse(
         episode_id=r.episode_id, step=r.step, new_subgoal=r.new_subgoal, subgoal_done=r.subgoal_done,
         subgoal_index=r.subgoal_index, done=r.done, adapter_versions=r.adapter_versions,
-        fallback=r.fallback, grounded=r.grounded,
+        fallback=r.fallback, grounded=r.grounded, profile=r.profile,
     )
     if r.generated_action is not None:
         msg.generated_action = r.generated_action
@@ -63,7 +63,7 @@ def _info(s: EpisodeState) -> pb.EpisodeInfo:
         episode_id=s.id, task=s.task, mode=s.mode, status=s.status.value, step=s.step,
         subgoal_count=s.subgoal_count, planner_calls=s.planner_calls,
         executor_calls=s.executor_calls, total_reward=s.total_reward,
-        adapter_versions=s.adapter_versions,
+        adapter_versions=s.adapter_versions, profile=s.profile,
     )
     if s.subgoal is not None:
         msg.subgoal = s.subgoal
@@ -105,6 +105,7 @@ class AgentServicer(pb_grpc.AgentServicer):
                 score=_finite(request.score) if request.HasField("score") else None,
                 sampling=_sampling(request),
                 valid_actions=list(request.valid_actions),
+                profile=request.profile or None,
             )
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
@@ -120,7 +121,8 @@ class AgentServicer(pb_grpc.AgentServicer):
                         raise InvalidInput("an episode stream starts with a `start` event")
                     start = event.start
                     if start.episode_id:
-                        await self.agent.create_episode(start.task, start.episode_id, _sampling(start))
+                        await self.agent.create_episode(start.task, start.episode_id, _sampling(start),
+                                                        start.profile or None)
                         try:
                             result = await self.agent.act(observation=start.observation,
                                                           episode_id=start.episode_id,
@@ -131,7 +133,8 @@ class AgentServicer(pb_grpc.AgentServicer):
                     else:
                         result = await self.agent.act(observation=start.observation, task=start.task,
                                                       sampling=_sampling(start),
-                                                      valid_actions=list(start.valid_actions))
+                                                      valid_actions=list(start.valid_actions),
+                                                      profile=start.profile or None)
                     episode_id = result.episode_id
                 elif kind == "step":
                     result = await self.agent.act(observation=event.step.observation,
@@ -153,7 +156,7 @@ class AgentServicer(pb_grpc.AgentServicer):
     async def CreateEpisode(self, request, context) -> pb.EpisodeInfo:
         try:
             return _info(await self.agent.create_episode(request.task, request.episode_id or None,
-                                                         _sampling(request)))
+                                                         _sampling(request), request.profile or None))
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
 
@@ -187,10 +190,14 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
             msg.previous = r.previous
         return msg
 
+    def _manager(self, request):
+        """The adapters of the request's agent profile (empty: the default's)."""
+        return self.agent.profiles.get(self.agent.check_profile(request.profile)).adapters
+
     async def ListAdapters(self, request, context) -> pb.ListAdaptersResponse:
         try:
             self._authorize(context)
-            listing = await adapter_list(self.agent)
+            listing = await adapter_list(self.agent, self._manager(request))
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
         return pb.ListAdaptersResponse(
@@ -201,7 +208,7 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
     async def LoadAdapter(self, request, context) -> pb.SwapResponse:
         try:
             self._authorize(context)
-            result = await self.agent.adapters.load(request.name, request.version or None, make_current=True)
+            result = await self._manager(request).load(request.name, request.version or None, make_current=True)
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
         return self._swap(result)
@@ -209,7 +216,7 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
     async def RollbackAdapter(self, request, context) -> pb.SwapResponse:
         try:
             self._authorize(context)
-            result = await self.agent.adapters.rollback(request.name)
+            result = await self._manager(request).rollback(request.name)
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
         return self._swap(result)

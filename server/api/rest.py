@@ -57,6 +57,7 @@ def episode_view(state: EpisodeState) -> EpisodeView:
         episode_id=state.id,
         task=state.task,
         mode=state.mode,
+        profile=state.profile,
         status=state.status.value,
         step=state.step,
         subgoal=state.subgoal,
@@ -242,19 +243,19 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
         result = await agent.act(
             observation=body.observation, episode_id=body.episode_id, task=body.task,
             reward=body.reward, done=body.done, step=body.step, score=body.score, sampling=body.sampling,
-            valid_actions=body.valid_actions,
+            valid_actions=body.valid_actions, profile=body.profile,
         )
         return ActResponse(
             episode_id=result.episode_id, step=result.step, action=result.action,
             subgoal=result.subgoal, new_subgoal=result.new_subgoal,
             subgoal_done=result.subgoal_done, subgoal_index=result.subgoal_index,
             done=result.done, adapter_versions=result.adapter_versions, fallback=result.fallback,
-            grounded=result.grounded, generated_action=result.generated_action,
+            grounded=result.grounded, generated_action=result.generated_action, profile=result.profile,
         )
 
     @app.post("/episodes", response_model=EpisodeView, status_code=201, responses=_ERRORS)
     async def create_episode(body: EpisodeCreate) -> EpisodeView:
-        return episode_view(await agent.create_episode(body.task, body.episode_id, body.sampling))
+        return episode_view(await agent.create_episode(body.task, body.episode_id, body.sampling, body.profile))
 
     @app.get("/episodes/{episode_id}", response_model=EpisodeView, responses=_ERRORS)
     async def get_episode(episode_id: str) -> EpisodeView:
@@ -270,10 +271,11 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}},
-             summary="The engine is loaded with every adapter the mode needs")
+             summary="The engine is loaded with every adapter the default profile needs")
     async def readyz():
         body = Health(status="ready" if agent.ready else "loading", backend=agent.backend.kind,
-                      mode=agent.mode, adapters=agent.backend.adapter_versions())
+                      mode=agent.mode, adapters=agent.adapters.serving_versions(),
+                      profiles={name: served.state() for name, served in agent.profiles.served.items()})
         return JSONResponse(body.model_dump(), status_code=200 if agent.ready else 503)
 
     def openapi() -> dict:

@@ -111,3 +111,91 @@ async def test_deleting_a_profile_takes_its_adapters_out_of_the_engine(agent, tm
     with pytest.raises(ProfileNotFound):  # its running episodes end with a clear error, state unchanged
         await agent.act(observation="kitchen", episode_id=episode.episode_id)
     assert (await agent.get_episode(episode.episode_id)).step == 1
+
+
+ADMIN = {"authorization": "Bearer test-token"}
+
+
+@pytest.fixture
+async def rest(tmp_path):
+    import httpx
+    from glider.server.api.rest import create_app
+
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), admin_token="test-token")
+    await agent.start()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(agent)), base_url="http://t") as client:
+        yield client, agent, backend
+    await agent.close()
+
+
+async def test_profiles_over_rest_admin_act_and_readyz(rest, tmp_path):
+    client, agent, backend = rest
+    publish_into(agent, tmp_path, "textworld")
+    created = await client.put("/admin/profiles/textworld", headers=ADMIN,
+                               json={"mode": "separate", "generation": {"temperature": 0.3}})
+    assert created.status_code == 200 and created.json()["state"] == "ready", created.text
+    assert created.json()["serving"] == {"planner": "v0001", "executor": "v0001"}
+    step = (await client.post("/act", json={"task": "boil water", "observation": "hall", "profile": "textworld"})).json()
+    assert step["profile"] == "textworld"
+    view = (await client.get(f"/episodes/{step['episode_id']}")).json()
+    assert view["profile"] == "textworld"
+    ready = (await client.get("/readyz")).json()
+    assert ready["status"] == "ready" and set(ready["profiles"]) == {"default", "textworld"}
+    assert ready["adapters"] == {"planner": "v0001", "executor": "v0001"}  # the default profile's, as before
+    listed = (await client.get("/admin/profiles", headers=ADMIN)).json()["profiles"]
+    assert [p["name"] for p in listed] == ["default", "textworld"]
+    # per-profile adapter admin: a rollback with no history is a 404 for that profile only
+    refused = await client.post("/admin/profiles/textworld/adapters/planner/rollback", headers=ADMIN)
+    assert refused.status_code == 404 and "no previous version" in refused.json()["error"]["message"]
+    assert (await client.delete("/admin/profiles/textworld", headers=ADMIN)).status_code == 204
+    assert (await client.get("/admin/profiles/textworld", headers=ADMIN)).status_code == 404
+
+
+async def test_unknown_or_malformed_profiles_get_a_clear_4xx_over_rest(rest):
+    client, agent, backend = rest
+    unknown = await client.post("/act", json={"task": "boil water", "observation": "hall", "profile": "nope"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "profile_not_found"
+    bad = await client.post("/act", json={"task": "boil water", "observation": "hall", "profile": "../x"})
+    assert bad.status_code == 422
+    created = await client.post("/episodes", json={"task": "boil water", "profile": "nope"})
+    assert created.status_code == 404
+    bad_spec = await client.put("/admin/profiles/x", headers=ADMIN, json={"mode": "sideways"})
+    assert bad_spec.status_code == 422
+    assert await agent.store.count() == 0 and backend.specs == []
+    assert (await client.get("/admin/profiles", headers=ADMIN)).json()["profiles"][0]["name"] == "default"
+    assert len((await client.get("/admin/profiles", headers=ADMIN)).json()["profiles"]) == 1
+
+
+async def test_unknown_profiles_over_grpc_are_not_found_and_change_nothing(tmp_path):
+    import grpc
+    from glider.server.api.grpc import GrpcServer
+    from glider.v1 import agent_pb2 as pb
+    from glider.v1 import agent_pb2_grpc as pb_grpc
+
+    from tests.conftest import free_port
+
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore())
+    await agent.start()
+    publish_into(agent, tmp_path, "textworld")
+    await agent.profiles.put("textworld", ProfileSpec())
+    server = GrpcServer(agent, "127.0.0.1", free_port(), 1 << 20)
+    await server.start()
+    await server.set_serving(True)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AgentStub(channel)
+            for call in (stub.Act(pb.ActRequest(task="boil", observation="hall", profile="nope"), timeout=10),
+                         stub.CreateEpisode(pb.CreateEpisodeRequest(task="boil", profile="nope"), timeout=10)):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND and "nope" in err.value.details()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Act(pb.ActRequest(task="boil", observation="hall", profile="Bad/Name"), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert await agent.store.count() == 0
+            reply = await stub.Act(pb.ActRequest(task="boil", observation="hall", profile="textworld"), timeout=10)
+            assert reply.profile == "textworld"
+            assert (await stub.GetEpisode(pb.GetEpisodeRequest(episode_id=reply.episode_id))).profile == "textworld"
+    finally:
+        await server.stop(0)
+        await agent.close()

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ActRequest(_message.Message):
-    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step", "score", "sampling", "valid_actions")
+    __slots__ = ("observation", "episode_id", "task", "reward", "done", "step", "score", "sampling", "valid_actions", "profile")
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class ActRequest(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VALID_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     observation: str
     episode_id: str
     task: str
@@ -26,7 +27,8 @@ class ActRequest(_message.Message):
     score: float
     sampling: Sampling
     valid_actions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ..., score: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., valid_actions: _Optional[_Iterable[str]] = ...) -> None: ...
+    profile: str
+    def __init__(self, observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., task: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., step: _Optional[int] = ..., score: _Optional[float] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., valid_actions: _Optional[_Iterable[str]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_p", "seed")
@@ -39,7 +41,7 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ActResponse(_message.Message):
-    __slots__ = ("episode_id", "step", "action", "subgoal", "new_subgoal", "subgoal_done", "subgoal_index", "done", "adapter_versions", "fallback", "grounded", "generated_action")
+    __slots__ = ("episode_id", "step", "action", "subgoal", "new_subgoal", "subgoal_done", "subgoal_index", "done", "adapter_versions", "fallback", "grounded", "generated_action", "profile")
     class AdapterVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +61,7 @@ class ActResponse(_message.Message):
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     GROUNDED_FIELD_NUMBER: _ClassVar[int]
     GENERATED_ACTION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     episode_id: str
     step: int
     action: str
@@ -71,7 +74,8 @@ class ActResponse(_message.Message):
     fallback: bool
     grounded: bool
     generated_action: str
-    def __init__(self, episode_id: _Optional[str] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., subgoal: _Optional[str] = ..., new_subgoal: _Optional[bool] = ..., subgoal_done: _Optional[bool] = ..., subgoal_index: _Optional[int] = ..., done: _Optional[bool] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ..., fallback: _Optional[bool] = ..., grounded: _Optional[bool] = ..., generated_action: _Optional[str] = ...) -> None: ...
+    profile: str
+    def __init__(self, episode_id: _Optional[str] = ..., step: _Optional[int] = ..., action: _Optional[str] = ..., subgoal: _Optional[str] = ..., new_subgoal: _Optional[bool] = ..., subgoal_done: _Optional[bool] = ..., subgoal_index: _Optional[int] = ..., done: _Optional[bool] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ..., fallback: _Optional[bool] = ..., grounded: _Optional[bool] = ..., generated_action: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class EpisodeEvent(_message.Message):
     __slots__ = ("start", "step")
@@ -82,18 +86,20 @@ class EpisodeEvent(_message.Message):
     def __init__(self, start: _Optional[_Union[EpisodeStart, _Mapping]] = ..., step: _Optional[_Union[EpisodeStep, _Mapping]] = ...) -> None: ...
 
 class EpisodeStart(_message.Message):
-    __slots__ = ("task", "observation", "episode_id", "sampling", "valid_actions")
+    __slots__ = ("task", "observation", "episode_id", "sampling", "valid_actions", "profile")
     TASK_FIELD_NUMBER: _ClassVar[int]
     OBSERVATION_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VALID_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     task: str
     observation: str
     episode_id: str
     sampling: Sampling
     valid_actions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task: _Optional[str] = ..., observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., valid_actions: _Optional[_Iterable[str]] = ...) -> None: ...
+    profile: str
+    def __init__(self, task: _Optional[str] = ..., observation: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., valid_actions: _Optional[_Iterable[str]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class EpisodeStep(_message.Message):
     __slots__ = ("observation", "reward", "done", "score", "valid_actions")
@@ -110,14 +116,16 @@ class EpisodeStep(_message.Message):
     def __init__(self, observation: _Optional[str] = ..., reward: _Optional[float] = ..., done: _Optional[bool] = ..., score: _Optional[float] = ..., valid_actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateEpisodeRequest(_message.Message):
-    __slots__ = ("task", "episode_id", "sampling")
+    __slots__ = ("task", "episode_id", "sampling", "profile")
     TASK_FIELD_NUMBER: _ClassVar[int]
     EPISODE_ID_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     task: str
     episode_id: str
     sampling: Sampling
-    def __init__(self, task: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    profile: str
+    def __init__(self, task: _Optional[str] = ..., episode_id: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class GetEpisodeRequest(_message.Message):
     __slots__ = ("episode_id",)
@@ -136,7 +144,7 @@ class DeleteEpisodeResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class EpisodeInfo(_message.Message):
-    __slots__ = ("episode_id", "task", "mode", "status", "step", "subgoal", "subgoal_count", "planner_calls", "executor_calls", "total_reward", "adapter_versions", "sampling")
+    __slots__ = ("episode_id", "task", "mode", "status", "step", "subgoal", "subgoal_count", "planner_calls", "executor_calls", "total_reward", "adapter_versions", "sampling", "profile")
     class AdapterVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +164,7 @@ class EpisodeInfo(_message.Message):
     TOTAL_REWARD_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     episode_id: str
     task: str
     mode: str
@@ -168,11 +177,14 @@ class EpisodeInfo(_message.Message):
     total_reward: float
     adapter_versions: _containers.ScalarMap[str, str]
     sampling: Sampling
-    def __init__(self, episode_id: _Optional[str] = ..., task: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., subgoal: _Optional[str] = ..., subgoal_count: _Optional[int] = ..., planner_calls: _Optional[int] = ..., executor_calls: _Optional[int] = ..., total_reward: _Optional[float] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    profile: str
+    def __init__(self, episode_id: _Optional[str] = ..., task: _Optional[str] = ..., mode: _Optional[str] = ..., status: _Optional[str] = ..., step: _Optional[int] = ..., subgoal: _Optional[str] = ..., subgoal_count: _Optional[int] = ..., planner_calls: _Optional[int] = ..., executor_calls: _Optional[int] = ..., total_reward: _Optional[float] = ..., adapter_versions: _Optional[_Mapping[str, str]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class ListAdaptersRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("profile",)
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    def __init__(self, profile: _Optional[str] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
     __slots__ = ("name", "serving", "current", "previous", "versions")
@@ -197,18 +209,22 @@ class ListAdaptersResponse(_message.Message):
     def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., engine_loaded: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadAdapterRequest(_message.Message):
-    __slots__ = ("name", "version")
+    __slots__ = ("name", "version", "profile")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    profile: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class RollbackAdapterRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "profile")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    profile: str
+    def __init__(self, name: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class SwapResponse(_message.Message):
     __slots__ = ("name", "version", "previous", "changed", "seconds")

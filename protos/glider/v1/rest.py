@@ -10,6 +10,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EPISODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+# an agent profile's name (a planner/executor pair and its settings on the server's backbone)
+PROFILE_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 
 
 class _Strict(BaseModel):
@@ -71,6 +73,10 @@ class ActRequest(_Strict):
     score: float | None = Field(None, description="The environment's own score now, if it keeps one (recorded).")
     sampling: Sampling | None = Field(None, description="The new episode's own sampling settings (only when "
                                                         "starting one).")
+    profile: str | None = Field(None, pattern=PROFILE_PATTERN,
+                                description="The agent profile of the episode this step starts (omitted: the "
+                                            "server's default). A later step may only name the episode's own: an "
+                                            "episode keeps its profile. Unknown: 404.")
     valid_actions: list[str] | None = Field(
         None, description="The environment's admissible commands now. The action answered is then one of them, "
                           "byte for byte: the executor's own when it generated one (compared after stripping, "
@@ -102,12 +108,14 @@ class ActResponse(BaseModel):
                                               "by its scores, because its generation was none of them.")
     generated_action: str | None = Field(None, description="The executor's own action when `valid_actions` was "
                                                            "sent (null: its output was unusable).")
+    profile: str = Field("default", description="The agent profile that played the step (the episode's).")
 
 
 class EpisodeCreate(_Strict):
     task: str = Field(pattern=TASK_PATTERN)
     episode_id: str | None = Field(None, pattern=EPISODE_ID_PATTERN)
     sampling: Sampling | None = None
+    profile: str | None = Field(None, pattern=PROFILE_PATTERN, description="Omitted: the server's default.")
 
 
 class TurnView(BaseModel):
@@ -127,6 +135,7 @@ class EpisodeView(BaseModel):
     episode_id: str
     task: str
     mode: str
+    profile: str = "default"
     status: str
     step: int
     subgoal: str | None
@@ -156,3 +165,6 @@ class Health(BaseModel):
     backend: str | None = None
     mode: str | None = None
     adapters: dict[str, str] = Field(default_factory=dict)
+    profiles: dict[str, dict] = Field(default_factory=dict, description="Each agent profile: its mode, the "
+                                                                       "adapter versions it serves, and its "
+                                                                       "state (ready | loading | broken).")
