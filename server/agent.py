@@ -115,6 +115,7 @@ class Agent:
             await self.store.check()
         except StoreUnavailable as exc:
             log.warning("%s; steps will answer 503 until it is reachable", exc)
+        self.backend.lora_slots = self.profiles.lora_slots()
         await self.backend.start()
         await self.profiles.start()
 

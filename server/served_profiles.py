@@ -107,6 +107,28 @@ class ProfileSet:
                       served.name, exc)
         served.adapters.start_watching()
 
+    def lora_slots(self) -> int:
+        """Engine adapter slots for the stored profiles: one per adapter of each, plus headroom for the
+        largest profile to swap all its adapters at once (an old version serves its running requests
+        while the new one loads)."""
+        sizes = []
+        for name in self.store.names():
+            try:
+                sizes.append(len(self.store.get(name).adapter_names))
+            except (ValueError, LookupError):
+                continue
+        return sum(sizes) + max(sizes, default=0)
+
+    def check_capacity(self) -> None:
+        """Say so when the profiles now served hold more adapters than the engine batches together."""
+        capacity = self.backend.lora_capacity
+        wanted = sum(len(p.profile.adapter_names) for p in self.served.values())
+        if capacity is not None and wanted > capacity:
+            log.warning("the profiles serve %d adapters and the engine batches at most %d: a step whose adapter "
+                        "is not in the running batch waits for a slot (vLLM swaps adapters between batches); "
+                        "restart the server to size the slots for every profile, or raise GLIDER_MAX_LORAS",
+                        wanted, capacity)
+
     async def start(self) -> None:
         """Load every stored profile; the default one's failure fails the server's start."""
         await self._start(self.default, required=True)
@@ -120,6 +142,7 @@ class ProfileSet:
                 continue
             self.served[name] = self._build(profile)
             await self._start(self.served[name])
+        self.check_capacity()
 
     async def put(self, name: str, spec: ProfileSpec) -> ServedProfile:
         """Create or change a profile: stored, then served (a changed one replaces the old at once;
@@ -139,6 +162,7 @@ class ProfileSet:
             profile = served.profile
             old = self.served.get(name)
             self.served[name] = served
+            self.check_capacity()
             if old is not None:
                 await old.adapters.close()
                 stale = set(old.profile.adapter_names) - set(profile.adapter_names)

@@ -71,6 +71,14 @@ class Backend(ABC):
     def __init__(self) -> None:
         self.adapters: dict[str, AdapterHandle] = {}
         self.ready = False
+        # LoRA slots the server's profiles want (set before ``start``); engines that size their
+        # adapter slots at start take at least this many.  None: the settings' own
+        self.lora_slots: int | None = None
+
+    @property
+    def lora_capacity(self) -> int | None:
+        """Adapters the engine serves in one batch (None: no fixed bound)."""
+        return None
 
     @abstractmethod
     async def start(self) -> None:

@@ -94,7 +94,7 @@ class VLLMBackend(Backend):
             tokenizer=str(s.model_dir()),
             dtype=dtype,
             enable_lora=True,
-            max_loras=s.max_loras,
+            max_loras=self.lora_capacity,
             max_lora_rank=s.max_lora_rank,
             max_model_len=s.max_model_len,
             enforce_eager=not cuda,
@@ -106,6 +106,12 @@ class VLLMBackend(Backend):
         log.info("starting vLLM engine on %s", s.model_dir())
         self._engine = AsyncLLM.from_engine_args(args)
         self.ready = True
+
+    @property
+    def lora_capacity(self) -> int:
+        """GLIDER_MAX_LORAS, raised to what the profiles want: vLLM batches requests of at most this many
+        adapters together and sizes their GPU (or CPU) buffers at start."""
+        return max(self.settings.max_loras, self.lora_slots or 0)
 
     async def load_adapter(self, name: str, version: str, path: Path) -> AdapterHandle:
         from vllm.lora.request import LoRARequest

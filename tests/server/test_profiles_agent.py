@@ -199,3 +199,22 @@ async def test_unknown_profiles_over_grpc_are_not_found_and_change_nothing(tmp_p
     finally:
         await server.stop(0)
         await agent.close()
+
+
+async def test_lora_slots_are_sized_for_the_stored_profiles_with_swap_headroom(tmp_path, caplog, monkeypatch):
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), max_loras=2)
+    store = agent.profiles.store
+    store.put("textworld", ProfileSpec())  # separate: 2 adapters
+    store.put("flat-one", ProfileSpec(mode=PolicyMode.flat))  # 1
+    store.put("react", ProfileSpec(adapters=False))  # 0: the base model
+    assert agent.profiles.lora_slots() == 2 + 2 + 1 + 0 + 2  # each adapter, and the largest profile again
+    await agent.start()
+    try:
+        assert backend.lora_slots == 7
+        # an engine with a fixed bound (vLLM's max_loras) is told when runtime profiles outgrow it
+        monkeypatch.setattr(type(backend), "lora_capacity", property(lambda self: 4))
+        with caplog.at_level("WARNING"):
+            await agent.profiles.put("more", ProfileSpec())
+        assert "serve 7 adapters and the engine batches at most 4" in caplog.text
+    finally:
+        await agent.close()
