@@ -89,6 +89,7 @@ class EvalConfig:
     # send the environment's admissible commands with every step (the answer is one of them): a run of
     # its own, never mixed with the paper's free-generation protocol
     grounded: bool = False
+    profile: str | None = None  # the server's agent profile that plays every episode (None: the default)
 
     def __post_init__(self) -> None:
         if self.parallel is None:
@@ -99,7 +100,8 @@ class EvalConfig:
         sampled episodes, or free and grounded ones."""
         return {"temperature": self.temperature, "top_p": self.top_p,
                 "seed": self.seed if self.temperature is not None else None,
-                **({"grounded": True} if self.grounded else {})}
+                **({"grounded": True} if self.grounded else {}),
+                **({"profile": self.profile} if self.profile else {})}
 
 
 @dataclass
@@ -213,7 +215,7 @@ def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
             client = getattr(clients, "client", None)
             if client is None:
                 client = clients.client = make_client(cfg.transport, cfg.server)
-            report = play_episode(client, world, max_steps=cap, grounded=cfg.grounded,
+            report = play_episode(client, world, max_steps=cap, grounded=cfg.grounded, profile=cfg.profile,
                                   sampling=episode_sampling(cfg.temperature, cfg.seed, episode.key, cfg.top_p))
     except GliderAPIError:
         raise

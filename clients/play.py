@@ -57,12 +57,14 @@ def episode_sampling(temperature: float | None, seed: int, key: str, top_p: floa
 
 def play_episode(client: GliderClient, env: Environment, max_steps: int = 50,
                  on_step: Callable[[StepRecord], None] | None = None,
-                 sampling: Sampling | None = None, grounded: bool = False) -> EpisodeReport:
+                 sampling: Sampling | None = None, grounded: bool = False,
+                 profile: str | None = None) -> EpisodeReport:
     """One episode through ``client``; ``sampling`` gives it its own sampling settings (sent when it starts);
-    ``grounded`` sends the environment's admissible commands with every step (the answer is one of them)."""
+    ``grounded`` sends the environment's admissible commands with every step (the answer is one of them);
+    ``profile`` is the server's agent profile that plays it (None: the default)."""
     first = env.reset()
     reply = client.act(observation=first.observation, task=env.task, score=first.score, sampling=sampling,
-                       valid_actions=first.valid_actions if grounded else None)
+                       valid_actions=first.valid_actions if grounded else None, profile=profile)
     report = EpisodeReport(episode_id=reply.episode_id, task=env.task, score=first.score,
                            max_score=first.score, task_name=getattr(env, "task_name", ""),
                            sampling=sampling.model_dump(exclude_none=True) if sampling is not None else None,
@@ -166,6 +168,7 @@ class PlayJob:
     wrap: bool = False  # positions past the split's end wrap around (a long online run)
     sampling: Sampling | None = None  # the episode's own sampling settings (``episode_sampling``)
     grounded: bool = False  # send the environment's admissible commands with every step
+    profile: str | None = None  # the server's agent profile that plays it (None: the default)
 
 
 def play_job(job: PlayJob) -> EpisodeReport:
@@ -174,7 +177,7 @@ def play_job(job: PlayJob) -> EpisodeReport:
                              grounded=job.grounded)
     try:
         with make_client(job.transport, job.server) as client:
-            report = play_episode(client, world, max_steps=job.max_steps, sampling=job.sampling,
+            report = play_episode(client, world, max_steps=job.max_steps, sampling=job.sampling, profile=job.profile,
                                   grounded=job.grounded)
     finally:
         if job.env != "scienceworld":  # the ScienceWorld JVM is kept for this worker's next episode
@@ -185,7 +188,7 @@ def play_job(job: PlayJob) -> EpisodeReport:
 
 def play_many(tasks: list[str], split: str, positions: list[int], *, transport: str, server: str,
               parallel: int, max_steps: int, env: str = "scienceworld",
-              games_dir: Path = Path(".glider/games"), grounded: bool = False,
+              games_dir: Path = Path(".glider/games"), grounded: bool = False, profile: str | None = None,
               on_done: Callable[[EpisodeReport], None] | None = None) -> list[EpisodeReport]:
     """Play every (task, position) through the server, ``parallel`` environment processes at once.
 
@@ -196,8 +199,8 @@ def play_many(tasks: list[str], split: str, positions: list[int], *, transport: 
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
 
-    jobs = [PlayJob(env, t, split, p, transport, server, max_steps, Path(games_dir), grounded=grounded)
-            for t in tasks for p in positions]
+    jobs = [PlayJob(env, t, split, p, transport, server, max_steps, Path(games_dir), grounded=grounded,
+                    profile=profile) for t in tasks for p in positions]
     reports = []
     with ProcessPoolExecutor(max_workers=max(1, parallel), mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(play_job, job) for job in jobs]

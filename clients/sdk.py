@@ -117,11 +117,12 @@ class GliderClient:
     def delete_episode(self, episode_id: str) -> None:
         self._send("DELETE", f"/episodes/{episode_id}")
 
-    def load_adapter(self, name: str, version: str | None = None, *, token: str) -> dict:
-        """Admin: serve ``version`` of adapter ``name`` (default: the registry's current)."""
+    def load_adapter(self, name: str, version: str | None = None, *, token: str, profile: str | None = None) -> dict:
+        """Admin: serve ``version`` of adapter ``name`` (default: the registry's current) of agent ``profile``
+        (default: the server's default profile)."""
         body = {"version": version} if version else None
-        return self._send("POST", f"/admin/adapters/{name}/load", json=body,
-                          headers={"Authorization": f"Bearer {token}"}).json()
+        path = f"/admin/profiles/{profile}/adapters/{name}/load" if profile else f"/admin/adapters/{name}/load"
+        return self._send("POST", path, json=body, headers={"Authorization": f"Bearer {token}"}).json()
 
     def ready(self) -> Health | None:
         try:

@@ -75,6 +75,7 @@ class O2OConfig:
     eval_split: str = "dev"
     critic: CriticConfig = field(default_factory=CriticConfig)
     transport: str = "rest"
+    profile: str | None = None  # the server's agent profile it plays and publishes into (None: the default)
     parallel: int = 2
     swap_timeout_s: float = 60.0
     seed: int = 0

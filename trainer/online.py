@@ -58,19 +58,25 @@ class IterationPoint:
         return cls(**point)
 
 
-def wait_for_versions(server: str, versions: dict[str, str], timeout: float) -> float:
-    """Block until the server's /readyz reports ``versions``; returns the seconds it took."""
+def wait_for_versions(server: str, versions: dict[str, str], timeout: float, profile: str | None = None) -> float:
+    """Block until the server's /readyz reports ``versions`` (of agent ``profile``'s adapters; None: the
+    default's); returns the seconds it took."""
     from glider.clients.sdk import GliderClient
+
+    def serving(health) -> dict:
+        if health is None:
+            return {}
+        return (health.profiles.get(profile) or {}).get("adapters") or {} if profile else health.adapters
 
     t0 = time.monotonic()
     with GliderClient(server) as client:
         while True:
             health = client.ready()
-            if health is not None and all(health.adapters.get(n) == v for n, v in versions.items()):
+            if all(serving(health).get(n) == v for n, v in versions.items()):
                 return time.monotonic() - t0
             if time.monotonic() - t0 > timeout:
                 raise TimeoutError(f"server {server} did not swap to {versions} within {timeout:.0f}s "
-                                   f"(it serves {health.adapters if health else 'nothing'})")
+                                   f"(it serves {serving(health) or 'nothing'})")
             time.sleep(0.2)
 
 
@@ -99,7 +105,7 @@ def greedy_scores(pool, cfg, server: str, games_dir: Path, schedule: Sequence[tu
     from glider.clients.play import PlayJob, play_job
 
     jobs = [PlayJob("scienceworld", task, split, pos, cfg.transport, server, cfg.max_steps, Path(games_dir),
-                    wrap=True) for task, pos in schedule]
+                    wrap=True, profile=cfg.profile) for task, pos in schedule]
     reports = pool.map(play_job, jobs)
     return {f"{task}/{pos}": max(0.0, r.score) for (task, pos), r in zip(schedule, reports, strict=True)}
 
@@ -119,7 +125,7 @@ def roll_back(learner: OnlineLearner, server: str, versions: dict[str, str], tim
     for name, version in versions.items():
         registry.set_current(name, version)
     learner.restore(versions)
-    return wait_for_versions(server, versions, timeout)
+    return wait_for_versions(server, versions, timeout, learner.cfg.profile)
 
 
 def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir: Path = Path(".glider/games"),
@@ -150,7 +156,7 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
             # variations wrap around: a long (or endless) run replays the split from its start
             schedule = cfg.schedule(it)
             jobs = [PlayJob("scienceworld", task, cfg.split, pos, cfg.transport, server, cfg.max_steps,
-                            Path(games_dir), wrap=True,
+                            Path(games_dir), wrap=True, profile=cfg.profile,
                             sampling=episode_sampling(cfg.temperature, cfg.seed, f"o2o/{it}/{task}/{pos}"))
                     for task, pos in schedule]
             reports = list(pool.map(play_job, jobs))  # in the schedule's order
@@ -163,7 +169,7 @@ def run_o2o(server: str, record_dir: Path, learner: OnlineLearner, *, games_dir:
                 before_publish()
             versions = learner.publish(it + 1)
             train_s = time.monotonic() - t1
-            swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s)
+            swap_s = wait_for_versions(server, versions, cfg.swap_timeout_s, cfg.profile)
             gate, rolled_back = None, False
             if accepted_gate is not None:
                 gate = gate_score(pool, cfg, server, games_dir)

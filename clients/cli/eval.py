@@ -68,6 +68,9 @@ def run_command(
     grounded: Annotated[bool, typer.Option(
         help="Send the environment's admissible commands with every step: the agent answers one of them. "
              "A run of its own, reported apart from the free-generation protocols.")] = False,
+    profile: Annotated[str | None, typer.Option(
+        help="The server's agent profile that plays every episode (default: the server's default profile).")]
+    = None,
     checkpoints: Annotated[str, typer.Option(
         help="Evaluate several adapter versions in turn (a learning curve): 'v0002,v0003' or "
              "'planner=v0002+executor=v0003,...'; needs the admin token (GLIDER_ADMIN_TOKEN).")] = "",
@@ -109,7 +112,8 @@ def run_command(
     if grounded and policy == "gold":
         raise typer.BadParameter("a gold replay has no model to ground", param_hint="--grounded")
     cfg = EvalConfig(plan=plan, server=server, transport=transport, policy=policy,
-                     parallel=parallel, temperature=temperature, seed=sampling_seed, grounded=grounded)
+                     parallel=parallel, temperature=temperature, seed=sampling_seed, grounded=grounded,
+                     profile=profile)
     console.print(plan.describe())
 
     def one_run(run_label: str, run_out: Path, meta: dict) -> Summary:
@@ -153,12 +157,12 @@ def run_command(
             for spec in [c for c in checkpoints.split(",") if c]:
                 versions = parse_checkpoint(spec, list(original))
                 for name, version in versions.items():
-                    client.load_adapter(name, version, token=token)
+                    client.load_adapter(name, version, token=token, profile=profile)
                 points.append((spec, one_run(spec, out / spec.replace("=", "-").replace("+", "_"),
                                              {**meta, "adapters": versions})))
         finally:
             for name, version in original.items():  # leave the server as it was
-                client.load_adapter(name, version, token=token)
+                client.load_adapter(name, version, token=token, profile=profile)
     plot_curve(points, out)
     (out / "curve.json").write_text(json.dumps([{"checkpoint": c, "overall": s.to_dict()["overall"]}
                                                 for c, s in points], indent=2))

@@ -22,6 +22,9 @@ def play(
     grounded: Annotated[bool, typer.Option(
         help="Send the environment's admissible commands with every step: the agent answers one of them.")]
     = False,
+    profile: Annotated[str | None, typer.Option(
+        help="The server's agent profile that plays the episodes (default: the server's default profile).")]
+    = None,
 ):
     """Play episodes through a running server and print a summary per task."""
     require("envs", command="play")
@@ -50,7 +53,7 @@ def play(
             bar = progress.add_task("episodes", total=len(tasks) * len(positions))
             reports = play_many(tasks, split, positions, transport=transport, server=server,
                                 parallel=parallel, max_steps=max_steps, env=env,
-                                games_dir=settings().home / "games", grounded=grounded,
+                                games_dir=settings().home / "games", grounded=grounded, profile=profile,
                                 on_done=lambda r: progress.advance(bar))
     except ValueError as exc:  # a variation the split does not have, an unknown task family
         console.print(f"[red]error:[/red] {exc}")

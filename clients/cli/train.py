@@ -37,6 +37,32 @@ def _mode(shared: bool, flat: bool) -> str:
     return "shared" if shared else "flat" if flat else "separate"
 
 
+def profile_target(s, profile: str | None, mode: str | None = None):
+    """(registry root, profile) a training publishes into: the registry itself, or a stored agent profile's
+    registry, whose mode must be the one trained."""
+    from glider.server.profiles import (
+        DEFAULT,
+        InvalidProfile,
+        ProfileNotFound,
+        ProfileSpec,
+        ProfileStore,
+    )
+
+    store = ProfileStore(s.adapters_dir(), ProfileSpec(mode=getattr(s.mode, "value", s.mode)))
+    try:
+        target = store.get(profile or DEFAULT)
+    except (ProfileNotFound, InvalidProfile) as exc:
+        raise typer.BadParameter(f"{exc} (create it with PUT /admin/profiles/{profile})",
+                                 param_hint="--profile") from None
+    if profile and not target.adapters:
+        raise typer.BadParameter(f"profile {profile!r} is the base model prompted: it has no adapters to train",
+                                 param_hint="--profile")
+    if profile and mode is not None and target.mode.value != mode:
+        raise typer.BadParameter(f"profile {profile!r} serves the {target.mode.value} mode, not {mode}",
+                                 param_hint="--profile")
+    return store.registry(target.name).root, target
+
+
 def _opt(text: str, default) -> typer.models.OptionInfo:
     return typer.Option(help=default_help(text, default))
 
@@ -102,6 +128,8 @@ def train_sft(
     llm_url: str | None = None,
     llm_model: str | None = None,
     publish: Annotated[bool, typer.Option(help="Publish to the registry when done.")] = True,
+    profile: Annotated[str | None, typer.Option(
+        help="Publish into this agent profile of the registry (default: the server's default profile).")] = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoints, logs, adapters (<home>/runs/sft-<mode>).")]
     = None,
 ):
@@ -113,6 +141,7 @@ def train_sft(
 
     mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
+    registry, _ = profile_target(s, profile, mode)
     trajs = trajectories(data, tasks, per_task_or_recipe(per_task, recipe), logs)
     defaults = SFTConfig()
     cfg = given(defaults, mode=mode, val_fraction=val_fraction, split_seed=seed,
@@ -124,7 +153,7 @@ def train_sft(
         cfg.train.patience = patience or None
     hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": mode}))
     metrics = run_sft(s.model_dir(), trajs, out or s.home / "runs" / f"sft-{mode}", cfg, hierarchy=hierarchy,
-                      registry=s.adapters_dir() if publish else None,
+                      registry=registry if publish else None,
                       annotator=annotator_for(annotator, llm_url, llm_model))
     table = Table("adapter", "tokens", "padding", "tokens/s", "steps (epochs)", "best step", "loss first→last",
                   "val loss before→after", "minutes", "published")
@@ -175,6 +204,9 @@ def train_orl(
     max_steps: Annotated[int | None, _opt("Actor optimizer steps (overrides epochs).", ORL.actor.max_steps)] = None,
     seed: Annotated[int | None, _opt("", CRITIC.seed)] = None,
     publish: Annotated[bool, typer.Option(help="Publish to the registry when done.")] = True,
+    profile: Annotated[str | None, typer.Option(
+        help="Start from and publish into this agent profile's adapters (default: the server's default "
+             "profile).")] = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoints, critics, adapters (<home>/runs/orl-<mode>).")]
     = None,
 ):
@@ -191,6 +223,7 @@ def train_orl(
         raise typer.BadParameter("td | mc", param_hint="--advantage")
     mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
+    registry, _ = profile_target(s, profile, mode)  # before the training: a bad --profile fails at once
     if perturbed is None and perturbed_root(None).is_dir():
         perturbed = perturbed_root(None)
     if medium is None and (medium_root(None) / "medium.jsonl").is_file():
@@ -207,7 +240,7 @@ def train_orl(
                             max_minutes=max_minutes, max_steps=max_steps, seed=seed))
     hierarchy = HierarchyConfig.from_settings(s.model_copy(update={"mode": mode}))
     metrics = run_orl(s.model_dir(), trajs, out or s.home / "runs" / f"orl-{mode}", cfg, hierarchy=hierarchy,
-                      registry=s.adapters_dir(), publish=publish)
+                      registry=registry, publish=publish)
     console.print(f"trajectories by source: {metrics.trajectories}")
     console.print(f"held out for the critic's check: {metrics.heldout_trajectories} trajectories")
     table = Table("adapter", "role", "round", "decisions", "critic loss", "advantage by source", "ESS",
@@ -272,6 +305,9 @@ def train_o2o(
         help="Train only while holding the trainer lock in GLIDER_REDIS_URL (one trainer per deployment; "
              "the others wait to take over).")] = False,
     seed: Annotated[int | None, _opt("", O2O.seed)] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="The agent profile to adapt: its episodes are played, and its adapters published (default: the "
+             "server's default profile).")] = None,
 ):
     """Offline-to-online: play through the server, learn from what it recorded, publish, hot-swap, repeat.
 
@@ -298,7 +334,8 @@ def train_o2o(
     if eval_episodes is not None and eval_episodes < 0:
         raise typer.BadParameter("0 (no evaluation) or more", param_hint="--eval-episodes")
     s = settings(model=model, adapters=adapters)
-    mode = getattr(s.mode, "value", s.mode)
+    registry, target = profile_target(s, profile)
+    mode = target.mode.value
     offline_trajs = []
     if offline:
         keep = split_list(offline_tasks) or [t for t in TASK_FAMILIES if t not in online]
@@ -309,7 +346,7 @@ def train_o2o(
                 updates_per_episode=updates_per_episode, critic_steps=critic_steps, adapt_executor=adapt_executor,
                 actor_lr=actor_lr, critic=given(defaults.critic, seed=seed), parallel=parallel, seed=seed,
                 temperature=temperature, offline_share=offline_share, gate_episodes=gate_episodes,
-                gate_margin=gate_margin, eval_episodes=eval_episodes, eval_split=eval_split)
+                gate_margin=gate_margin, eval_episodes=eval_episodes, eval_split=eval_split, profile=profile)
     table = Table("iteration", "episodes", "score", "published", "gate", "greedy eval", "serving", "play s",
                   "train s", "swap s")
 
@@ -330,8 +367,8 @@ def train_o2o(
     if lock is not None:  # before loading the model: a waiting replica holds no memory
         lock.acquire()
     try:
-        learner = OnlineLearner(s.model_dir(), s.adapters_dir(), cfg, mode=mode, offline=offline_trajs,
-                                hierarchy=HierarchyConfig.from_settings(s), out_dir=out)
+        learner = OnlineLearner(s.model_dir(), registry, cfg, mode=mode, offline=offline_trajs,
+                                hierarchy=target.hierarchy(HierarchyConfig.from_settings(s)), out_dir=out)
         with GliderClient(server) as client:  # a sidecar starts beside a server that is still loading
             client.wait_ready(timeout=ready_timeout)
         curve = run_o2o(server, records or s.episodes_dir(), learner, games_dir=s.home / "games",

@@ -379,6 +379,31 @@ def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
     assert bad_eps.exit_code == 2 and "[0, 1)" in bad_eps.output
 
 
+def test_training_into_a_profile_needs_one_that_exists_has_adapters_and_serves_the_mode(tmp_path):
+    from glider.clients.cli import app
+    from glider.server.policy.modes import PolicyMode
+    from glider.server.profiles import ProfileSpec, ProfileStore
+    from typer.testing import CliRunner
+
+    store = ProfileStore(tmp_path / "adapters", ProfileSpec())
+    store.put("react", ProfileSpec(adapters=False))
+    store.put("flatty", ProfileSpec(mode=PolicyMode.flat))
+    runner = CliRunner(env={"GLIDER_ADAPTERS": str(tmp_path / "adapters")})
+    base = ["--data", str(tmp_path / "no-data")]
+
+    def refused(*args: str) -> str:  # the error panel's text, unwrapped
+        result = runner.invoke(app, ["train", *args])
+        assert result.exit_code == 2, result.output
+        return " ".join(result.output.replace("│", " ").split())
+
+    missing = refused("sft", *base, "--profile", "nope")
+    assert "no profile named 'nope'" in missing and "PUT /admin/profiles/nope" in missing
+    assert "no adapters to train" in refused("orl", *base, "--profile", "react")
+    assert "serves the flat mode, not separate" in refused("sft", *base, "--profile", "flatty")
+    assert "no adapters to train" in refused("o2o", "--profile", "react")
+    assert store.names() == ["default", "flatty", "react"]  # nothing created by the refusals
+
+
 def test_area_under_the_curve_weights_each_iteration_by_its_episodes():
     from glider.trainer.online import IterationPoint, area_under_curve
 
