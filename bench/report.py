@@ -33,6 +33,7 @@ ENGINE_LOG = re.compile(r"^(\([\w.-]+ pid=\d+\) )?(DEBUG|INFO|WARNING|ERROR|CRIT
 SUITE: dict[str, tuple[list[str], list[str]]] = {
     "act_overhead": (["--steps", "100"], []),
     "concurrency": (["--levels", "1,8,32,64", "--steps", "6"], []),
+    "profiles": (["--episodes", "32", "--steps", "6"], []),
     "hier_vs_flat": (["--variations", "1"], []),
     "hotswap": (["--swaps", "5", "--rounds", "2", "--phase-s", "15"], []),
     "transports": (["--rounds", "2", "--seconds", "10"], []),
