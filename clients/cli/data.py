@@ -39,9 +39,10 @@ def per_task_or_recipe(per_task: int | None, recipe: str | None):
 
 
 def trajectories(data: Path | None, tasks: str, per_task, logs: Path | None = None,
-                  env: str = "scienceworld", perturbed: Path | None = None, medium: Path | None = None):
+                  env: str = "scienceworld", perturbed: Path | None = None, medium: Path | None = None,
+                  profile: str | None = None):
     """Collected expert trajectories (plus perturbed replays, medium-policy episodes and converted server
-    logs); exits with a clear error when none."""
+    logs, of agent ``profile``'s episodes when given); exits with a clear error when none."""
     from glider.trainer.data.collect import load_collected
     from glider.trainer.data.logs import trajectories_from_logs
 
@@ -54,7 +55,7 @@ def trajectories(data: Path | None, tasks: str, per_task, logs: Path | None = No
 
         trajs += [t for t in load_medium(medium) if families is None or t.task_name in families]
     if logs is not None:
-        trajs += trajectories_from_logs(logs)
+        trajs += trajectories_from_logs(logs, profile=profile)
     if not trajs:
         console.print("[red]error:[/red] no trajectories found (run `glider data collect` first)")
         raise typer.Exit(2)

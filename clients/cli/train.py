@@ -141,8 +141,8 @@ def train_sft(
 
     mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
-    registry, _ = profile_target(s, profile, mode)
-    trajs = trajectories(data, tasks, per_task_or_recipe(per_task, recipe), logs)
+    registry, target = profile_target(s, profile, mode)
+    trajs = trajectories(data, tasks, per_task_or_recipe(per_task, recipe), logs, profile=target.name)
     defaults = SFTConfig()
     cfg = given(defaults, mode=mode, val_fraction=val_fraction, split_seed=seed,
                 segmentation=SegmentationConfig(max_len=s.c_max),
@@ -223,12 +223,12 @@ def train_orl(
         raise typer.BadParameter("td | mc", param_hint="--advantage")
     mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
-    registry, _ = profile_target(s, profile, mode)  # before the training: a bad --profile fails at once
+    registry, target = profile_target(s, profile, mode)  # before the training: a bad --profile fails at once
     if perturbed is None and perturbed_root(None).is_dir():
         perturbed = perturbed_root(None)
     if medium is None and (medium_root(None) / "medium.jsonl").is_file():
         medium = medium_root(None)
-    trajs = trajectories(data, tasks, per_task, logs, perturbed=perturbed, medium=medium)
+    trajs = trajectories(data, tasks, per_task, logs, perturbed=perturbed, medium=medium, profile=target.name)
     defaults = ORLConfig()
     cfg = given(defaults, mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
                 heldout_fraction=heldout_fraction,

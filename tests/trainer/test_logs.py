@@ -39,3 +39,13 @@ def test_a_grounded_step_reads_back_with_the_model_s_text_beside_the_command_sen
     (traj,) = trajectories_from_records([grounded, free, record(2, "end", None, done=True)])
     assert [(s.action, s.generated_action, s.grounded) for s in traj.steps] == [
         ("go to garden", "walk to the garden", True), ("look around", None, None)]
+
+
+def test_a_profile_learns_from_its_own_episodes_and_old_logs_are_the_default_s():
+    from glider.trainer.data.logs import trajectories_from_records
+
+    old = [record(0, "hallway", "go to garden"), record(1, "end", None, done=True)]  # no profile field
+    other = [{**r, "episode_id": "ep-2", "profile": "textworld"} for r in old]
+    assert [t.id for t in trajectories_from_records(old + other, profile="default")] == ["server/ep-1"]
+    assert [t.id for t in trajectories_from_records(old + other, profile="textworld")] == ["server/ep-2"]
+    assert len(trajectories_from_records(old + other)) == 2

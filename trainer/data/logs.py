@@ -52,9 +52,14 @@ def log_files(directory: Path, *, include_open: bool = False) -> list[Path]:
     return sorted(files)
 
 
-def trajectories_from_records(records: Iterable[dict], *, min_steps: int = 1) -> list[Trajectory]:
+def trajectories_from_records(records: Iterable[dict], *, min_steps: int = 1,
+                              profile: str | None = None) -> list[Trajectory]:
+    """``profile``: only the episodes that agent profile played (records from before profiles existed
+    are the default profile's)."""
     by_episode: dict[str, list[dict]] = defaultdict(list)
     for record in records:
+        if profile is not None and record.get("profile", "default") != profile:
+            continue
         by_episode[record["episode_id"]].append(record)
     out = []
     for episode_id, recs in by_episode.items():
