@@ -28,12 +28,13 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.policy.controller import HierarchyConfig
 from glider.server.policy.modes import ADAPTER_ROLES, PolicyMode
 from glider.v1.rest import PROFILE_PATTERN
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT = "default"
 PROFILES_DIR = "@profiles"
@@ -65,6 +66,9 @@ class GenerationSettings(BaseModel):
     fallback_subgoal: str | None = Field(None, min_length=1, max_length=200)
     grounding_candidates: int | None = Field(None, ge=1, le=256)
     grounding_protected: list[str] | None = Field(None, max_length=64)
+    prompt_style: Literal["glider", "instruct"] | None = Field(
+        None, description="flat mode: 'instruct' prompts an untrained base model with plain instructions "
+                          "(a prompted baseline); 'glider' is the format the adapters are trained on.")
 
 
 class ProfileSpec(BaseModel):
@@ -75,6 +79,12 @@ class ProfileSpec(BaseModel):
     mode: PolicyMode = Field(PolicyMode.separate, description="separate | shared | flat")
     adapters: bool = Field(True, description="false: the base model prompted, no adapters (a baseline)")
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @model_validator(mode="after")
+    def _instruct_is_flat(self) -> ProfileSpec:
+        if self.generation.prompt_style == "instruct" and self.mode is not PolicyMode.flat:
+            raise ValueError("prompt_style 'instruct' is a flat-mode format: set mode to flat")
+        return self
 
 
 class Profile(ProfileSpec):

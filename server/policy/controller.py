@@ -96,6 +96,7 @@ class HierarchyConfig:
     guard_repeated_answer: bool = False
     grounding_candidates: int = 16
     grounding_protected: tuple[str, ...] = ()  # command prefixes grounding never chooses
+    prompt_style: str = "glider"  # flat mode: "instruct" for a base model prompted without adapters
 
     @classmethod
     def from_settings(cls, settings) -> HierarchyConfig:
@@ -244,7 +245,8 @@ class PolicyController:
     ) -> None:
         cfg = self.config
         turns = state.history[-cfg.history_window :] if cfg.history_window else []
-        prompt = flat_prompt(state.task, turns, observation, obs_limit=cfg.prompt_observation_chars)
+        prompt = flat_prompt(state.task, turns, observation, obs_limit=cfg.prompt_observation_chars,
+                             style=cfg.prompt_style)
         banned = self._useless_repeat(state, observation)
         action, _ = await self._sample(
             prompt, Role.flat, cfg.executor_max_tokens, cfg.max_action_attempts,

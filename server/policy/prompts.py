@@ -88,15 +88,31 @@ def executor_prompt(
     return "\n".join(lines)
 
 
+#: the instruction a prompted (untrained) model reads first (``prompt_style="instruct"``)
+INSTRUCTIONS = ("You are an agent in a text-based environment. Read the task and what you observe, then "
+                "answer with the single next command that gets closer to finishing the task, on one line "
+                "after \"Action:\". Commands are short, like \"look around\", \"open door to kitchen\", "
+                "\"go to kitchen\", \"pick up thermometer\", \"focus on substance in metal pot\".")
+PROMPT_STYLES = ("glider", "instruct")
+
+
 def flat_prompt(
-    task: str, turns: Sequence[Turn], observation: str, *, obs_limit: int | None = None
+    task: str, turns: Sequence[Turn], observation: str, *, obs_limit: int | None = None, style: str = "glider"
 ) -> str:
-    """The no-hierarchy baseline: task, recent (observation, action) turns, observation."""
-    lines = [ROLE_MARKERS[Role.flat], f"Task: {sanitize(task)}"]
+    """The no-hierarchy baseline: task, recent (observation, action) turns, observation.
+
+    ``style="instruct"`` is the format for a base model prompted without adapters (the prompted
+    baseline of a pretrained backbone): an instruction in plain words instead of the role marker, and
+    the words ``Observation`` spelled out; the model still completes the ``Action:`` line."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style is one of {PROMPT_STYLES}, not {style!r}")
+    instruct = style == "instruct"
+    obs = "Observation" if instruct else "Obs"
+    lines = [INSTRUCTIONS if instruct else ROLE_MARKERS[Role.flat], f"Task: {sanitize(task)}"]
     for turn in turns:
-        lines.append(f"Obs: {sanitize(turn.observation, obs_limit)}")
+        lines.append(f"{obs}: {sanitize(turn.observation, obs_limit)}")
         lines.append(f"Action: {sanitize(turn.action)}")
-    lines.append(f"Obs: {sanitize(observation, obs_limit)}")
+    lines.append(f"{obs}: {sanitize(observation, obs_limit)}")
     lines.append("Action:")
     return "\n".join(lines)
 

@@ -94,11 +94,19 @@ async def test_a_broken_profile_refuses_its_own_episodes_only_and_heals_when_pub
     assert (await agent.act(observation="hall", task="boil water", profile="fresh")).action
 
 
-async def test_a_prompted_base_model_profile_uses_no_adapter(agent):
+async def test_a_prompted_base_model_profile_uses_no_adapter_and_plain_instructions(agent):
+    from glider.server.policy.prompts import INSTRUCTIONS
+
     agent, backend = agent
-    await agent.profiles.put("react", ProfileSpec(mode=PolicyMode.flat, adapters=False))
-    result = await agent.act(observation="hall", task="boil water", profile="react")
+    await agent.profiles.put("prompted", ProfileSpec(mode=PolicyMode.flat, adapters=False,
+                                                     generation=GenerationSettings(prompt_style="instruct")))
+    result = await agent.act(observation="hall", task="boil water", profile="prompted")
     assert result.action and [s.adapter for s in backend.specs] == [None]
+    assert backend.specs[0].prompt.startswith(INSTRUCTIONS + "\nTask: boil water\nObservation: hall\nAction:")
+    await agent.act(observation="hall", task="boil water")  # the default profile keeps the trained format
+    assert backend.specs[1].prompt.startswith("<|planner|>")
+    with pytest.raises(ValueError, match="flat-mode format"):
+        ProfileSpec(generation=GenerationSettings(prompt_style="instruct"))
 
 
 async def test_deleting_a_profile_takes_its_adapters_out_of_the_engine(agent, tmp_path):
