@@ -33,6 +33,7 @@ from pathlib import Path
 
 from common import ROOT, ServerProcess, machine, settings
 from glider.clients.envs.scienceworld import TASK_FAMILIES
+from glider.clients.stats import blocked_difference
 from glider.server.policy.controller import HierarchyConfig
 from glider.trainer.critic import CriticConfig
 from glider.trainer.data.collect import collect, load_collected
@@ -269,6 +270,16 @@ def report(curves: dict[str, Runs], timings, out: Path, args, online, offline_ta
             per_seed = seed_areas(runs, greedy=kind)
             lines.append(f"| {method} | {'greedy' if kind else 'online'} | "
                          + " | ".join(f"{per_seed[s]:.2f}" if s in per_seed else "–" for s in seeds) + " |")
+    if greedy:  # did adapting online beat the offline start it came from, on the same greedy episodes?
+        lines += ["", "| method | greedy AUC − its offline start, seeds as blocks [95 % t CI] | per seed |",
+                  "|---|---:|---|"]
+        for method, runs in curves.items():
+            start = {seed: 100 * sum(c[0].eval_before.values()) / len(c[0].eval_before)
+                     for seed, c in runs.items() if c and c[0].eval_before}
+            after = seed_areas(runs, greedy=True)
+            d = blocked_difference(start, after)
+            lines.append(f"| {method} | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | "
+                         + ", ".join(f"{after[s] - start[s]:+.1f}" for s in seeds if s in start and s in after) + " |")
     if pairs:
         lines += ["", "| paired AUC difference (same schedule and seeds) | curve | B − A, seeds as blocks [95 % t CI] "
                   "| per seed | episodes pooled [95 % bootstrap CI] | MDE | episodes |",
