@@ -74,7 +74,13 @@ class GenerationSettings(BaseModel):
 class ProfileSpec(BaseModel):
     """What the admin API takes to create or change a profile."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the cross-field rule in the contract too: the instruct prompt is a flat-mode format
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"generation": {"properties": {"prompt_style": {"const": "instruct"}},
+                                             "required": ["prompt_style"]}},
+               "required": ["generation"]},
+        "then": {"properties": {"mode": {"const": "flat"}}, "required": ["mode"]},
+    })
 
     mode: PolicyMode = Field(PolicyMode.separate, description="separate | shared | flat")
     adapters: bool = Field(True, description="false: the base model prompted, no adapters (a baseline)")

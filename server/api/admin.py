@@ -3,7 +3,7 @@ delete), behind a bearer token.
 
 Clients name adapters and versions, never paths; both are validated by the
 registry, so nothing can resolve outside it.  No token configured means the
-admin API is off (403 for everyone).  Tokens are compared in constant time.
+admin API is off (401 without credentials, 403 with any).  Tokens are compared in constant time.
 """
 
 from __future__ import annotations
@@ -96,11 +96,13 @@ async def adapter_list(agent: Agent, manager: AdapterManager | None = None) -> A
 
 
 def check_admin(token: SecretStr | None, scheme: str | None, credentials: str | None) -> None:
-    """The one admin check both transports use (constant-time comparison)."""
-    if token is None or not token.get_secret_value():
-        raise Forbidden("the admin API is disabled: set GLIDER_ADMIN_TOKEN")
+    """The one admin check both transports use (constant-time comparison).  Without credentials the
+    answer is 401 (RFC 9110: authentication is what is missing), whether or not the API is enabled;
+    credentials on a disabled API or a wrong token are 403."""
     if not credentials or (scheme or "").lower() != "bearer":
         raise Unauthorized("admin calls need 'Authorization: Bearer <GLIDER_ADMIN_TOKEN>'")
+    if token is None or not token.get_secret_value():
+        raise Forbidden("the admin API is disabled: set GLIDER_ADMIN_TOKEN")
     if not secrets.compare_digest(credentials.encode(), token.get_secret_value().encode()):
         raise Forbidden("invalid admin token")
 

@@ -215,7 +215,9 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
         if exc.status_code == 400:  # FastAPI could not read the body (e.g. not UTF-8): bad input, as always
             metrics.errors.labels("invalid_input").inc()
             return _error(422, "invalid_input", f"request body could not be parsed: {exc.detail}")
-        return _error(exc.status_code, "http_error", str(exc.detail))
+        response = _error(exc.status_code, "http_error", str(exc.detail))
+        response.headers.update(exc.headers or {})  # 405's Allow (RFC 9110 §15.5.6)
+        return response
 
     async def _domain(request: Request, exc: Exception):
         known = classify(exc)

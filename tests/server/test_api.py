@@ -316,3 +316,18 @@ async def test_score_grounding_takes_the_most_likely_command_and_is_refused_on_v
     backend.kind = "vllm"  # vLLM cannot score under LoRA: the server refuses to start so configured
     with pytest.raises(ValueError, match="constrained"):
         Agent(agent.settings, backend, MemoryEpisodeStore(), agent.registry)
+
+
+async def test_http_conformance_405_allow_and_401_before_403(tmp_path):
+    for token in (None, "test-token"):  # the admin API disabled, and enabled
+        home = tmp_path / str(token)
+        home.mkdir()
+        agent, _ = make_agent(home, MemoryEpisodeStore(), **({"admin_token": token} if token else {}))
+        transport = httpx.ASGITransport(app=create_app(agent))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            wrong_method = await client.get("/act")
+            assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+            missing = await client.get("/admin/profiles")
+            assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+            wrong = await client.get("/admin/profiles", headers={"authorization": "Bearer nope"})
+            assert wrong.status_code == 403

@@ -226,3 +226,4 @@ async def test_lora_slots_are_sized_for_the_stored_profiles_with_swap_headroom(t
         assert "serve 7 adapters and the engine batches at most 4" in caplog.text
     finally:
         await agent.close()
+
