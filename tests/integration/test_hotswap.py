@@ -171,7 +171,7 @@ def test_bad_adapters_are_rejected_and_serving_continues(swap_server, swap_regis
     assert serving(swap_server)["planner"] == good
     assert act(swap_server, task="t", observation="o")["adapter_versions"]["planner"] == good
     metrics = httpx.get(f"{swap_server.url}/metrics").text
-    assert 'glider_adapter_swaps_total{profile="default",name="planner",result="rejected"}' in metrics
+    assert 'glider_adapter_swaps_total{name="planner",profile="default",result="rejected"}' in metrics
     reg.set_current("planner", good)
 
     # names and versions, never paths

@@ -38,4 +38,4 @@ def test_mode_serves_with_its_adapters(mode_server):
     else:
         assert reply.subgoal and view.planner_calls >= 1 and view.subgoal_count >= 1
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert f'glider_env_steps_total{{profile="default",mode="{mode}"}} 3.0' in metrics
+    assert f'glider_env_steps_total{{mode="{mode}",profile="default"}} 3.0' in metrics

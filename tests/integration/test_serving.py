@@ -104,7 +104,7 @@ def test_metrics_count_steps_and_roles(server):
         reply = client.act(observation="hall", task="find a plant")
         client.act(observation="hall 2", episode_id=reply.episode_id)
     text = httpx.get(f"{server.url}/metrics").text
-    for needle in ('glider_env_steps_total{profile="default",mode="separate"}', 'glider_generations_total{profile="default",role="planner"}',
+    for needle in ('glider_env_steps_total{mode="separate",profile="default"}', 'glider_generations_total{profile="default",role="planner"}',
                    'glider_generations_total{profile="default",role="executor"}', "glider_generated_tokens_total",
                    "glider_active_episodes", 'glider_request_latency_seconds_bucket{le="0.1",route="/act"}'):
         assert needle in text, needle
