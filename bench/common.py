@@ -46,6 +46,17 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def publish_fresh_pair(registry, model, src_dir, seed: int = 0) -> None:
+    """An untrained planner and executor for ``model`` published into ``registry`` (the benches'
+    stand-in for trained adapters: the same LoRA compute); ``src_dir`` holds their peft files."""
+    from glider.trainer.lora import create_adapter
+    from glider.trainer.publish import publish_adapter
+
+    for k, role in enumerate(("planner", "executor")):
+        publish_adapter(registry, role, create_adapter(model, Path(src_dir) / role, seed=seed + k), model,
+                        stage="bench")
+
+
 class ServerProcess(LocalServer):
     """``glider serve`` in its own process (as deployed) for settings ``s``, on a free loopback port."""
 

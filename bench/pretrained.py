@@ -16,24 +16,16 @@ import asyncio
 import shutil
 import time
 
-from common import ROOT, ServerProcess, machine, result, settings
+from common import ROOT, ServerProcess, machine, publish_fresh_pair, result, settings
 from concurrency import level
 
 SMOLLM = ROOT / ".glider" / "backbones" / "SmolLM2-135M-Instruct.Q4_1"
 EMBEDDED = ROOT / ".glider" / "backbone"
 
 
-def adapters_for(model, root) -> None:
-    from glider.trainer.lora import create_adapter
-    from glider.trainer.publish import publish_adapter
-
-    shutil.rmtree(root, ignore_errors=True)
-    for k, role in enumerate(("planner", "executor")):
-        publish_adapter(root, role, create_adapter(model, root.parent / "src" / role, seed=k), model, stage="bench")
-
-
 def serve(name: str, model, home, levels: list[int], steps: int) -> dict:
-    adapters_for(model, home / "adapters")
+    shutil.rmtree(home / "adapters", ignore_errors=True)
+    publish_fresh_pair(home / "adapters", model, home / "src")
     t0 = time.monotonic()
     server = ServerProcess(settings(home=home, model=model), GLIDER_MODEL=str(model),
                            GLIDER_ADAPTERS=str(home / "adapters"), GLIDER_RECORD="false")

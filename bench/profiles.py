@@ -17,7 +17,7 @@ import statistics
 import time
 
 import httpx
-from common import ROOT, ServerProcess, machine, result, settings
+from common import ROOT, ServerProcess, machine, publish_fresh_pair, result, settings
 
 ADMIN = "bench-profiles-token"
 
@@ -25,8 +25,6 @@ ADMIN = "bench-profiles-token"
 def build_registry(home, model, count: int) -> None:
     """The default profile's planner and executor, and ``count - 1`` more profiles' (each its own adapters)."""
     from glider.server.profiles import DEFAULT, ProfileSpec, ProfileStore
-    from glider.trainer.lora import create_adapter
-    from glider.trainer.publish import publish_adapter
 
     root = home / "adapters"
     shutil.rmtree(root, ignore_errors=True)
@@ -35,9 +33,7 @@ def build_registry(home, model, count: int) -> None:
         name = DEFAULT if k == 0 else f"p{k}"
         if k:
             store.put(name, ProfileSpec())
-        for role in ("planner", "executor"):
-            src = create_adapter(model, home / "src" / name / role, seed=10 * k + (role == "executor"))
-            publish_adapter(store.registry(name).root, role, src, model, stage="bench")
+        publish_fresh_pair(store.registry(name).root, model, home / "src" / name, seed=10 * k)
 
 
 async def episode(client, k: int, profile: str | None, steps: int) -> None:
