@@ -131,7 +131,7 @@ class Agent:
     @property
     def ready(self) -> bool:
         """Ready while the engine and the default profile are (another profile's state is its own)."""
-        return self.backend.ready and self.profiles.default.ready
+        return self.backend.ready and self.backend.failure is None and self.profiles.default.ready
 
     # -- episodes -----------------------------------------------------------------
     def _check_task(self, task: str | None) -> str:

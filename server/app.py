@@ -4,7 +4,10 @@ REST (uvicorn) and gRPC (grpc.aio) share one process, one event loop and
 one Agent.  The engine loads in the background after the server starts listening, so
 ``/healthz`` answers at once and ``/readyz`` turns 200 when the model and
 every adapter the mode needs are loaded (what a Kubernetes startup probe
-wants).  If loading fails the server stops with a non-zero exit.
+wants).  If loading fails, or the engine dies later, the server stops with exit
+code 1: a dead engine cannot be revived in place, and a supervisor that restarts
+the process (Kubernetes, Docker's restart policy) brings it back with its
+episodes when they live in Redis.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from glider.server.adapters.registry import AdapterRegistry
 from glider.server.agent import Agent
 from glider.server.api.ratelimit import ClientRateLimiter
 from glider.server.api.rest import BodyLimit, ConcurrencyLimit, RateLimit, create_app
-from glider.server.backends.base import create_backend
+from glider.server.backends.base import BackendError, create_backend
 from glider.server.metrics import Metrics
 from glider.server.settings import Settings
 from glider.server.store import create_store
@@ -42,7 +45,8 @@ def build_agent(settings: Settings) -> Agent:
     )
 
 
-def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=None):
+def build_app(settings: Settings, agent: Agent | None = None, on_fatal=None):
+    """The ASGI app over ``agent``; ``on_fatal(exc)`` is called when the engine fails to start or dies."""
     agent = agent or build_agent(settings)
     # one limiter for both transports: a client's budget covers REST and gRPC together
     limiter = ClientRateLimiter(settings.rate_limit, settings.rate_limit_client_header) if settings.rate_limit else None
@@ -69,11 +73,24 @@ def build_app(settings: Settings, agent: Agent | None = None, on_start_failure=N
             except Exception as exc:
                 log.error("engine failed to start: %s", exc, exc_info=exc)
                 app.state.start_error = exc
-                if on_start_failure is not None:
-                    on_start_failure(exc)
+                if on_fatal is not None:
+                    on_fatal(exc)
+                return
+            await watch_engine()
+
+        async def watch_engine():
+            # an attribute read per period: no I/O on the serving path, and a dead engine is
+            # noticed within one period even when no request arrives to trip over it
+            while (failure := agent.backend.failure) is None:
+                await asyncio.sleep(settings.engine_watchdog_s)
+            log.critical("%s; stopping with exit code 1 so that the supervisor restarts the server", failure)
+            if grpc_server is not None:
+                await grpc_server.set_serving(False)
+            if on_fatal is not None:
+                on_fatal(BackendError(failure))
 
         app.state.start_error = None
-        task = asyncio.create_task(start(), name="engine-start")
+        task = asyncio.create_task(start(), name="engine")
         try:
             yield
         finally:
@@ -108,7 +125,7 @@ def serve(settings: Settings) -> int:
         if server is not None:
             server.should_exit = True
 
-    app = build_app(settings, on_start_failure=stop)
+    app = build_app(settings, on_fatal=stop)
     config = uvicorn.Config(app, host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=False, lifespan="on")
     server = uvicorn.Server(config)

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     hf_max_batch: int = Field(32, description="HF backend: most requests per batched generate.")
     hf_batch_wait_ms: float = Field(2.0, description="HF backend: how long to gather a batch.")
 
+    engine_watchdog_s: float = Field(
+        1.0, gt=0, description="How often the server checks that its engine lives. A dead engine (its "
+                               "process killed or out of memory) is not restarted in place: the server "
+                               "exits with code 1 so that its supervisor (Kubernetes, Docker, systemd) "
+                               "restarts it; episodes in Redis carry over.")
     adapter_poll_s: float = Field(
         0.5, ge=0, description="How often the registry's current pointers are checked; 0 = never.")
     admin_token: SecretStr | None = Field(

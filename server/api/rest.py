@@ -268,8 +268,14 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
         await agent.delete_episode(episode_id)
         return Response(status_code=204)
 
-    @app.get("/healthz", response_model=Health, summary="The process is up")
-    async def healthz() -> Health:
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}},
+             summary="The process is up and its engine alive (a liveness probe)")
+    async def healthz():
+        # 200 while the model still loads (that is /readyz's business); 503 once the engine has
+        # died, for the moment before the server exits, or if its supervisor should not wait for that
+        if (failure := agent.backend.failure) is not None:
+            return JSONResponse(Health(status="failed", backend=agent.backend.kind, detail=failure).model_dump(),
+                                status_code=503)
         return Health(status="ok")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}},

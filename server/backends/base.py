@@ -80,6 +80,12 @@ class Backend(ABC):
         """Adapters the engine serves in one batch (None: no fixed bound)."""
         return None
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine can no longer serve, once it cannot (its process died); None while it can.
+        Checked by the server's watchdog and ``/healthz``: a dead engine is not recoverable in place."""
+        return None
+
     @abstractmethod
     async def start(self) -> None:
         """Load the model; ``ready`` becomes True when it can serve."""

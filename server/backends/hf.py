@@ -62,6 +62,15 @@ class HFBackend(Backend):
         self._worker = asyncio.create_task(self._run(), name="hf-batcher")
         self.ready = True
 
+    @property
+    def failure(self) -> str | None:
+        # the batcher is the only consumer of the queue: without it every request would wait forever
+        worker = self._worker
+        if worker is None or not worker.done() or not self.ready:
+            return None
+        error = None if worker.cancelled() else worker.exception()
+        return f"HF batch worker stopped: {error!r}" if error else "HF batch worker stopped"
+
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -125,6 +134,8 @@ class HFBackend(Backend):
     async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]:
         if not self.ready or self._queue is None:
             raise BackendError("HF backend is not started")
+        if self.failure is not None:
+            raise BackendError(self.failure)
         if any(spec.choices for spec in specs):
             return [await self._choice(spec) if spec.choices else (await self.generate([spec]))[0] for spec in specs]
         loop = asyncio.get_running_loop()

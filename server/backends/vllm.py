@@ -158,15 +158,23 @@ class VLLMBackend(Backend):
         ids = await engine.list_loras()
         return sorted(name for name, lora_id in self._names.items() if lora_id in ids)
 
+    @property
+    def failure(self) -> str | None:
+        # vLLM's monitor thread flags the engine dead as soon as its core process exits (killed,
+        # out of memory); the client cannot be restarted, so the server must be
+        if self._engine is not None and self._engine.errored:
+            return f"vLLM engine failed: {self._engine.dead_error}"
+        return None
+
     def _live_ids(self) -> set[int]:
         return {h.engine_id for h in self.adapters.values()}
 
     def _require_engine(self):
         if self._engine is None:
             raise BackendError("vLLM engine is not started")
-        if self._engine.errored:
+        if self.failure is not None:
             self.ready = False
-            raise BackendError(f"vLLM engine failed: {self._engine.dead_error}")
+            raise BackendError(self.failure)
         return self._engine
 
     async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]:

@@ -1,8 +1,10 @@
 """Faults an operator meets: a server restarted mid-episode, Redis going away and coming back,
-a trainer killed mid-publish, a disk that fills during a publish. Real processes throughout."""
+a trainer killed mid-publish, a disk that fills during a publish, an engine killed under a live
+server. Real processes throughout."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,9 +12,14 @@ import subprocess
 import sys
 import time
 
+import httpx
+import psutil
 import pytest
 from glider.clients.sdk import GliderAPIError, GliderClient
 from glider.server.adapters import AdapterRegistry
+from glider.server.api.rest import create_app
+from glider.server.app import build_agent
+from glider.server.settings import Settings
 
 from tests.conftest import ServerProcess, free_port
 from tests.redis_server import RedisServer
@@ -61,6 +68,72 @@ def test_a_restarted_server_goes_on_with_the_episode_and_rides_out_a_redis_outag
     for log in logs:  # neither secret reaches a log, not even at debug level
         text = log.read_text()
         assert ADMIN_SECRET not in text and REDIS_SECRET not in text, log
+
+
+def engine_core(server: ServerProcess) -> psutil.Process:
+    """vLLM's engine core: a child process of the server that names itself EngineCore."""
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        if any("EngineCore" in part for part in [child.name(), *child.cmdline()]):
+            return child
+    raise AssertionError("no EngineCore process under the server")
+
+
+def test_a_killed_engine_stops_the_server_and_its_successor_goes_on_with_the_episode(
+        backbone_dir, adapters_dir, redis_server, tmp_path):
+    env = {"GLIDER_STORE": "redis", "GLIDER_REDIS_URL": redis_server.url_of(3), "GLIDER_ENGINE_WATCHDOG_S": "0.2"}
+    server = ServerProcess("vllm", backbone_dir, adapters_dir, tmp_path / "vllm.log", **env)
+    successor = None
+    try:
+        server.wait_ready()
+        with GliderClient(server.url) as client:
+            eid = client.act(observation="hallway", task="find a plant").episode_id
+        engine_core(server).kill()  # SIGKILL, as the kernel's OOM killer sends
+
+        # the server notices within its watchdog period and exits non-zero, so that Kubernetes or
+        # Docker restarts it (liveness agrees while it is on its way out)
+        liveness = set()
+        deadline = time.monotonic() + 60
+        while server.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                liveness.add(httpx.get(f"{server.url}/healthz", timeout=2).status_code)
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        assert server.proc.poll() == 1, server.log.read_text()[-3000:]
+        assert liveness <= {200, 503}
+        assert "vLLM engine failed" in server.log.read_text()
+
+        successor = ServerProcess("hf", backbone_dir, adapters_dir, tmp_path / "hf.log", **env)
+        successor.wait_ready()
+        with GliderClient(successor.url) as client:
+            assert client.get_episode(eid).step == 1
+            assert client.act(observation="kitchen", episode_id=eid, step=1).step == 1
+    finally:
+        server.stop()
+        if successor is not None:
+            successor.stop()
+
+
+async def test_a_dead_hf_batcher_fails_liveness_readiness_and_every_step_at_once(backbone_dir, adapters_dir):
+    agent = build_agent(Settings(backend="hf", model=backbone_dir, adapters=adapters_dir, adapter_poll_s=0))
+    await agent.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(agent)), base_url="http://t") as http:
+            first = await http.post("/act", json={"observation": "hallway", "task": "find a plant"})
+            assert first.status_code == 200 and (await http.get("/healthz")).status_code == 200
+            agent.backend._worker.cancel()  # the one consumer of the request queue is gone
+            await asyncio.sleep(0)
+
+            health = await http.get("/healthz")
+            assert health.status_code == 503, health.text
+            assert health.json()["status"] == "failed" and "batch worker" in health.json()["detail"]
+            assert (await http.get("/readyz")).status_code == 503
+            step = await asyncio.wait_for(http.post("/act", json={
+                "observation": "kitchen", "episode_id": first.json()["episode_id"], "step": 1}), timeout=10)
+            assert step.status_code == 503 and step.json()["error"]["code"] == "backend_unavailable", step.text
+            assert (await agent.get_episode(first.json()["episode_id"])).step == 1  # the failed step lost nothing
+    finally:
+        await agent.close()
 
 
 PUBLISHER = """

@@ -168,3 +168,4 @@ class Health(BaseModel):
     profiles: dict[str, dict] = Field(default_factory=dict, description="Each agent profile: its mode, the "
                                                                        "adapter versions it serves, and its "
                                                                        "state (ready | loading | broken).")
+    detail: str | None = Field(None, description="Why the server cannot serve, when it cannot.")
