@@ -79,9 +79,9 @@ def build_app(settings: Settings, agent: Agent | None = None, on_fatal=None):
             await watch_engine()
 
         async def watch_engine():
-            # an attribute read per period: no I/O on the serving path, and a dead engine is
-            # noticed within one period even when no request arrives to trip over it
-            while (failure := agent.backend.failure) is None:
+            # an attribute read per period (vLLM's monitor thread sets it; there is no callback to
+            # await): no I/O on the serving path, and a dead engine is noticed even when idle
+            while (failure := agent.backend.failure) is None:  # noqa: ASYNC110
                 await asyncio.sleep(settings.engine_watchdog_s)
             log.critical("%s; stopping with exit code 1 so that the supervisor restarts the server", failure)
             if grpc_server is not None:
