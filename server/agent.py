@@ -35,7 +35,7 @@ from glider.server.served_profiles import ProfileSet, ServedProfile
 from glider.server.settings import GroundingMethod, Settings
 from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
-from glider.v1.rest import EPISODE_ID_PATTERN, PROFILE_PATTERN, TASK_PATTERN, Sampling
+from glider.v1.rest import EPISODE_ID_PATTERN, MAX_SEED, PROFILE_PATTERN, TASK_PATTERN, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ class Agent:
                                "on this server")
         if p is not None and not 0.0 < p <= 1.0:
             raise InvalidInput("sampling.top_p must be in (0, 1]")
-        if seed is not None and not 0 <= seed < 2**63:
-            raise InvalidInput("sampling.seed must be between 0 and 2^63 - 1")
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InvalidInput(f"sampling.seed must be between 0 and {MAX_SEED} (2^53 - 1)")
         return sampling
 
     async def create_episode(self, task: str | None, episode_id: str | None = None,

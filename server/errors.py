@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from glider.server.adapters.registry import AdapterNotFound, InvalidAdapter
 from glider.server.backends.base import BackendError
-from glider.server.profiles import InvalidProfile, ProfileNotFound
+from glider.server.profiles import InvalidProfile, ProfileNotFound, ProfileProtected
 from glider.server.served_profiles import ProfileUnavailable
 from glider.server.store.base import (
     EpisodeBusy,
@@ -56,6 +56,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (EpisodeNotFound, "episode_not_found", 404, "NOT_FOUND"),
     (AdapterNotFound, "adapter_not_found", 404, "NOT_FOUND"),
     (EpisodeExists, "episode_exists", 409, "ALREADY_EXISTS"),
+    (ProfileProtected, "profile_protected", 409, "FAILED_PRECONDITION"),
     (EpisodeBusy, "episode_busy", 409, "ABORTED"),
     (StepMismatch, "step_mismatch", 409, "FAILED_PRECONDITION"),
     (EpisodeFinished, "episode_finished", 409, "FAILED_PRECONDITION"),

@@ -33,8 +33,8 @@ from typing import Literal
 from glider.server.adapters.registry import AdapterRegistry
 from glider.server.policy.controller import HierarchyConfig
 from glider.server.policy.modes import ADAPTER_ROLES, PolicyMode
-from glider.v1.rest import PROFILE_PATTERN
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from glider.v1.rest import PROFILE_PATTERN, WireModel
+from pydantic import ConfigDict, Field, model_validator
 
 DEFAULT = "default"
 PROFILES_DIR = "@profiles"
@@ -50,10 +50,12 @@ class InvalidProfile(ValueError):
     pass
 
 
-class GenerationSettings(BaseModel):
-    """A profile's own generation settings; each one left out is the server's (GLIDER_* settings)."""
+class ProfileProtected(Exception):
+    """The request is well formed but the profile's role forbids it (deleting the server's default)."""
 
-    model_config = ConfigDict(extra="forbid")
+
+class GenerationSettings(WireModel):
+    """A profile's own generation settings; each one left out is the server's (GLIDER_* settings)."""
 
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Sampling temperature (0: greedy).")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -71,7 +73,7 @@ class GenerationSettings(BaseModel):
                           "(a prompted baseline); 'glider' is the format the adapters are trained on.")
 
 
-class ProfileSpec(BaseModel):
+class ProfileSpec(WireModel):
     """What the admin API takes to create or change a profile."""
 
     # the cross-field rule in the contract too: the instruct prompt is a flat-mode format
@@ -171,7 +173,7 @@ class ProfileStore:
     def delete(self, name: str) -> None:
         """Remove a profile with its adapters (renamed out of sight first, then deleted)."""
         if check_name(name) == DEFAULT:
-            raise InvalidProfile("the default profile cannot be deleted")
+            raise ProfileProtected("the default profile cannot be deleted: it serves every request that names none")
         folder = self._dir(name)
         if not (folder / DEFINITION).is_file():
             raise ProfileNotFound(f"no profile named {name!r}")

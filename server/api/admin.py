@@ -19,8 +19,8 @@ from glider.server.agent import Agent
 from glider.server.errors import Forbidden, Unauthorized
 from glider.server.profiles import GenerationSettings, ProfileSpec
 from glider.server.served_profiles import ServedProfile
-from glider.v1.rest import PROFILE_PATTERN, ErrorResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from glider.v1.rest import PROFILE_PATTERN, ErrorResponse, WireModel
+from pydantic import BaseModel, Field, SecretStr
 
 _bearer = HTTPBearer(auto_error=False, description="GLIDER_ADMIN_TOKEN")
 # names and versions are documented with the registry's own patterns, so the contract says what
@@ -42,8 +42,7 @@ class AdapterList(BaseModel):
     engine_loaded: list[str] = Field(description="Adapter versions resident in the engine.")
 
 
-class LoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class LoadRequest(WireModel):
     version: str | None = Field(None, pattern=VERSION_PATTERN,
                                 description="Version to serve; omit for the registry's current.")
 
@@ -113,7 +112,7 @@ def admin_router(agent: Agent) -> APIRouter:
     async def require_admin(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
         check_admin(token, creds.scheme if creds else None, creds.credentials if creds else None)
 
-    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422, 429, 503)}
+    errors = {code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 413, 422, 429, 503)}
     router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
                        responses=errors)
 

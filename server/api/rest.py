@@ -30,6 +30,7 @@ from glider.v1.rest import (
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,15 @@ class Observe:
             self.metrics.requests.labels(path, str(status)).inc()
 
 
+def _methods_of(app, scope) -> list[str]:
+    """The methods some route of ``app`` serves at the scope's path (any method)."""
+    methods = set()
+    for route in app.router.routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
+
+
 def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
     app = FastAPI(
         title="GLIDER agent",
@@ -216,7 +226,11 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
             metrics.errors.labels("invalid_input").inc()
             return _error(422, "invalid_input", f"request body could not be parsed: {exc.detail}")
         response = _error(exc.status_code, "http_error", str(exc.detail))
-        response.headers.update(exc.headers or {})  # 405's Allow (RFC 9110 §15.5.6)
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            # RFC 9110 §15.5.6: Allow lists every method of the resource; Starlette's names only the first
+            # route that matched the path, and FastAPI registers one route per method
+            response.headers["Allow"] = ", ".join(_methods_of(request.app, request.scope))
         return response
 
     async def _domain(request: Request, exc: Exception):

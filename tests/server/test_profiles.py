@@ -14,6 +14,7 @@ from glider.server.profiles import (
     GenerationSettings,
     InvalidProfile,
     ProfileNotFound,
+    ProfileProtected,
     ProfileSpec,
     ProfileStore,
 )
@@ -86,7 +87,7 @@ def test_bad_names_and_settings_are_refused_and_change_nothing(tmp_path):
         ProfileSpec.model_validate({"mode": "separate", "unknown": 1})
     with pytest.raises(ProfileNotFound):
         store.get("missing")
-    with pytest.raises(InvalidProfile, match="cannot be deleted"):
+    with pytest.raises(ProfileProtected, match="cannot be deleted"):
         store.delete(DEFAULT)
     with pytest.raises(ProfileNotFound):
         store.delete("missing")
