@@ -124,6 +124,14 @@ class GliderClient:
         path = f"/admin/profiles/{profile}/adapters/{name}/load" if profile else f"/admin/adapters/{name}/load"
         return self._send("POST", path, json=body, headers={"Authorization": f"Bearer {token}"}).json()
 
+    def adapters_published(self, adapters: Sequence[str] | None = None, *, token: str,
+                           profile: str | None = None) -> dict:
+        """Admin, for a trainer: it has published ``adapters`` (None: all) of agent ``profile``; the server
+        swaps now and tells its replicas. Its reply: ``serving`` versions, ``replicas_notified``."""
+        body = {"adapters": list(adapters)} if adapters is not None else None
+        path = f"/admin/profiles/{profile}/adapters/published" if profile else "/admin/adapters/published"
+        return self._send("POST", path, json=body, headers={"Authorization": f"Bearer {token}"}).json()
+
     def ready(self) -> Health | None:
         try:
             r = self._http.get("/readyz")

@@ -32,7 +32,7 @@ from glider.server.policy.grounding import best_scored
 from glider.server.policy.state import LastAnswer
 from glider.server.profiles import ProfileSpec, ProfileStore
 from glider.server.served_profiles import ProfileSet, ServedProfile
-from glider.server.settings import GroundingMethod, Settings
+from glider.server.settings import GroundingMethod, Settings, StoreKind
 from glider.server.store.base import EpisodeStore, StoreFull, StoreUnavailable
 from glider.server.store.recorder import TrajectoryRecorder
 from glider.v1.rest import EPISODE_ID_PATTERN, MAX_SEED, PROFILE_PATTERN, TASK_PATTERN, Sampling
@@ -93,6 +93,12 @@ class Agent:
             ProfileStore(registry.root, ProfileSpec(mode=server_policy.mode)), backend, server_policy,
             model_dir=settings.model_dir(), max_rank=settings.max_lora_rank, metrics=self.metrics,
             poll_s=settings.adapter_poll_s)
+        self.swap_channel = None
+        if settings.swap_push and settings.store is StoreKind.redis:
+            from glider.server.adapters.push import SwapChannel
+
+            self.swap_channel = SwapChannel(settings.redis_url.get_secret_value(), prefix=settings.redis_prefix,
+                                            timeout_s=settings.redis_timeout_s, on_notice=self._on_notice)
 
     # the default profile's policy and adapters: what a server without profiles serves
     @property
@@ -118,15 +124,35 @@ class Agent:
         self.backend.lora_slots = self.profiles.lora_slots()
         await self.backend.start()
         await self.profiles.start()
+        if self.swap_channel is not None:
+            self.swap_channel.start()
 
     async def close(self) -> None:
         try:
+            if self.swap_channel is not None:
+                await self.swap_channel.close()
             await self.profiles.close()
             await self.backend.close()
             await self.store.close()
         finally:  # the trainer reads only sealed logs: seal them even if an engine shutdown fails
             if self.recorder is not None:
                 self.recorder.close()
+
+    # -- pushed swaps -----------------------------------------------------------------
+    async def adapters_published(self, profile: str | None, adapters: tuple[str, ...] | None
+                                 ) -> tuple[dict[str, str | None], int]:
+        """The trainer has published ``adapters`` (None: any) of ``profile``: swap to them now, and pass
+        the word on to the other replicas. The versions served after, and how many replicas heard."""
+        served = self.profiles.get(profile)
+        serving = await served.adapters.refresh(adapters)
+        notified = 0
+        if self.swap_channel is not None:
+            notified = await self.swap_channel.publish(served.name, adapters)
+        return serving, notified
+
+    async def _on_notice(self, notice) -> None:
+        if notice.profile in self.profiles.served:  # a profile this replica has not loaded yet: its poll
+            await self.profiles.served[notice.profile].adapters.refresh(notice.adapters)
 
     @property
     def ready(self) -> bool:

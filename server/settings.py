@@ -72,6 +72,10 @@ class Settings(BaseSettings):
                                "restarts it; episodes in Redis carry over.")
     adapter_poll_s: float = Field(
         0.5, ge=0, description="How often the registry's current pointers are checked; 0 = never.")
+    swap_push: bool = Field(
+        True, description="With GLIDER_STORE=redis: pass the trainer's publish notices (POST "
+                          "/admin/adapters/published) to every replica through a Redis channel, so each "
+                          "swaps at once; the poll stays on as the fallback.")
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API; unset = admin API refuses every call.")
 

@@ -13,7 +13,8 @@ response, log, ``glider_adapter_swaps_total{result="rejected"}``).
 
 Triggers: the watcher polls each ``current`` pointer (one ``readlink`` per
 adapter every ``adapter_poll_s``; works on any shared volume, where inotify
-does not), and the admin API.  The versions served before stay in a history
+does not), a publish notice (``refresh``: the trainer's word, pushed to every
+replica, see ``push``), and the admin API.  The versions served before stay in a history
 so ``rollback`` can go back to the previous one.
 """
 
@@ -187,6 +188,12 @@ class AdapterManager:
             await self.load(name, current, reason="watcher")
         except (InvalidAdapter, AdapterNotFound, BackendError):
             pass  # logged and counted by load(); the old version keeps serving
+
+    async def refresh(self, names: tuple[str, ...] | None = None) -> dict[str, str | None]:
+        """Check ``names`` (None: all) now, as the watcher's next poll would; what is served then."""
+        for name in names if names is not None else self.names:
+            await self.check(name)
+        return self.serving()
 
     def ready(self) -> bool:
         """Every adapter of the profile is loaded in the engine."""

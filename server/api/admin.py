@@ -1,5 +1,5 @@
-"""Admin REST API: adapters (list, load a version, rollback) and agent profiles (list, create or change,
-delete), behind a bearer token.
+"""Admin REST API: adapters (list, load a version, rollback, the trainer's "published" notice) and agent
+profiles (list, create or change, delete), behind a bearer token.
 
 Clients name adapters and versions, never paths; both are validated by the
 registry, so nothing can resolve outside it.  No token configured means the
@@ -17,10 +17,10 @@ from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import NAME_PATTERN, VERSION_PATTERN
 from glider.server.agent import Agent
 from glider.server.errors import Forbidden, Unauthorized
-from glider.server.profiles import GenerationSettings, ProfileSpec
+from glider.server.profiles import DEFAULT, GenerationSettings, ProfileSpec
 from glider.server.served_profiles import ServedProfile
 from glider.v1.rest import PROFILE_PATTERN, ErrorResponse, WireModel
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, StringConstraints
 
 _bearer = HTTPBearer(auto_error=False, description="GLIDER_ADMIN_TOKEN")
 # names and versions are documented with the registry's own patterns, so the contract says what
@@ -53,6 +53,18 @@ class SwapResponse(BaseModel):
     previous: str | None
     changed: bool
     seconds: float
+
+
+class PublishedNotice(WireModel):
+    adapters: list[Annotated[str, StringConstraints(pattern=NAME_PATTERN)]] | None = Field(
+        None, max_length=16, description="The adapters just published; omit for every adapter of the profile.")
+
+
+class PublishedResponse(BaseModel):
+    profile: str
+    serving: dict[str, str | None] = Field(description="Adapter -> the version this server serves now.")
+    replicas_notified: int = Field(description="Other replicas the notice reached through Redis (0 without "
+                                               "GLIDER_STORE=redis; those replicas' polls find it).")
 
 
 class ProfileInfo(BaseModel):
@@ -126,6 +138,16 @@ def admin_router(agent: Agent) -> APIRouter:
         return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
                             seconds=r.seconds)
 
+    async def published(profile: str | None, body: PublishedNotice | None) -> PublishedResponse:
+        adapters = tuple(body.adapters) if body is not None and body.adapters is not None else None
+        serving, notified = await agent.adapters_published(profile, adapters)
+        return PublishedResponse(profile=profile or DEFAULT, serving=serving, replicas_notified=notified)
+
+    @router.post("/adapters/published", response_model=PublishedResponse,
+                 summary="The trainer has published: swap now, and tell every replica")
+    async def adapters_published(body: PublishedNotice | None = None) -> PublishedResponse:
+        return await published(None, body)
+
     @router.post("/adapters/{name}/rollback", response_model=SwapResponse)
     async def rollback(name: AdapterName) -> SwapResponse:
         r = await agent.adapters.rollback(name)
@@ -161,6 +183,12 @@ def admin_router(agent: Agent) -> APIRouter:
         r = await agent.profiles.get(profile).adapters.load(name, body.version if body else None, make_current=True)
         return SwapResponse(name=r.name, version=r.version, previous=r.previous, changed=r.changed,
                             seconds=r.seconds)
+
+    @router.post("/profiles/{profile}/adapters/published", response_model=PublishedResponse,
+                 summary="The trainer has published this profile's adapters: swap now, and tell every replica")
+    async def profile_adapters_published(profile: ProfileName, body: PublishedNotice | None = None
+                                         ) -> PublishedResponse:
+        return await published(profile, body)
 
     @router.post("/profiles/{profile}/adapters/{name}/rollback", response_model=SwapResponse)
     async def rollback_profile_adapter(profile: ProfileName, name: AdapterName) -> SwapResponse:

@@ -17,6 +17,7 @@ from glider.server.agent import Agent, StepResult
 from glider.server.api.admin import adapter_list, check_admin
 from glider.server.errors import InvalidInput, RateLimited, classify
 from glider.server.policy.state import EpisodeState
+from glider.server.profiles import DEFAULT
 from glider.v1 import agent_pb2 as pb
 from glider.v1 import agent_pb2_grpc as pb_grpc
 from glider.v1.rest import Sampling
@@ -220,6 +221,17 @@ class AdminServicer(pb_grpc.AdapterAdminServicer):
         except Exception as exc:
             await _abort(context, exc, self.agent.metrics)
         return self._swap(result)
+
+
+    async def AdaptersPublished(self, request, context) -> pb.AdaptersPublishedResponse:
+        try:
+            self._authorize(context)
+            serving, notified = await self.agent.adapters_published(request.profile or None,
+                                                                    tuple(request.adapters) or None)
+        except Exception as exc:
+            await _abort(context, exc, self.agent.metrics)
+        return pb.AdaptersPublishedResponse(profile=request.profile or DEFAULT, replicas_notified=notified,
+                                            serving={k: v for k, v in serving.items() if v is not None})
 
 
 class _Malformed:

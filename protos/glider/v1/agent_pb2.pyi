@@ -226,6 +226,31 @@ class RollbackAdapterRequest(_message.Message):
     profile: str
     def __init__(self, name: _Optional[str] = ..., profile: _Optional[str] = ...) -> None: ...
 
+class AdaptersPublishedRequest(_message.Message):
+    __slots__ = ("adapters", "profile")
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    adapters: _containers.RepeatedScalarFieldContainer[str]
+    profile: str
+    def __init__(self, adapters: _Optional[_Iterable[str]] = ..., profile: _Optional[str] = ...) -> None: ...
+
+class AdaptersPublishedResponse(_message.Message):
+    __slots__ = ("profile", "serving", "replicas_notified")
+    class ServingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_NOTIFIED_FIELD_NUMBER: _ClassVar[int]
+    profile: str
+    serving: _containers.ScalarMap[str, str]
+    replicas_notified: int
+    def __init__(self, profile: _Optional[str] = ..., serving: _Optional[_Mapping[str, str]] = ..., replicas_notified: _Optional[int] = ...) -> None: ...
+
 class SwapResponse(_message.Message):
     __slots__ = ("name", "version", "previous", "changed", "seconds")
     NAME_FIELD_NUMBER: _ClassVar[int]

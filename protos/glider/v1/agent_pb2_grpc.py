@@ -297,6 +297,11 @@ class AdapterAdminStub:
                 request_serializer=glider_dot_v1_dot_agent__pb2.RollbackAdapterRequest.SerializeToString,
                 response_deserializer=glider_dot_v1_dot_agent__pb2.SwapResponse.FromString,
                 _registered_method=True)
+        self.AdaptersPublished = channel.unary_unary(
+                '/glider.v1.AdapterAdmin/AdaptersPublished',
+                request_serializer=glider_dot_v1_dot_agent__pb2.AdaptersPublishedRequest.SerializeToString,
+                response_deserializer=glider_dot_v1_dot_agent__pb2.AdaptersPublishedResponse.FromString,
+                _registered_method=True)
 
 
 class AdapterAdminServicer:
@@ -320,6 +325,13 @@ class AdapterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdaptersPublished(self, request, context):
+        """The trainer has published: swap now, and pass the word to every replica (through Redis)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdapterAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -337,6 +349,11 @@ def add_AdapterAdminServicer_to_server(servicer, server):
                     servicer.RollbackAdapter,
                     request_deserializer=glider_dot_v1_dot_agent__pb2.RollbackAdapterRequest.FromString,
                     response_serializer=glider_dot_v1_dot_agent__pb2.SwapResponse.SerializeToString,
+            ),
+            'AdaptersPublished': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdaptersPublished,
+                    request_deserializer=glider_dot_v1_dot_agent__pb2.AdaptersPublishedRequest.FromString,
+                    response_serializer=glider_dot_v1_dot_agent__pb2.AdaptersPublishedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -420,6 +437,33 @@ class AdapterAdmin:
             '/glider.v1.AdapterAdmin/RollbackAdapter',
             glider_dot_v1_dot_agent__pb2.RollbackAdapterRequest.SerializeToString,
             glider_dot_v1_dot_agent__pb2.SwapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdaptersPublished(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/glider.v1.AdapterAdmin/AdaptersPublished',
+            glider_dot_v1_dot_agent__pb2.AdaptersPublishedRequest.SerializeToString,
+            glider_dot_v1_dot_agent__pb2.AdaptersPublishedResponse.FromString,
             options,
             channel_credentials,
             insecure,
