@@ -165,6 +165,8 @@ class Settings(BaseSettings):
         description="Redis of the episode store (may hold a password, so never logged).")
     redis_prefix: str = Field("glider:", description="Key prefix, to share one Redis database.")
     redis_timeout_s: float = Field(5.0, gt=0, description="Redis connect and command timeout.")
+    redis_compress: bool = Field(True, description="Store episode states zlib-compressed (a tenth of the bytes "
+                                                    "to move and keep); replicas read either form.")
     step_lease_s: float = Field(
         120.0, gt=0, description="Longest a step may hold its episode (Redis store) before "
         "another step may take it, so a replica that dies mid-step blocks no episode for good.")

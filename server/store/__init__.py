@@ -23,7 +23,7 @@ def create_store(settings) -> EpisodeStore:
         return RedisEpisodeStore(
             settings.redis_url.get_secret_value(), prefix=settings.redis_prefix,
             ttl_s=settings.episode_ttl_s, max_episodes=settings.max_episodes,
-            lease_s=settings.step_lease_s, timeout_s=settings.redis_timeout_s)
+            lease_s=settings.step_lease_s, timeout_s=settings.redis_timeout_s, compress=settings.redis_compress)
     return MemoryEpisodeStore(ttl_s=settings.episode_ttl_s, max_episodes=settings.max_episodes)
 
 

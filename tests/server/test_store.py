@@ -170,6 +170,30 @@ async def test_state_round_trips_whole(stores):
 
 
 # --- Redis: replicas, restarts, outages --------------------------------------------------------
+async def test_compressing_and_plain_replicas_read_each_others_states(redis_url):
+    import redis.asyncio as aioredis
+
+    plain, compressing = RedisEpisodeStore(redis_url, compress=False), RedisEpisodeStore(redis_url)
+    raw = aioredis.from_url(redis_url)
+    try:
+        s = state()
+        s.task = "boil water " * 200  # repetitive, as observations are
+        await plain.create(s)
+        taken = await compressing.acquire("e1")
+        assert taken.task == s.task
+        await compressing.commit(taken, taken.version)
+        stored = await raw.hget("glider:ep:e1", "s")
+        assert stored[:1] == b"z" and len(stored) < len(s.model_dump_json()) / 4
+        again = await plain.acquire("e1")  # a replica that does not compress reads it too
+        assert again.task == s.task and again.version == 1
+        await plain.commit(again, again.version)
+        assert (await raw.hget("glider:ep:e1", "s"))[:1] == b"{"
+    finally:
+        for client in (plain, compressing):
+            await client.close()
+        await raw.aclose()
+
+
 async def test_an_episode_survives_a_replica_restart_and_a_redis_restart(tmp_path):
     server = RedisServer(tmp_path / "redis", free_port()).start()
     try:
