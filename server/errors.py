@@ -31,6 +31,10 @@ class StepMismatch(GliderError):
     pass
 
 
+class ProfileMismatch(GliderError):
+    """A later step names another profile than the one its episode started with (it keeps its own)."""
+
+
 class Unauthorized(GliderError):
     pass
 
@@ -59,6 +63,7 @@ ERROR_TABLE: list[tuple[type[BaseException], str, int, str]] = [
     (ProfileProtected, "profile_protected", 409, "FAILED_PRECONDITION"),
     (EpisodeBusy, "episode_busy", 409, "ABORTED"),
     (StepMismatch, "step_mismatch", 409, "FAILED_PRECONDITION"),
+    (ProfileMismatch, "profile_mismatch", 409, "FAILED_PRECONDITION"),
     (EpisodeFinished, "episode_finished", 409, "FAILED_PRECONDITION"),
     (StoreFull, "too_many_episodes", 429, "RESOURCE_EXHAUSTED"),
     (RateLimited, "rate_limited", 429, "RESOURCE_EXHAUSTED"),

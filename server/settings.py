@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     kv_cache_gib: float = Field(1.0, description="vLLM-CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
+    block_size: int | None = Field(
+        None, ge=1, le=1024, description="vLLM: tokens per KV-cache block (None: the engine's, 128 on CPU, 16 "
+                                        "on GPUs). The prefix cache reuses whole blocks only, so a prompt "
+                                        "shares at most its length rounded down to a block; the CPU kernels "
+                                        "prefer multiples of 32.")
     engine_busy_wait_s: float | None = Field(
         None, ge=0.0, description="vLLM: how long the engine's processes spin on their shared-memory queue "
                                   "before they sleep (vLLM's own: 1 s, two spinning cores under load). Default: "

@@ -99,6 +99,7 @@ class VLLMBackend(Backend):
             max_model_len=s.max_model_len,
             enforce_eager=not cuda,
             enable_prefix_caching=s.enable_prefix_caching,
+            block_size=s.block_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
             seed=s.seed,
             disable_log_stats=True,

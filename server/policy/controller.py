@@ -127,6 +127,19 @@ class StepDecision:
     grounded: bool = False
 
 
+def _fork(state: EpisodeState) -> EpisodeState:
+    """A copy of ``state`` that a step may change while ``state`` stays as it was (a failed step changes
+    nothing; the memory store still holds ``state``). Only what a step changes in place is copied: the
+    lists it appends to, the open segment, the versions dict. Finished segments and turns are never
+    changed once made, so both states share them; a deep copy of a long episode cost more than the
+    rest of the Agent's step."""
+    current = state.current
+    return state.model_copy(update={
+        "current": None if current is None else current.model_copy(update={"turns": list(current.turns)}),
+        "finished": list(state.finished), "history": list(state.history),
+        "adapter_versions": dict(state.adapter_versions)})
+
+
 class PolicyController:
     def __init__(self, config: HierarchyConfig):
         if config.mode not in ADAPTER_FOR_ROLE:
@@ -157,7 +170,7 @@ class PolicyController:
         space = ActionSpace(valid_actions) if valid_actions else None
         if space is not None and not space:
             space = None  # nothing but blanks: as if no list was sent
-        new = state.model_copy(deep=True)
+        new = _fork(state)
         new.last_reward = reward
         new.total_reward += reward
         new.updated_at = time.time()

@@ -24,6 +24,7 @@ open a new ``Action:``/``Subgoal:`` line or switch the role header.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -50,9 +51,22 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 
 def sanitize(text: str, limit: int | None = None, extra_tokens: Iterable[str] = ()) -> str:
     """One line of untrusted text, without role markers or special tokens, at most ``limit`` chars."""
+    if not extra_tokens:
+        return _sanitize_cached(text, limit)
     for token in extra_tokens:
         if token:
             text = text.replace(token, " ")
+    return _sanitize(text, limit)
+
+
+# A prompt re-reads the episode's recent turns at every step (and the trainer the same turns in every
+# sequence they appear in): each text is cleaned once, not once per prompt.
+@functools.lru_cache(maxsize=16384)
+def _sanitize_cached(text: str, limit: int | None) -> str:
+    return _sanitize(text, limit)
+
+
+def _sanitize(text: str, limit: int | None) -> str:
     text = _SPECIAL_RE.sub(" ", text)
     text = _CONTROL_RE.sub(" ", text)
     text = _SPACE_RE.sub(" ", text).strip()

@@ -141,6 +141,27 @@ async def test_failed_generation_leaves_state_untouched():
     assert state.model_dump() == before
 
 
+@pytest.mark.parametrize("mode", ["separate", "flat"])
+async def test_a_step_never_changes_the_state_it_was_given(mode):
+    """The controller copies only what a step changes (lists, the open segment, the versions): every
+    state an episode passed through must read the same after the later steps as when it was made."""
+    ctrl = controller(mode=mode, c_max=2, plan_window=2, history_window=3)
+    n = 12
+    script = Script(planner=[f"goal {i}" for i in range(n)],
+                    executor=[f"act {i}; {'true' if i % 3 == 2 else 'false'}" for i in range(n)],
+                    flat=[f"act {i}" for i in range(n)])
+    states = [ctrl.new_state("e", "t")]
+    snapshots = [states[0].model_dump()]
+    for i in range(n):
+        decision = await ctrl.step(states[-1], f"obs {i}", 0.5, False, script)
+        states.append(decision.state)
+        snapshots.append(decision.state.model_dump())
+    assert [s.model_dump() for s in states] == snapshots
+    last = states[-1]
+    assert (len(last.finished), last.step) == ((2, n) if mode == "separate" else (0, n))
+    assert len(last.history) == (3 if mode == "flat" else 0)
+
+
 async def test_done_finishes_the_episode_without_an_action():
     ctrl = controller()
     state = ctrl.new_state("e", "t")

@@ -4,7 +4,7 @@ one profile's swap or breakage never touches another's."""
 from __future__ import annotations
 
 import pytest
-from glider.server.errors import InvalidInput
+from glider.server.errors import ProfileMismatch
 from glider.server.policy.modes import PolicyMode
 from glider.server.profiles import GenerationSettings, ProfileNotFound, ProfileSpec
 from glider.server.served_profiles import ProfileUnavailable
@@ -74,7 +74,7 @@ async def test_unknown_and_mismatched_profiles_are_refused_and_change_nothing(ag
     assert await agent.store.count() == 0 and backend.specs == []
     first = await agent.act(observation="hall", task="boil water")
     before = await agent.get_episode(first.episode_id)
-    with pytest.raises(InvalidInput, match="belongs to profile 'default'"):
+    with pytest.raises(ProfileMismatch, match="belongs to profile 'default'"):
         await agent.act(observation="kitchen", episode_id=first.episode_id, profile="other")
     after = await agent.get_episode(first.episode_id)
     assert after.step == before.step == 1 and after.version == before.version
