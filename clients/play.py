@@ -51,7 +51,7 @@ def episode_sampling(temperature: float | None, seed: int, key: str, top_p: floa
 
     if temperature is None:
         return None
-    episode_seed = int(hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()[:15], 16)  # < 2^60: a valid seed
+    episode_seed = int(hashlib.sha256(f"{seed}/{key}".encode()).hexdigest()[:13], 16)  # < 2^52: a valid seed
     return Sampling(temperature=temperature, top_p=top_p, seed=episode_seed)
 
 
