@@ -39,18 +39,25 @@ class PublishNotice:
         return cls(data["profile"], None if adapters is None else tuple(adapters), str(data.get("origin", "")))
 
 
+def channel_name(prefix: str, db: int) -> str:
+    """The deployment's channel. Pub/sub is server-wide in Redis, blind to database numbers, so the name
+    carries the database as well as the prefix: deployments that share a Redis by database or by prefix
+    (as the episodes do) do not hear each other's notices."""
+    return f"{prefix}adapters:published:{db}"
+
+
 class SwapChannel:
-    """One Redis pub/sub channel shared by the replicas of a deployment (``<prefix>adapters:published``)."""
+    """One Redis pub/sub channel shared by the replicas of a deployment (``channel_name``)."""
 
     def __init__(self, url: str, *, prefix: str, timeout_s: float,
                  on_notice: Callable[[PublishNotice], Awaitable[None]]):
         from redis import asyncio as aioredis
 
-        self.channel = f"{prefix}adapters:published"
+        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.channel = channel_name(prefix, int(self._redis.connection_pool.connection_kwargs.get("db") or 0))
         self.origin = uuid.uuid4().hex
         self.on_notice = on_notice
         self.timeout_s = timeout_s
-        self._redis = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._listener: asyncio.Task | None = None
         self.subscribed = asyncio.Event()
 

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 from glider.clients.sdk import GliderAPIError, GliderClient
+from glider.server.adapters.push import channel_name
 from glider.trainer.lora import create_adapter
 from glider.trainer.publish import publish_adapter
 from glider.v1 import agent_pb2 as pb
@@ -41,7 +42,8 @@ def test_a_publish_notice_swaps_every_replica_at_once(backbone_dir, adapters_dir
         old = serving(second, "planner")
         # both replicas subscribe once they are ready; the notice must find the second one listening
         deadline = time.monotonic() + 20
-        while redis.Redis.from_url(redis_server.url_of(4)).pubsub_numsub("glider:adapters:published")[0][1] < 2:
+        # (the session's other servers share this Redis on database 1: the channel keeps them out)
+        while redis.Redis.from_url(redis_server.url_of(4)).pubsub_numsub(channel_name("glider:", 4))[0][1] < 2:
             assert time.monotonic() < deadline, "the replicas never subscribed"
             time.sleep(0.1)
 
