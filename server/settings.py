@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
     block_size: int | None = Field(
-        None, ge=1, le=1024, description="vLLM: tokens per KV-cache block (None: the engine's, 128 on CPU, 16 "
+        None, ge=1, le=1024, description="vLLM: tokens per KV-cache block (None: 32 on CPU machines, vLLM's own "
                                         "on GPUs). The prefix cache reuses whole blocks only, so a prompt "
                                         "shares at most its length rounded down to a block; the CPU kernels "
                                         "prefer multiples of 32.")

@@ -61,6 +61,10 @@ def _is_cuda() -> bool:
         return False
 
 
+#: KV-cache block on CPU machines unless GLIDER_BLOCK_SIZE says otherwise (GPUs keep vLLM's own)
+CPU_BLOCK_SIZE = 32
+
+
 class VLLMBackend(Backend):
     kind = "vllm"
 
@@ -87,6 +91,9 @@ class VLLMBackend(Backend):
         busy_wait = s.engine_busy_wait_s if s.engine_busy_wait_s is not None else (None if cuda else 0.002)
         if busy_wait is not None:  # read by the vllm_busy_wait plugin in the engine's spawned processes
             os.environ[BUSY_WAIT_ENV] = str(busy_wait)
+        # the prefix cache reuses whole blocks only; vLLM-CPU's own 128 wastes most of a 200-400-token prompt
+        # (bench/hier_vs_flat.py, bench/concurrency.py: 32 serves 1.35-1.45x the env-steps/s)
+        block_size = s.block_size if s.block_size is not None else (None if cuda else CPU_BLOCK_SIZE)
         # float32 is the CPU default; on a GPU let vLLM pick the model's dtype unless asked
         dtype = "auto" if cuda and s.dtype == "float32" else s.dtype
         args = AsyncEngineArgs(
@@ -99,7 +106,7 @@ class VLLMBackend(Backend):
             max_model_len=s.max_model_len,
             enforce_eager=not cuda,
             enable_prefix_caching=s.enable_prefix_caching,
-            block_size=s.block_size,
+            block_size=block_size,
             gpu_memory_utilization=s.gpu_memory_utilization,
             seed=s.seed,
             disable_log_stats=True,
