@@ -63,20 +63,28 @@ async def phase(url, episodes, seconds, publish=None, every=2.0):
     return rate, failures, swaps
 
 
-async def main(args):
+def swap_registry(s):
+    """A copy of the registry in a scratch folder, and a publisher that puts one of two executor adapters
+    in as its next version, alternately (what a trainer does): (folder, registry, publish() -> version)."""
     from glider.trainer.lora import create_adapter
     from glider.trainer.publish import publish_adapter
 
-    s = settings()
     work = Path(tempfile.mkdtemp(prefix="glider-bench-"))
     registry = work / "adapters"
     shutil.copytree(s.adapters_dir(), registry, symlinks=True)
     sources = [create_adapter(s.model_dir(), work / f"src{i}", seed=100 + i) for i in range(2)]
     flip = [0]
 
-    def publish():
+    def publish() -> str:
         flip[0] ^= 1
         return publish_adapter(registry, "executor", sources[flip[0]], s.model_dir(), stage="bench").version
+
+    return work, registry, publish
+
+
+async def main(args):
+    s = settings()
+    work, registry, publish = swap_registry(s)
 
     server = ServerProcess(s, GLIDER_ADAPTERS=str(registry))  # noqa: ASYNC220 - once, before measuring
     url = server.url

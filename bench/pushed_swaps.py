@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 from act_overhead import start_redis
 from common import ServerProcess, machine, median, pct, result, settings
-from hotswap import first_served
+from hotswap import first_served, swap_registry
 
 TOKEN = "bench-admin-token"
 
@@ -39,19 +37,8 @@ async def serving_since(client, name: str, version: str, timeout: float = 30.0) 
 
 
 async def main(args) -> None:
-    from glider.trainer.lora import create_adapter
-    from glider.trainer.publish import publish_adapter
-
     s = settings()
-    work = Path(tempfile.mkdtemp(prefix="glider-bench-"))
-    registry = work / "adapters"
-    shutil.copytree(s.adapters_dir(), registry, symlinks=True)
-    sources = [create_adapter(s.model_dir(), work / f"src{i}", seed=100 + i) for i in range(2)]
-    flip = [0]
-
-    def publish() -> str:
-        flip[0] ^= 1
-        return publish_adapter(registry, "executor", sources[flip[0]], s.model_dir(), stage="bench").version
+    work, registry, publish = swap_registry(s)
 
     redis_proc, url = start_redis()
     env = {"GLIDER_ADAPTERS": str(registry), "GLIDER_BACKEND": args.backend, "GLIDER_STORE": "redis",

@@ -38,6 +38,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
     "hotswap": (["--swaps", "5", "--rounds", "2", "--phase-s", "15"], []),
     "pushed_swaps": (["--swaps", "20"], []),
     "store_step": (["--steps", "2000"], []),
+    "agent_step": (["--reps", "2000"], []),
     "transports": (["--rounds", "2", "--seconds", "10"], []),
     "grounding": (["--candidates", "16", "--steps", "6"], ["--candidates", "4,16,64", "--steps", "12"]),
     "train_throughput": (["--per-task", "1", "--step-bench", "4"], []),

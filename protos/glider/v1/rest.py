@@ -7,6 +7,7 @@ gRPC requests with the same patterns, so both transports refuse the same input. 
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import get_args
 
@@ -32,6 +33,14 @@ def _json_kind(annotation) -> str | None:
     return None
 
 
+@functools.cache
+def _typed_fields(model: type[BaseModel]) -> tuple[tuple[str, str], ...]:
+    """(field, "boolean" | "number") of a model's fields with such a JSON type: read once per model,
+    not on every request."""
+    return tuple((name, kind) for name, info in model.model_fields.items()
+                 if (kind := _json_kind(info.annotation)) is not None)
+
+
 class WireModel(BaseModel):
     """A request body: unknown fields refused, and each JSON value of the type its schema says."""
 
@@ -44,9 +53,9 @@ class WireModel(BaseModel):
         ``"3"`` as 3; the schema says a boolean or a number, so any other JSON type is refused.
         (Strict mode would refuse ``3.0`` for an integer, which JSON Schema allows.)"""
         if isinstance(data, dict):
-            for name, info in cls.model_fields.items():
-                value, kind = data.get(name), _json_kind(info.annotation)
-                if value is None or kind is None:
+            for name, kind in _typed_fields(cls):
+                value = data.get(name)
+                if value is None:
                     continue
                 if kind == "boolean" and not isinstance(value, bool) or (
                         kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float))):
