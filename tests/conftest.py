@@ -136,7 +136,8 @@ def servers(backbone_dir, adapters_dir, swap_registry, redis_server, tmp_path_fa
     logs = tmp_path_factory.mktemp("logs")
     shared = {"GLIDER_STORE": "redis", "GLIDER_REDIS_URL": redis_server.url_of(1)}
     procs = {
-        "vllm": ServerProcess("vllm", backbone_dir, adapters_dir, logs / "vllm.log", **shared),
+        "vllm": ServerProcess("vllm", backbone_dir, adapters_dir, logs / "vllm.log", **shared,
+                              GLIDER_TRACE_REQUESTS=str(logs / "vllm.trace.jsonl")),
         "hf": ServerProcess("hf", backbone_dir, adapters_dir, logs / "hf.log", **shared),
         "vllm_swap": ServerProcess("vllm", backbone_dir, swap_registry, logs / "vllm_swap.log",
                                    GLIDER_ADMIN_TOKEN=ADMIN_TOKEN, GLIDER_ADAPTER_POLL_S="0.2"),

@@ -255,19 +255,22 @@ def create_app(agent: Agent, *, lifespan=None) -> FastAPI:
 
     @app.post("/act", response_model=ActResponse, responses=_ERRORS,
               summary="Answer one environment step (starts an episode when no episode_id is given)")
-    async def act(body: ActRequest) -> ActResponse:
+    async def act(body: ActRequest) -> Response:
         result = await agent.act(
             observation=body.observation, episode_id=body.episode_id, task=body.task,
             reward=body.reward, done=body.done, step=body.step, score=body.score, sampling=body.sampling,
             valid_actions=body.valid_actions, profile=body.profile,
         )
-        return ActResponse(
+        reply = ActResponse(
             episode_id=result.episode_id, step=result.step, action=result.action,
             subgoal=result.subgoal, new_subgoal=result.new_subgoal,
             subgoal_done=result.subgoal_done, subgoal_index=result.subgoal_index,
             done=result.done, adapter_versions=result.adapter_versions, fallback=result.fallback,
             grounded=result.grounded, generated_action=result.generated_action, profile=result.profile,
         )
+        # serialised once here: a returned model would be dumped, validated again against response_model
+        # and encoded by FastAPI, three passes on the hot path (response_model still documents the schema)
+        return Response(reply.model_dump_json(), media_type="application/json")
 
     @app.post("/episodes", response_model=EpisodeView, status_code=201, responses=_ERRORS)
     async def create_episode(body: EpisodeCreate) -> EpisodeView:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -77,6 +79,7 @@ class VLLMBackend(Backend):
         self._inflight: Counter[int] = Counter()  # LoRA id -> requests running on it
         self._retired: set[int] = set()  # replaced ids, removed once their requests finish
         self._names: dict[str, int] = {}  # "name@version" -> LoRA id, for introspection
+        self._trace = None  # GLIDER_TRACE_REQUESTS: the served workload, one JSON line per request
 
     async def start(self) -> None:
         # the CPU build sizes its KV cache from this variable, read at engine creation
@@ -113,6 +116,10 @@ class VLLMBackend(Backend):
         )
         log.info("starting vLLM engine on %s", s.model_dir())
         self._engine = AsyncLLM.from_engine_args(args)
+        if s.trace_requests is not None:
+            Path(s.trace_requests).parent.mkdir(parents=True, exist_ok=True)
+            # opened once at start (not per request), held until close
+            self._trace = open(s.trace_requests, "a", buffering=1, encoding="utf-8")  # noqa: SIM115, ASYNC230
         self.ready = True
 
     @property
@@ -226,15 +233,25 @@ class VLLMBackend(Backend):
             output_kind=RequestOutputKind.FINAL_ONLY,
             structured_outputs=StructuredOutputsParams(choice=list(spec.choices)) if spec.choices else None,
         )
+        started = time.monotonic()
         final = await self._run(engine, spec.prompt, params, lora)
         completion = final.outputs[0]
-        return GenerationResult(
+        result = GenerationResult(
             text=completion.text,
             adapter_version=handle.version if handle else None,
             prompt_tokens=len(final.prompt_token_ids or ()),
             completion_tokens=len(completion.token_ids),
             cached_tokens=final.num_cached_tokens or 0,
         )
+        if self._trace is not None:
+            self._trace.write(json.dumps({
+                "start": started, "end": time.monotonic(), "prompt": spec.prompt,
+                "adapter": lora.lora_name if lora else None, "adapter_path": lora.lora_path if lora else None,
+                "max_tokens": spec.max_tokens, "temperature": spec.temperature, "top_p": spec.top_p,
+                "seed": spec.seed, "stop": list(spec.stop), "choices": list(spec.choices or ()) or None,
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "cached_tokens": result.cached_tokens}) + "\n")
+        return result
 
     async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
         """Not on this engine: scoring a continuation needs its prompt logprobs, and vLLM 0.32's LoRA logits
@@ -245,6 +262,9 @@ class VLLMBackend(Backend):
 
     async def close(self) -> None:
         self.ready = False
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None

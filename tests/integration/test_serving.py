@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -131,6 +132,27 @@ def test_prefix_cache_hits_are_counted_on_vllm(vllm_server):
     cached = after["executor"] - before.get("executor", 0.0)
     sent = prompts["executor"] - prompts_before.get("executor", 0.0)
     assert 0 < cached < sent
+
+
+def test_the_request_trace_holds_what_the_engine_was_asked(vllm_server):
+    """GLIDER_TRACE_REQUESTS: one line per engine request with what bench/concurrency.py replays on the
+    bare engine (the prompt as sent, the adapter version and its files, the token counts)."""
+    trace = Path(vllm_server.settings_env["GLIDER_TRACE_REQUESTS"])
+    seen = len(trace.read_text().splitlines()) if trace.exists() else 0
+    task = "trace me: boil water"
+    with GliderClient(vllm_server.url) as client:
+        reply = client.act(observation="You are in the kitchen.", task=task)
+        reply = client.act(observation="You see a stove.", episode_id=reply.episode_id)
+    mine = [json.loads(line) for line in trace.read_text().splitlines()[seen:]]
+    mine = [r for r in mine if f"Task: {task}" in r["prompt"]]  # other tests' episodes may interleave
+    roles = [r["prompt"].split("\n", 1)[0] for r in mine]
+    assert roles.count("<|planner|>") >= 1 and roles.count("<|executor|>") == 2
+    for r in mine:
+        role = r["prompt"].split("\n", 1)[0].strip("<|>")
+        assert r["adapter"] == f"{role}@v0001" and Path(r["adapter_path"], "adapter_config.json").is_file()
+        assert r["prompt_tokens"] > 0 and 0 < r["completion_tokens"] <= r["max_tokens"]
+        assert r["start"] <= r["end"] and r["stop"] == ["\n"]
+    assert mine[-1]["prompt"].endswith("Obs: You see a stove.\nAction:")  # the latest step, last
 
 
 def test_an_episode_moves_between_replicas_that_share_redis(vllm_server, hf_server):
