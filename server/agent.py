@@ -28,7 +28,7 @@ from glider.server.policy import (
     PolicyRequest,
 )
 from glider.server.policy.controller import PolicyGeneration
-from glider.server.policy.grounding import best_scored
+from glider.server.policy.grounding import best_scored, chosen_option, deciding_prefixes
 from glider.server.policy.state import LastAnswer
 from glider.server.profiles import ProfileSpec, ProfileStore
 from glider.server.served_profiles import ProfileSet, ServedProfile
@@ -339,14 +339,13 @@ class Agent:
         t0 = time.perf_counter()
         adapter = served.engine_name(adapter)
         if self.settings.grounding_method is GroundingMethod.constrained:
+            # the generation stops as soon as what it wrote decides the command (bench/grounding.py)
+            deciding = deciding_prefixes(continuations)
             (gen,) = await self.backend.generate([GenerationSpec(
                 prompt=prompt, adapter=adapter, max_tokens=self.settings.grounding_max_tokens, temperature=0.0,
-                stop=(), choices=tuple(continuations))])
-            if gen.text in continuations:
-                best, version = continuations.index(gen.text), gen.adapter_version
-            else:  # cut off by grounding_max_tokens: its prefix names the command
-                best = next((i for i, c in enumerate(continuations) if gen.text and c.startswith(gen.text)), 0)
-                version = gen.adapter_version
+                stop=tuple(p for p in deciding if p), choices=tuple(continuations))])
+            best = chosen_option(continuations, deciding, gen.text, gen.stop_reason)
+            version = gen.adapter_version
         else:
             scored = await self.backend.score(prompt, continuations, adapter)
             best, version = best_scored(scored.logprobs), scored.adapter_version

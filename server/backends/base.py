@@ -43,6 +43,7 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens the engine's prefix cache already held
+    stop_reason: str | None = None  # the stop string that ended the text (cut off before it); None: another end
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,15 @@ class Backend(ABC):
             raise BackendError(f"adapter {name!r} is not loaded") from None
 
 
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    cut = len(text)
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, str | None]:
+    """``text`` up to the stop string that completes first (as vLLM stops: the earliest end, ties in the
+    list's order), and that stop string; the whole text and None when none occurs."""
+    best, end = None, len(text) + 1
     for s in stop:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
+        i = text.find(s) if s else -1
+        if i != -1 and i + len(s) < end:
+            best, end = s, i + len(s)
+    return (text, None) if best is None else (text[: end - len(best)], best)
 
 
 def create_backend(settings: Settings) -> Backend:

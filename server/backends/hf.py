@@ -268,12 +268,12 @@ class HFBackend(Backend):
         for i, p in enumerate(items):
             new_ids = out[i, prompt_len:]
             text = tok.decode(new_ids, skip_special_tokens=True)
-            text = truncate_at_stop(text, p.spec.stop)
+            text, stop_reason = truncate_at_stop(text, p.spec.stop)
             # count the tokens up to and including the stop, not the padding after it
             n = int((new_ids != tok.pad_token_id).sum()) if tok.pad_token_id is not None else len(new_ids)
             results.append(GenerationResult(
                 text=text, adapter_version=p.version,
-                prompt_tokens=int(enc["attention_mask"][i].sum()), completion_tokens=n,
+                prompt_tokens=int(enc["attention_mask"][i].sum()), completion_tokens=n, stop_reason=stop_reason,
             ))
         return results
 

@@ -242,6 +242,7 @@ class VLLMBackend(Backend):
             prompt_tokens=len(final.prompt_token_ids or ()),
             completion_tokens=len(completion.token_ids),
             cached_tokens=final.num_cached_tokens or 0,
+            stop_reason=completion.stop_reason if isinstance(completion.stop_reason, str) else None,
         )
         if self._trace is not None:
             self._trace.write(json.dumps({

@@ -22,6 +22,7 @@ grounded episodes ended on a ``focus on`` that grounding, not the model, had cho
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -124,6 +125,35 @@ def continuation(command: str, role_is_flat: bool) -> str:
     """What the model would generate to choose ``command``, up to where the command ends: the
     executor's ``" <command>;"`` (the marker after it is the model's own), the flat ``" <command>\\n"``."""
     return f" {sanitize(command)}{STOP if role_is_flat else ';'}"  # a command cannot forge prompt lines
+
+
+def deciding_prefixes(options: Sequence[str]) -> list[str | None]:
+    """Per option, its shortest prefix that no other option contains anywhere (None: there is none).
+
+    Greedy decoding constrained to the options has chosen once it has written one of these: the rest
+    of that option is forced, one decode step per token for nothing.  So they are the request's stop
+    strings, and the one that stops it names the choice.  Contained *anywhere*, not just at the start,
+    because stop strings match anywhere in the text: a prefix of one option inside another option
+    would stop that other option's generation and name the wrong one."""
+    out: list[str | None] = []
+    for i, option in enumerate(options):
+        others = [o for j, o in enumerate(options) if j != i]
+        # a prefix no longer than the longest common prefix with another option is inside that option
+        shared = max((len(os.path.commonprefix([option, o])) for o in others), default=0)
+        out.append(next((option[:m] for m in range(shared + 1, len(option))
+                         if not any(option[:m] in o for o in others)), None))
+    return out
+
+
+def chosen_option(options: Sequence[str], deciding: Sequence[str | None], text: str,
+                  stop_reason: str | None) -> int:
+    """Which option a constrained generation chose: the one it wrote whole, the one whose deciding
+    prefix stopped it, else the first (the most similar) whose start it wrote (cut off by max_tokens)."""
+    if text in options:
+        return options.index(text)
+    if stop_reason is not None and stop_reason in deciding:
+        return deciding.index(stop_reason)
+    return next((i for i, o in enumerate(options) if text and o.startswith(text)), 0)
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ from the runner's list."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from glider.clients.envs.scienceworld import ScienceWorld
 from glider.clients.play import play_episode
 from glider.clients.sdk import GliderClient
 from glider.server.adapters.registry import AdapterRegistry
-from glider.server.policy.grounding import continuation
+from glider.server.policy.grounding import continuation, deciding_prefixes
 from glider.server.policy.prompts import executor_prompt, sanitize
 
 pytestmark = pytest.mark.integration
@@ -88,6 +91,11 @@ def test_an_inadmissible_generation_becomes_the_command_the_executor_chooses(ser
     # float32 on both sides: a choice decided by less than this could go either way, and is not a test
     assert margin > 1e-4, (expected, margin)
     assert continuation(reply.action, role_is_flat=False) == expected
+    if server_name == "vllm_server":  # the engine stopped once the first word decided the command
+        trace = Path(server.settings_env["GLIDER_TRACE_REQUESTS"]).read_text().splitlines()
+        (choice,) = [r for r in map(json.loads, trace) if r["choices"] and r["prompt"] == prompt]
+        whole = len(executor[0](expected, add_special_tokens=False)["input_ids"])
+        assert choice["completion_tokens"] < whole and set(choice["stop"]) <= set(deciding_prefixes(continuations))
 
 
 def test_a_grounded_scienceworld_episode_sends_only_commands_from_the_runner_s_list(vllm_server, scienceworld):

@@ -1,11 +1,14 @@
 """Grounded actions in the state machine: admissible commands, the model's scores, the marker stays the model's."""
 
 import pytest
+from glider.server.backends.base import truncate_at_stop
 from glider.server.policy import HierarchyConfig, PolicyController
 from glider.server.policy.grounding import (
     ActionSpace,
     best_scored,
+    chosen_option,
     continuation,
+    deciding_prefixes,
     normalize,
     protected_prefixes,
     protection,
@@ -218,3 +221,43 @@ def test_the_server_setting_reaches_the_policy(monkeypatch):
 
     monkeypatch.setenv("GLIDER_GROUNDING_PROTECTED", '["Focus  on", "eat"]')
     assert HierarchyConfig.from_settings(Settings()).grounding_protected == ("Focus  on", "eat")
+
+
+def _constrained(option: str, options: list[str], deciding: list) -> tuple[int, int]:
+    """Greedy decoding constrained to ``options`` that writes ``option``, a word-piece at a time, stopped as
+    vLLM stops (a stop string anywhere in the text, the earliest end): the index it names, the pieces spent."""
+    import re
+
+    pieces, text = re.findall(r" ?[^ ;\n]+|[;\n]", option), ""
+    for n, piece in enumerate(pieces, 1):
+        text += piece
+        cut, reason = truncate_at_stop(text, [p for p in deciding if p])
+        if reason is not None:
+            return chosen_option(options, deciding, cut, reason), n
+    return chosen_option(options, deciding, text, None), len(pieces)
+
+
+def test_a_constrained_choice_stops_once_it_is_decided_and_names_the_option_it_was_writing():
+    commands = ["open door to kitchen", "open door to greenhouse", "open door", "go", "go to kitchen",
+                "kitchen", "pick up thermometer", "pick up thermos", "focus on substance in metal pot",
+                "focus on substance in metal pot on stove"]
+    options = [continuation(c, role_is_flat=False) for c in commands]
+    deciding = deciding_prefixes(options)
+    for i, option in enumerate(deciding):  # none is inside another option, none is the whole option
+        assert option is None or all(option not in o for j, o in enumerate(options) if j != i)
+    # " kitchen;" is the end of " go to kitchen;": no prefix of it is its own, it is written whole
+    assert deciding[commands.index("kitchen")] is None
+    spent = {}
+    for i, option in enumerate(options):
+        chosen, spent[commands[i]] = _constrained(option, options, deciding)
+        assert chosen == i, (option, deciding[i])
+    # the forced tail of a decided command is not generated
+    assert spent["focus on substance in metal pot on stove"] < len(" focus on substance in metal pot on stove;".split(" "))
+    assert spent["pick up thermometer"] == 3  # " pick", " up", " thermometer": decided at its third piece
+
+
+def test_the_flat_agent_choice_stops_the_same_way():
+    options = [continuation(c, role_is_flat=True) for c in ["look around", "look at stove", "look at sink"]]
+    deciding = deciding_prefixes(options)
+    assert [_constrained(o, options, deciding)[0] for o in options] == [0, 1, 2]
+    assert chosen_option(options, deciding, " look at", None) == 1  # cut off by max_tokens: the first it fits
