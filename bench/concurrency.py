@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import shutil
 import time
@@ -137,6 +138,7 @@ class Measured:
     p50_ms: float
     cpu: dict[str, float]  # role -> CPU seconds during the timed part
     requests: list[dict]  # the engine requests of the timed part (served: its trace; ceiling: as replayed)
+    warmup: list[dict] = dataclasses.field(default_factory=list)  # served: the warm-up's traced requests
 
 
 def served(model: Path, adapters: Path, home: Path, levels: list[int], steps: int,
@@ -149,26 +151,34 @@ def served(model: Path, adapters: Path, home: Path, levels: list[int], steps: in
     try:
         server.wait_ready()
         proc, me = psutil.Process(server.proc.pid), psutil.Process()
+        def size() -> int:
+            return trace.stat().st_size if trace.exists() else 0
+
         for n in levels:
-            mark: dict = {}
+            mark: dict = {"warmup": size()}
 
             def start(mark=mark):
-                mark.update(offset=trace.stat().st_size if trace.exists() else 0,
-                            cpu={**cpu_by_role(proc, "server"), "load generator": _cpu(me)})
+                mark.update(offset=size(), cpu={**cpu_by_role(proc, "server"), "load generator": _cpu(me)})
 
             rate, p50 = asyncio.run(level(server.url, n, steps, episodes, on_start=start))
             cpu = delta({**cpu_by_role(proc, "server"), "load generator": _cpu(me)}, mark["cpu"])
             with trace.open("rb") as f:
-                f.seek(mark["offset"])
-                requests = [json.loads(line) for line in f.read().decode().splitlines() if line]
-            out[n] = Measured(rate, p50, cpu, requests)
+                f.seek(mark["warmup"])
+                lines = f.read().decode().splitlines(keepends=True)
+            cut, warmup = mark["offset"] - mark["warmup"], []
+            while lines and cut > 0:  # the warm-up's lines, then the timed part's
+                cut -= len(lines[0].encode())
+                warmup.append(json.loads(lines.pop(0)))
+            out[n] = Measured(rate, p50, cpu, [json.loads(line) for line in lines if line.strip()], warmup)
     finally:
         server.close()
     return out
 
 
-async def _ceiling(model: Path, home: Path, levels: dict[int, list[dict]], steps: int) -> dict[int, Measured]:
-    """Each level's traced requests on a bare AsyncLLM (the server's engine arguments), N in flight."""
+async def _ceiling(model: Path, home: Path, levels: dict[int, Measured], steps: int) -> dict[int, Measured]:
+    """Each level's traced requests on a bare AsyncLLM (the server's engine arguments), N in flight, after
+    its warm-up's requests (as many in flight as the served warm-up had episodes), so the prefix cache
+    holds what the server's held."""
     from glider.server.backends.vllm import VLLMBackend
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
@@ -179,8 +189,8 @@ async def _ceiling(model: Path, home: Path, levels: dict[int, list[dict]], steps
     await backend.start()  # the engine exactly as the server builds it; driven directly from here on
     engine = backend._engine
     loras: dict[str, LoRARequest] = {}
-    for requests in levels.values():
-        for r in requests:
+    for m in levels.values():
+        for r in m.warmup + m.requests:
             if r["adapter"] and r["adapter"] not in loras:
                 loras[r["adapter"]] = LoRARequest(r["adapter"], len(loras) + 1, r["adapter_path"])
                 await engine.add_lora(loras[r["adapter"]])
@@ -212,11 +222,11 @@ async def _ceiling(model: Path, home: Path, levels: dict[int, list[dict]], steps
     me = psutil.Process()
     out = {}
     try:
-        for n, requests in levels.items():
-            await replay(requests[: min(len(requests), 8)], min(n, 8), f"warm{n}")  # as the served warm-up
+        for n, m in levels.items():
+            await replay(m.warmup, min(n, 8), f"warm{n}")
             before = cpu_by_role(me, "driver")
             t0 = time.perf_counter()
-            done = await replay(requests, n, f"l{n}")
+            done = await replay(m.requests, n, f"l{n}")
             elapsed = time.perf_counter() - t0
             out[n] = Measured(n * steps / elapsed, float("nan"), delta(cpu_by_role(me, "driver"), before), done)
     finally:
@@ -238,7 +248,7 @@ def main(args) -> None:
         publish_fresh_pair(adapters, model, home / "src")
     episodes = replays(Path(args.data))
     srv = served(model, adapters, home, levels, args.steps, episodes)
-    ceiling = asyncio.run(_ceiling(model, home, {n: m.requests for n, m in srv.items()}, args.steps))
+    ceiling = asyncio.run(_ceiling(model, home, srv, args.steps))
 
     print(f"# concurrency: served vs the engine's ceiling ({model.name}, vLLM-CPU, {args.steps} steps per episode, "
           f"replayed ScienceWorld episodes, {machine()})")

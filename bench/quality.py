@@ -58,6 +58,7 @@ LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared"
 #: the comparisons the issues ask for, as (A, B): B − A is reported
 COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("separate", "separate+orl"), ("flat", "flat+orl"), ("flat", "separate+orl"),
+           ("separate", "separate+orl (planner only)"), ("separate", "separate+orl (executor only)"),
            ("separate+orl-scratch", "separate+orl"),
            # the issue's ratio target: hierarchical SFT+ORL ≥ 1.15 × flat SFT, as B − 1.15·A above 0
            ("flat", "separate+orl", 1.15)]
@@ -177,6 +178,9 @@ def main() -> None:
                    help="ORL data: perturbed replays of the recipe's variations at this ε (0: none)")
     p.add_argument("--medium-minutes", type=float, default=9.0,
                    help="ORL data: the medium policy's SFT box (glider data medium; 0: no medium data)")
+    p.add_argument("--orl-roles", action="store_true",
+                   help="also the separate mode's ORL one role at a time: ORL's planner with SFT's executor "
+                        "(separate+orl (planner only)) and the other way round, from the same two trainings")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--entry", default=None,
                    help="record under this name instead of the recipe's: another training of a recipe (its own "
@@ -214,6 +218,8 @@ def main() -> None:
                        + (["scratch"] if args.orl_scratch and mode == "separate" else [])]
                 for mode in modes} if orl_data is not None else {mode: [] for mode in modes}
     wanted = [(label, mode, {}, init) for mode in modes for label, init in [(mode, None), *per_mode[mode]]]
+    if "separate" in modes and args.orl and args.orl_roles:  # which role's ORL moved the score
+        wanted += [(f"separate+orl ({role} only)", "separate", {}, None) for role in ("planner", "executor")]
     if "separate" in modes:
         wanted += [(f"separate (repeat {k})", "separate", {}, None) for k in range(2, args.repeat + 1)]
         if args.guards_off:
@@ -231,8 +237,11 @@ def main() -> None:
             agents[label], orl[label] = train_orl(args, orl_data, mode, init, agents[mode])
         if args.skip_eval:
             continue
-        base = label.split(" (")[0]
-        view = registry.pinned_copy(agents[base], args.home / "pinned" / base.replace("+", "-")).root if pinned \
+        base, versions, pin = label.split(" (")[0], agents[label.split(" (")[0]], label.split(" (")[0]
+        if label.endswith(" only)"):  # one role's ORL version, the other role's SFT version
+            role = label.split(" (")[1].split()[0]
+            versions, pin = {**agents[mode], role: agents[base][role]}, label_slug(label)
+        view = registry.pinned_copy(versions, args.home / "pinned" / pin.replace("+", "-")).root if pinned \
             else None
         runs[label] = evaluate(args, plan, mode, label, env, registry=view, grounded="(grounded" in label)
         record(args, recipe, plan, training, runs, orl)
@@ -352,6 +361,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
                    + (f" --grounded --grounding-protect {shlex.quote(args.grounding_protect)}" if args.grounded else "")
                    + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
+                   + (" --orl-roles" if args.orl_roles else "")
                    + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
                       f" --orl-critic {shlex.quote(args.orl_critic)}"
                       f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),
