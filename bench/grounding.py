@@ -139,11 +139,13 @@ def main(args) -> None:
             missing.append(name)
     if missing:
         raise SystemExit(f"{s.adapters_dir()} has no {missing} adapters: run `glider adapters init` (GLIDER_HOME)")
-    rows = []
+    rows, choices = [], {}
     for method in args.methods.split(","):
         for k in [int(x) for x in args.candidates.split(",")]:
+            trace = Path(s.home) / "logs" / f"grounding-trace-{method}-{k}.jsonl"
+            trace.unlink(missing_ok=True)
             server = ServerProcess(s, GLIDER_BACKEND=args.backend, GLIDER_MODE=args.mode,
-                                   GLIDER_GROUNDING_CANDIDATES=str(k),
+                                   GLIDER_GROUNDING_CANDIDATES=str(k), GLIDER_TRACE_REQUESTS=str(trace),
                                    GLIDER_GROUNDING_METHOD=method, GLIDER_RECORD="false")
             try:
                 server.wait_ready()
@@ -153,6 +155,8 @@ def main(args) -> None:
                     rows.append((method, k, n, free, grounded))
             finally:
                 server.close()
+            if trace.is_file():  # vLLM traces its requests: the constrained choices among them
+                choices[(method, k)] = [r for r in map(json.loads, trace.read_text().splitlines()) if r["choices"]]
     print("| method | candidates | episodes | free p50 ms | grounded p50 ms | p50 ratio | p95 ratio | "
           "steps/s ratio | steps grounded |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -160,12 +164,37 @@ def main(args) -> None:
         print(f"| {method} | {k} | {n} | {free['p50_ms']:.1f} | {grounded['p50_ms']:.1f} | "
               f"{grounded['p50_ms'] / free['p50_ms']:.2f} | {grounded['p95_ms'] / free['p95_ms']:.2f} | "
               f"{grounded['steps_per_s'] / free['steps_per_s']:.2f} | {grounded['grounded_share']:.0%} |")
+    if choices:
+        decided_early(choices, s.model_dir())
     for method, k, n, free, grounded in rows:
         if k == 16:
             ratio = grounded["p50_ms"] / free["p50_ms"]
             result(f"grounded ({method}) ÷ free step latency p50 at {n} episode(s), 16 candidates, "
                    f"{grounded['grounded_share']:.0%} of steps grounded", ratio,
                    "≤ 1.5×", met=ratio <= 1.5)
+
+
+def decided_early(choices: dict[tuple[str, int], list[dict]], model: Path) -> None:
+    """Decode steps of the constrained choices against the chosen commands' whole continuations: the
+    choice stops at the command's deciding prefix (``grounding.deciding_prefixes``), not at its end."""
+    from glider.server.policy.grounding import chosen_option, deciding_prefixes
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    print("\n| method | candidates | constrained choices | decode tokens p50 (mean) | the chosen command whole "
+          "p50 (mean) | stopped at a deciding prefix |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for (method, k), reqs in choices.items():
+        spent, whole, early = [], [], 0
+        for r in reqs:
+            chosen = r["choices"][chosen_option(r["choices"], deciding_prefixes(r["choices"]), r["text"],
+                                                r["stop_reason"])]
+            spent.append(r["completion_tokens"])
+            whole.append(len(tok(chosen, add_special_tokens=False)["input_ids"]))
+            early += r["stop_reason"] is not None
+        if reqs:
+            print(f"| {method} | {k} | {len(reqs)} | {median(spent):.0f} ({sum(spent) / len(spent):.1f}) | "
+                  f"{median(whole):.0f} ({sum(whole) / len(whole):.1f}) | {early / len(reqs):.0%} |")
 
 
 if __name__ == "__main__":

@@ -250,6 +250,7 @@ class VLLMBackend(Backend):
                 "adapter": lora.lora_name if lora else None, "adapter_path": lora.lora_path if lora else None,
                 "max_tokens": spec.max_tokens, "temperature": spec.temperature, "top_p": spec.top_p,
                 "seed": spec.seed, "stop": list(spec.stop), "choices": list(spec.choices or ()) or None,
+                "text": result.text, "stop_reason": result.stop_reason,
                 "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                 "cached_tokens": result.cached_tokens}) + "\n")
         return result
