@@ -261,3 +261,10 @@ def test_the_flat_agent_choice_stops_the_same_way():
     deciding = deciding_prefixes(options)
     assert [_constrained(o, options, deciding)[0] for o in options] == [0, 1, 2]
     assert chosen_option(options, deciding, " look at", None) == 1  # cut off by max_tokens: the first it fits
+
+
+def test_a_text_is_cut_where_its_first_completed_stop_string_starts():
+    # as vLLM stops: the stop string that *ends* first wins, even if a longer one started earlier
+    assert truncate_at_stop(" open door to kitchen;", [" open door to k", " door"]) == (" open", " door")
+    assert truncate_at_stop("go north\nlook", ["\n"]) == ("go north", "\n")
+    assert truncate_at_stop("go north", ["\n", ""]) == ("go north", None)
