@@ -64,9 +64,10 @@ class Settings(BaseSettings):
                                         "shares at most its length rounded down to a block; the CPU kernels "
                                         "prefer multiples of 32.")
     engine_busy_wait_s: float | None = Field(
-        None, ge=0.0, description="vLLM: how long the engine's processes spin on their shared-memory queue "
-                                  "before they sleep (vLLM's own: 1 s, two spinning cores under load). Default: "
-                                  "0.002 on CPU machines, vLLM's own on GPUs; 1 or more keeps vLLM's.")
+        None, ge=0.001, description="vLLM: how long the engine's processes spin on their shared-memory queue "
+                                    "before they sleep (vLLM's own: 1 s, two spinning cores under load). Default: "
+                                    "0.002 on CPU machines, vLLM's own on GPUs; 1 or more keeps vLLM's. At least "
+                                    "1 ms: with 0 the engine never answered its first request (2026-12-06).")
     trace_requests: Path | None = Field(
         None, description="vLLM: append one JSON line per engine request (prompt, adapter and its path, "
                           "sampling, token counts, start and end) to this file: a served workload to replay "

@@ -331,3 +331,11 @@ async def test_http_conformance_405_allow_and_401_before_403(tmp_path):
             assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
             wrong = await client.get("/admin/profiles", headers={"authorization": "Bearer nope"})
             assert wrong.status_code == 403
+
+
+def test_an_engine_busy_wait_the_engine_cannot_wake_from_is_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="greater than or equal to 0.001"):
+        Settings(engine_busy_wait_s=0)  # the engine never answered its first request
+    assert Settings(engine_busy_wait_s=0.002).engine_busy_wait_s == 0.002
