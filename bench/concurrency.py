@@ -115,12 +115,18 @@ def _cpu(p: psutil.Process) -> float:
 def cpu_by_role(root: psutil.Process, root_role: str) -> dict[str, float]:
     """CPU seconds so far of ``root`` (as ``root_role``) and its descendants: vLLM's engine processes (the
     engine core and its model worker, titled ``VLLM::EngineCore`` / ``VLLM::Worker…``), the rest."""
+    def is_engine(p: psutil.Process) -> bool:
+        return "VLLM::" in " ".join(p.cmdline()) or p.name().startswith("VLLM")
+
     out = {root_role: _cpu(root), "engine": 0.0}
-    for child in root.children(recursive=True):
+    engines: set[int] = set()
+    for child in root.children(recursive=True):  # parents come before their children
         try:
-            engine = "VLLM::" in " ".join(child.cmdline()) or child.name().startswith("VLLM")
+            engine = child.ppid() in engines or is_engine(child)  # an engine process's helpers count as engine
         except psutil.NoSuchProcess:
             continue
+        if engine:
+            engines.add(child.pid)
         role = "engine" if engine else root_role
         out[role] = out.get(role, 0.0) + _cpu(child)
     return out
@@ -197,7 +203,8 @@ async def _ceiling(model: Path, home: Path, levels: dict[int, Measured], steps: 
 
     async def run(r: dict, rid: str) -> dict:
         # exactly the served completion's length: no stop string, no end-of-sequence (a min_tokens
-        # logits processor would add work the served requests did not have)
+        # logits processor would add work the served requests did not have). Not for grounded workloads:
+        # a choice whose grammar ends before max_tokens would go on generating under ignore_eos
         params = SamplingParams(max_tokens=max(1, r["completion_tokens"]), ignore_eos=True,
                                 temperature=r["temperature"], top_p=r["top_p"], seed=r["seed"],
                                 output_kind=RequestOutputKind.FINAL_ONLY,

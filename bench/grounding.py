@@ -175,14 +175,15 @@ def main(args) -> None:
 
 
 def decided_early(choices: dict[tuple[str, int], list[dict]]) -> None:
-    """How far into the chosen command a constrained choice wrote before it was decided: it stops at the
-    command's deciding prefix (``grounding.deciding_prefixes``), not at its end.  In characters: the
-    model's own path through the grammar may spell a command in more, smaller tokens than its canonical
-    tokenisation, so tokens would not compare."""
+    """How far into the chosen command a constrained choice had to write before it was decided: it stops
+    at the command's deciding prefix (``grounding.deciding_prefixes``), not at its end.  In characters:
+    the model's own path through the grammar may spell a command in more, smaller tokens than its
+    canonical tokenisation, so tokens would not compare.  A lower bound of what was written: the token
+    that completed the prefix may run past it (vLLM cuts the text at the stop string)."""
     from glider.server.policy.grounding import chosen_option, deciding_prefixes
 
-    print("\n| method | candidates | constrained choices | decode tokens p50 (mean) | characters written ÷ the "
-          "chosen command's, mean | stopped at a deciding prefix |")
+    print("\n| method | candidates | constrained choices | decode tokens p50 (mean) | deciding prefix ÷ the "
+          "chosen command, characters, mean | stopped at a deciding prefix |")
     print("|---|---:|---:|---:|---:|---:|")
     for (method, k), reqs in choices.items():
         spent, share, early = [], [], 0

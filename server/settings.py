@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         4096, ge=1, description="Most admissible commands a step may send (`valid_actions`).")
     max_valid_action_chars: int = Field(256, ge=1, description="Longest admissible command a step may send.")
     grounding_candidates: int = Field(
-        16, ge=1, description="Admissible commands the executor's model chooses among when its generation is "
+        16, ge=1, le=256, description="Admissible commands the executor's model chooses among when its generation is "
                               "none of them: those most similar to the generation.")
     grounding_protected: list[str] = Field(
         default_factory=list,

@@ -10,6 +10,7 @@ started with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -114,12 +115,12 @@ class VLLMBackend(Backend):
             seed=s.seed,
             disable_log_stats=True,
         )
-        log.info("starting vLLM engine on %s", s.model_dir())
-        self._engine = AsyncLLM.from_engine_args(args)
-        if s.trace_requests is not None:
+        if s.trace_requests is not None:  # before the engine: a bad path fails the start at once
             Path(s.trace_requests).parent.mkdir(parents=True, exist_ok=True)
             # opened once at start (not per request), held until close
             self._trace = open(s.trace_requests, "a", buffering=1, encoding="utf-8")  # noqa: SIM115, ASYNC230
+        log.info("starting vLLM engine on %s", s.model_dir())
+        self._engine = AsyncLLM.from_engine_args(args)
         self.ready = True
 
     @property
@@ -245,6 +246,12 @@ class VLLMBackend(Backend):
             stop_reason=completion.stop_reason if isinstance(completion.stop_reason, str) else None,
         )
         if self._trace is not None:
+            self._write_trace(started, spec, lora, result)
+        return result
+
+    def _write_trace(self, started: float, spec: GenerationSpec, lora, result: GenerationResult) -> None:
+        """One line of GLIDER_TRACE_REQUESTS; a trace that cannot be written is dropped, never the step."""
+        try:
             self._trace.write(json.dumps({
                 "start": started, "end": time.monotonic(), "prompt": spec.prompt,
                 "adapter": lora.lora_name if lora else None, "adapter_path": lora.lora_path if lora else None,
@@ -253,7 +260,11 @@ class VLLMBackend(Backend):
                 "text": result.text, "stop_reason": result.stop_reason,
                 "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                 "cached_tokens": result.cached_tokens}) + "\n")
-        return result
+        except OSError as exc:
+            log.error("request trace %s cannot be written (%s): tracing stops", self.settings.trace_requests, exc)
+            trace, self._trace = self._trace, None
+            with contextlib.suppress(OSError):
+                trace.close()
 
     async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
         """Not on this engine: scoring a continuation needs its prompt logprobs, and vLLM 0.32's LoRA logits
@@ -265,8 +276,9 @@ class VLLMBackend(Backend):
     async def close(self) -> None:
         self.ready = False
         if self._trace is not None:
-            self._trace.close()
-            self._trace = None
+            trace, self._trace = self._trace, None
+            with contextlib.suppress(OSError):
+                trace.close()
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None

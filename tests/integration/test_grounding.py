@@ -93,9 +93,10 @@ def test_an_inadmissible_generation_becomes_the_command_the_executor_chooses(ser
     assert continuation(reply.action, role_is_flat=False) == expected
     if server_name == "vllm_server":  # the engine stopped once the first word decided the command
         trace = Path(server.settings_env["GLIDER_TRACE_REQUESTS"]).read_text().splitlines()
-        (choice,) = [r for r in map(json.loads, trace) if r["choices"] and r["prompt"] == prompt]
+        choice = [r for r in map(json.loads, trace) if r["choices"] and r["prompt"] == prompt][-1]
         whole = len(executor[0](expected, add_special_tokens=False)["input_ids"])
-        assert choice["completion_tokens"] < whole and set(choice["stop"]) <= set(deciding_prefixes(continuations))
+        assert sorted(choice["stop"]) == sorted(p for p in deciding_prefixes(continuations) if p)
+        assert choice["stop_reason"] in choice["stop"] and choice["completion_tokens"] < whole
 
 
 def test_a_grounded_scienceworld_episode_sends_only_commands_from_the_runner_s_list(vllm_server, scienceworld):

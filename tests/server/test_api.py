@@ -339,3 +339,23 @@ def test_an_engine_busy_wait_the_engine_cannot_wake_from_is_refused():
     with pytest.raises(ValidationError, match="greater than or equal to 0.001"):
         Settings(engine_busy_wait_s=0)  # the engine never answered its first request
     assert Settings(engine_busy_wait_s=0.002).engine_busy_wait_s == 0.002
+
+
+def test_a_request_trace_that_cannot_be_written_is_dropped_not_the_step(tmp_path):
+    from glider.server.backends.base import GenerationResult, GenerationSpec
+    from glider.server.backends.vllm import VLLMBackend
+
+    class Full:
+        closed = False
+
+        def write(self, _):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            self.closed = True
+
+    backend = VLLMBackend(Settings(trace_requests=tmp_path / "trace.jsonl"))
+    backend._trace = trace = Full()
+    backend._write_trace(0.0, GenerationSpec(prompt="p", adapter=None), None,
+                         GenerationResult(text="go", adapter_version=None, prompt_tokens=1, completion_tokens=1))
+    assert backend._trace is None and trace.closed  # tracing stopped; the step's result stands
