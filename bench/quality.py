@@ -237,9 +237,10 @@ def main() -> None:
             agents[label], orl[label] = train_orl(args, orl_data, mode, init, agents[mode])
         if args.skip_eval:
             continue
-        base, versions, pin = label.split(" (")[0], agents[label.split(" (")[0]], label.split(" (")[0]
-        if label.endswith(" only)"):  # one role's ORL version, the other role's SFT version
-            role = label.split(" (")[1].split()[0]
+        base, _, variant = label.partition(" (")
+        versions, pin = agents[base], base
+        if variant.endswith(" only)"):  # one role's ORL version, the other role's SFT version
+            role = variant.split()[0]
             versions, pin = {**agents[mode], role: agents[base][role]}, label_slug(label)
         view = registry.pinned_copy(versions, args.home / "pinned" / pin.replace("+", "-")).root if pinned \
             else None
