@@ -14,6 +14,7 @@ turn on the same engine, so the Agent row shows what Redis adds to a step.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import tempfile
 import time
@@ -47,6 +48,22 @@ async def run_phase(srv, client, args) -> dict[str, list[float]]:
         finally:
             agent_s.append(time.perf_counter() - t)
 
+    store = srv.agent.store
+    store_s: list[float] = []  # time awaiting the episode store inside each /act
+
+    def timed(method):
+        async def call(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return await method(*a, **kw)
+            finally:
+                if store_s:
+                    store_s[-1] += time.perf_counter() - t
+        return call
+
+    for name in ("create", "acquire", "commit", "release"):
+        setattr(store, name, timed(getattr(store, name)))
+
     act_ms, direct_ms, server_ms = [], [], []
     for _ in range(args.warmup):  # warm the engine, the HTTP path and the store's connections
         r = await client.post("/act", json={"task": "boil water", "observation": "warmup"})
@@ -60,6 +77,7 @@ async def run_phase(srv, client, args) -> dict[str, list[float]]:
         body.update({"episode_id": eid} if eid else {"task": "boil water"})
         recorded.append([])
         gen_s.append(0.0)
+        store_s.append(0.0)
         backend.generate = recording
         srv.agent.act = timed_act
         t0 = time.perf_counter()
@@ -82,6 +100,7 @@ async def run_phase(srv, client, args) -> dict[str, list[float]]:
         "client": [a - s for a, s in zip(act_ms, server_ms, strict=True)],
         "stack": [s - g * 1000 for s, g in zip(server_ms, agent_s, strict=True)],
         "agent": [(a - g) * 1000 for a, g in zip(agent_s, gen_s, strict=True)],
+        "store": [t * 1000 for t in store_s],
         "server": [s - g * 1000 for s, g in zip(server_ms, gen_s, strict=True)],
     }
 
@@ -93,6 +112,7 @@ ROWS = [
     ("server", "server-side overhead (in the app, minus engine time)"),
     ("stack", "- of which FastAPI/ASGI stack"),
     ("agent", "- of which Agent (store, policy, prompts)"),
+    ("store", "  - of which awaiting the episode store"),
     ("client", "client + loopback (httpx, in this process)"),
 ]
 
@@ -118,6 +138,27 @@ def start_redis() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("redis-server did not start")
 
 
+async def wake_probe(url: str, n: int = 100) -> dict[str, float]:
+    """A Redis GET's round trip back to back and after 10 ms of idling, p50 µs: what a loopback hop to
+    another process costs when its core has gone idle (a VM's vCPU halts and the hypervisor wakes it)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    await client.set("glider:bench:probe", "x")
+    out = {}
+    for label, gap in (("back to back", 0.0), ("after 10 ms idle", 0.01)):
+        times = []
+        for _ in range(n):
+            if gap:
+                await asyncio.sleep(gap)
+            t = time.perf_counter()
+            await client.get("glider:bench:probe")
+            times.append((time.perf_counter() - t) * 1e6)
+        out[label] = median(times)
+    await client.aclose()
+    return out
+
+
 async def main(args) -> None:
     from glider.server.store import MemoryEpisodeStore
     from glider.server.store.redis_store import RedisEpisodeStore
@@ -136,6 +177,7 @@ async def main(args) -> None:
                     srv.agent.store = RedisEpisodeStore(url) if name == "redis" else MemoryEpisodeStore()
                     results[name] = await run_phase(srv, client, args)
                     await srv.agent.store.close()
+                probe = await wake_probe(url) if "redis" in stores else None
     finally:
         if redis_proc is not None:
             redis_proc.terminate()
@@ -150,6 +192,9 @@ async def main(args) -> None:
         print(f"ratio /act / direct (p50, {n}): {median(results[n]['act']) / median(results[n]['direct']):.3f}")
         server, target = median(results[n]["server"]), TARGET_MS.get(n, 2.0)  # issue 21's targets
         result(f"/act server-side overhead p50, ms ({n} store)", server, f"≤ {target:g} ms", met=server <= target)
+    if probe:
+        print("Redis GET round trip p50: " + ", ".join(f"{k} {v:.0f} µs" for k, v in probe.items())
+              + " (a step makes two: acquire, commit)")
     if len(stores) > 1:
         base = stores[0]
         for n in stores[1:]:

@@ -5,9 +5,10 @@ environment: a recorded ScienceWorld gold episode's task and observations, playe
 agent answers, so no JVM competes for the cores while it is measured.  The server runs in its own
 process (as deployed) and traces every engine request (``GLIDER_TRACE_REQUESTS``).
 
-**Ceiling.** The same requests (each level's prompts, adapters and completion token counts, in the
-order the server sent them) go straight to vLLM's ``AsyncLLM``, built with the server's own engine
-arguments, with N requests kept in flight.  served ÷ ceiling is the share of the engine's throughput
+**Ceiling.** The same requests (each level's prompts, adapters and completion token counts) go straight
+to vLLM's ``AsyncLLM``, built with the server's own engine arguments: N episodes at a time, each
+episode's requests in the order it issued them (the trace names each request's episode), so the engine
+sees the same dependencies, without our stack between them.  served ÷ ceiling is the share of the engine's throughput
 the service delivers at N episodes.  CPU seconds per env step, per process (engine core, server, load
 generator; engine core and driver for the ceiling), say where the rest goes.
 
@@ -182,9 +183,10 @@ def served(model: Path, adapters: Path, home: Path, levels: list[int], steps: in
 
 
 async def _ceiling(model: Path, home: Path, levels: dict[int, Measured], steps: int) -> dict[int, Measured]:
-    """Each level's traced requests on a bare AsyncLLM (the server's engine arguments), N in flight, after
-    its warm-up's requests (as many in flight as the served warm-up had episodes), so the prefix cache
-    holds what the server's held."""
+    """Each level's traced requests on a bare AsyncLLM (the server's engine arguments), after its warm-up's
+    requests, so the prefix cache holds what the server's held.  N episodes at a time, each episode's
+    requests in their served order (a step's executor call waits for its planner call, the next step for
+    this one): the same dependencies as served, without the server, HTTP and load generator between them."""
     from glider.server.backends.vllm import VLLMBackend
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
@@ -216,12 +218,13 @@ async def _ceiling(model: Path, home: Path, levels: dict[int, Measured], steps: 
                 "cached_tokens": final.num_cached_tokens or 0, "start": start, "end": time.monotonic()}
 
     async def replay(requests: list[dict], n: int, tag: str) -> list[dict]:
-        queue = iter(sorted(requests, key=lambda r: r["start"]))
         done: list[dict] = []
+        queue = iter(chains(requests))
 
         async def worker(w: int):
-            for k, r in enumerate(queue):
-                done.append(await run(r, f"{tag}-{w}-{k}"))
+            for k, chain in enumerate(queue):
+                for j, batch in enumerate(chain):  # an episode's requests in their order, as served
+                    done.extend(await asyncio.gather(*(run(r, f"{tag}-{w}-{k}-{j}-{i}") for i, r in enumerate(batch))))
 
         await asyncio.gather(*(worker(w) for w in range(n)))
         return done
@@ -238,6 +241,29 @@ async def _ceiling(model: Path, home: Path, levels: dict[int, Measured], steps: 
             out[n] = Measured(n * steps / elapsed, float("nan"), delta(cpu_by_role(me, "driver"), before), done)
     finally:
         await backend.close()
+    return out
+
+
+def chains(requests: list[dict]) -> list[list[list[dict]]]:
+    """The traced requests as the episodes issued them: per episode, its batches in order (requests whose
+    served spans overlap went to the engine together; a later one waited for the earlier ones), episodes
+    in the order they first asked.  A request with no episode (a trace from before episodes were named)
+    is a chain of its own."""
+    by_episode: dict[object, list[dict]] = {}
+    for i, r in enumerate(sorted(requests, key=lambda r: r["start"])):
+        by_episode.setdefault(r.get("episode") or i, []).append(r)
+    out = []
+    for rs in by_episode.values():
+        batches: list[list[dict]] = []
+        end = float("-inf")
+        for r in rs:
+            if batches and r["start"] < end:
+                batches[-1].append(r)
+                end = max(end, r["end"])
+            else:
+                batches.append([r])
+                end = r["end"]
+        out.append(batches)
     return out
 
 

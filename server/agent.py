@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 
 from glider.server.adapters.manager import AdapterManager
 from glider.server.adapters.registry import AdapterRegistry
-from glider.server.backends.base import Backend, BackendError, GenerationSpec
+from glider.server.backends.base import Backend, BackendError, GenerationSpec, current_episode
 from glider.server.errors import EpisodeFinished, InvalidInput, ProfileMismatch, StepMismatch
 from glider.server.metrics import Metrics
 from glider.server.policy import (
@@ -272,6 +272,7 @@ class Agent:
             if profile is not None and profile != state.profile:
                 raise ProfileMismatch(f"episode {episode_id!r} belongs to profile {state.profile!r}, not {profile!r}")
             served = self.profiles.serving(state.profile)
+            episode_token = current_episode.set(episode_id)
             try:
                 decision = await served.policy.step(
                     state, observation, reward, done, lambda requests: self._generate(requests, served),
@@ -282,6 +283,8 @@ class Agent:
             except Exception as exc:  # an engine failure of any kind: state is untouched
                 log.exception("step failed for episode %s", episode_id)
                 raise BackendError(f"generation failed: {exc}") from exc
+            finally:
+                current_episode.reset(episode_token)
             new = decision.state
             result = StepResult(
                 episode_id=episode_id,

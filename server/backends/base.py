@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from glider.server.settings import Settings
+
+
+# The episode whose step is generating (set by the Agent around a step): a backend's request trace
+# names it, so a replay keeps each episode's requests in their order.  None outside a step.
+current_episode: ContextVar[str | None] = ContextVar("glider_current_episode", default=None)
 
 
 class BackendError(RuntimeError):

@@ -28,6 +28,7 @@ from glider.server.backends.base import (
     GenerationResult,
     GenerationSpec,
     ScoreResult,
+    current_episode,
 )
 from glider.server.backends.vllm_busy_wait import ENV as BUSY_WAIT_ENV
 from glider.server.settings import Settings
@@ -253,7 +254,7 @@ class VLLMBackend(Backend):
         """One line of GLIDER_TRACE_REQUESTS; a trace that cannot be written is dropped, never the step."""
         try:
             self._trace.write(json.dumps({
-                "start": started, "end": time.monotonic(), "prompt": spec.prompt,
+                "start": started, "end": time.monotonic(), "episode": current_episode.get(), "prompt": spec.prompt,
                 "adapter": lora.lora_name if lora else None, "adapter_path": lora.lora_path if lora else None,
                 "max_tokens": spec.max_tokens, "temperature": spec.temperature, "top_p": spec.top_p,
                 "seed": spec.seed, "stop": list(spec.stop), "choices": list(spec.choices or ()) or None,

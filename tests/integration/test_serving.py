@@ -145,6 +145,7 @@ def test_the_request_trace_holds_what_the_engine_was_asked(vllm_server):
         reply = client.act(observation="You see a stove.", episode_id=reply.episode_id)
     mine = [json.loads(line) for line in trace.read_text().splitlines()[seen:]]
     mine = [r for r in mine if f"Task: {task}" in r["prompt"]]  # other tests' episodes may interleave
+    assert {r["episode"] for r in mine} == {reply.episode_id}  # a replay keeps each episode's order
     roles = [r["prompt"].split("\n", 1)[0] for r in mine]
     assert roles.count("<|planner|>") >= 1 and roles.count("<|executor|>") == 2
     for r in mine:
