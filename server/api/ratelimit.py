@@ -1,6 +1,8 @@
 """Per-client request rate limits, shared by REST and gRPC (``GLIDER_RATE_LIMIT``).
 
-The counting is the ``limits`` library's sliding-window counter in this process's memory: a
+The counting is the ``limits`` library's moving window in this process's memory: at most N requests
+in any rolling period, exactly.  (Its sliding-window counter is an estimate from two fixed windows that
+lets a client that spent its budget just before a window boundary in again just after it.)  A
 client's budget covers both transports of one replica (with N replicas behind a Service, a client
 spread over them gets up to N times the rate). The client is the peer address, or the value of
 ``GLIDER_RATE_LIMIT_CLIENT_HEADER`` when one is set (behind an ingress every peer is the ingress:
@@ -15,7 +17,7 @@ import time
 
 from limits import parse_many
 from limits.storage import MemoryStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 
 
 class ClientRateLimiter:
@@ -23,7 +25,7 @@ class ClientRateLimiter:
         self.items = parse_many(spec)
         self.spec = spec
         self.client_header = client_header.strip().lower()
-        self._limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def retry_after(self, client: str) -> int | None:
         """Count one request of ``client``: None when every limit allows it, else the whole seconds until

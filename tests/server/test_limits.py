@@ -141,6 +141,27 @@ async def test_grpc_rate_limit_counts_calls_and_stream_events_and_shares_the_res
         await agent.close()
 
 
+def test_a_spent_budget_stays_spent_across_a_window_boundary(monkeypatch):
+    """At most N requests in any rolling period: a client that spends its budget just before a clock
+    minute starts is refused just after it too (a fixed or two-window counter would let it in again)."""
+    import limits.storage.memory
+    import limits.strategies
+    from glider.server.api import ratelimit
+
+    now = [60 * 29_000_000 + 59.5]  # half a second before a minute boundary
+    clock = type("Clock", (), {"time": staticmethod(lambda: now[0])})
+    for module in (limits.storage.memory, limits.strategies, ratelimit):
+        monkeypatch.setattr(module, "time", clock)
+    limiter = ClientRateLimiter("3/minute")
+    assert [limiter.retry_after("alice") for _ in range(3)] == [None, None, None]
+    now[0] += 1.0  # into the next minute
+    refused = limiter.retry_after("alice")
+    assert refused is not None and 58 <= refused <= 60
+    assert limiter.retry_after("bob") is None
+    now[0] += 59.1  # a minute after the first three: room again
+    assert limiter.retry_after("alice") is None
+
+
 def test_rate_limit_settings_and_peer_addresses():
     with pytest.raises(ValueError, match="rate limit"):
         Settings(rate_limit="fast please")
