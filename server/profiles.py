@@ -68,17 +68,18 @@ class GenerationSettings(WireModel):
     fallback_subgoal: str | None = Field(None, min_length=1, max_length=200)
     grounding_candidates: int | None = Field(None, ge=1, le=256)
     grounding_protected: list[str] | None = Field(None, max_length=64)
-    prompt_style: Literal["glider", "instruct"] | None = Field(
+    prompt_style: Literal["glider", "instruct", "react"] | None = Field(
         None, description="flat mode: 'instruct' prompts an untrained base model with plain instructions "
-                          "(a prompted baseline); 'glider' is the format the adapters are trained on.")
+                          "(a prompted baseline); 'react' the same with a thought written before each action "
+                          "(the paper's prompted ReAct); 'glider' is the format the adapters are trained on.")
 
 
 class ProfileSpec(WireModel):
     """What the admin API takes to create or change a profile."""
 
-    # the cross-field rule in the contract too: the instruct prompt is a flat-mode format
+    # the cross-field rule in the contract too: the instruct and react prompts are flat-mode formats
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "if": {"properties": {"generation": {"properties": {"prompt_style": {"const": "instruct"}},
+        "if": {"properties": {"generation": {"properties": {"prompt_style": {"enum": ["instruct", "react"]}},
                                              "required": ["prompt_style"]}},
                "required": ["generation"]},
         "then": {"properties": {"mode": {"const": "flat"}}, "required": ["mode"]},
@@ -90,8 +91,8 @@ class ProfileSpec(WireModel):
 
     @model_validator(mode="after")
     def _instruct_is_flat(self) -> ProfileSpec:
-        if self.generation.prompt_style == "instruct" and self.mode is not PolicyMode.flat:
-            raise ValueError("prompt_style 'instruct' is a flat-mode format: set mode to flat")
+        if self.generation.prompt_style in ("instruct", "react") and self.mode is not PolicyMode.flat:
+            raise ValueError(f"prompt_style {self.generation.prompt_style!r} is a flat-mode format: set mode to flat")
         return self
 
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from glider.server.agent import Agent
 from glider.server.api.admin import admin_router
 from glider.server.errors import ERROR_TABLE, classify
-from glider.server.policy.state import EpisodeState, Segment
+from glider.server.policy.state import EpisodeState, Segment, Turn
 from glider.v1.rest import (
     ActRequest,
     ActResponse,
@@ -44,10 +44,14 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+def _turn_view(turn: Turn) -> TurnView:
+    return TurnView(observation=turn.observation, action=turn.action, done=turn.done, thought=turn.thought)
+
+
 def _segment_view(seg: Segment) -> SegmentView:
     return SegmentView(
         subgoal=seg.subgoal,
-        turns=[TurnView(observation=t.observation, action=t.action, done=t.done) for t in seg.turns],
+        turns=[_turn_view(t) for t in seg.turns],
         completed=seg.completed,
         adapter_version=seg.adapter_version,
     )
@@ -71,7 +75,7 @@ def episode_view(state: EpisodeState) -> EpisodeView:
         sampling=state.sampling,
         current=_segment_view(state.current) if state.current else None,
         finished=[_segment_view(s) for s in state.finished],
-        history=[TurnView(observation=t.observation, action=t.action, done=t.done) for t in state.history],
+        history=[_turn_view(t) for t in state.history],
     )
 
 

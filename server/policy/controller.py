@@ -36,17 +36,23 @@ from dataclasses import dataclass, field
 from glider.server.policy.grounding import ActionSpace, ChooseFn, ground
 from glider.server.policy.modes import ADAPTER_FOR_ROLE, Role
 from glider.server.policy.prompts import (
+    REACT_STOP,
     STOP,
     executor_prompt,
     flat_prompt,
     parse_action,
     parse_executor_output,
+    parse_react,
     parse_subgoal,
     planner_prompt,
     sanitize,
 )
 from glider.server.policy.state import EpisodeState, EpisodeStatus, Segment, Turn
 from glider.v1.rest import Sampling
+
+# the ReAct style's thought gets this many tokens on top of the action's budget (executor_max_tokens):
+# one sentence of a small model's reasoning
+REACT_THOUGHT_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class HierarchyConfig:
     guard_repeated_answer: bool = False
     grounding_candidates: int = 16
     grounding_protected: tuple[str, ...] = ()  # command prefixes grounding never chooses
-    prompt_style: str = "glider"  # flat mode: "instruct" for a base model prompted without adapters
+    prompt_style: str = "glider"  # flat mode: "instruct" / "react" for a base model prompted without adapters
 
     @classmethod
     def from_settings(cls, settings) -> HierarchyConfig:
@@ -261,16 +267,27 @@ class PolicyController:
         prompt = flat_prompt(state.task, turns, observation, obs_limit=cfg.prompt_observation_chars,
                              style=cfg.prompt_style)
         banned = self._useless_repeat(state, observation)
-        action, _ = await self._sample(
-            prompt, Role.flat, cfg.executor_max_tokens, cfg.max_action_attempts,
-            lambda text: _unless(parse_action(text), banned), state, generate, decision,
-        )
+        thought = None
+        if cfg.prompt_style == "react":  # a thought, then the action: the thought has a budget of its own
+            parsed, _ = await self._sample(
+                prompt, Role.flat, cfg.executor_max_tokens + REACT_THOUGHT_TOKENS, cfg.max_action_attempts,
+                lambda text: _unless(parse_react(text), banned), state, generate, decision, stop=REACT_STOP,
+            )
+            action, thought = parsed if parsed is not None else (None, None)
+            # a chosen command follows the thought, where the model would have written its own
+            choice_prompt = f"{prompt} {thought or ''}".rstrip() + "\nAction:"
+        else:
+            action, _ = await self._sample(
+                prompt, Role.flat, cfg.executor_max_tokens, cfg.max_action_attempts,
+                lambda text: _unless(parse_action(text), banned), state, generate, decision,
+            )
+            choice_prompt = prompt
         if grounding is not None:
-            action = await self._ground(grounding, action, state.task, prompt, Role.flat, banned, decision)
+            action = await self._ground(grounding, action, state.task, choice_prompt, Role.flat, banned, decision)
         if action is None:
             action, decision.fallback = cfg.fallback_action, True
         state.history.append(
-            Turn(observation=sanitize(observation, cfg.prompt_observation_chars), action=action)
+            Turn(observation=sanitize(observation, cfg.prompt_observation_chars), action=action, thought=thought)
         )
         del state.history[: max(0, len(state.history) - cfg.history_window)]
         decision.action = action
@@ -320,7 +337,8 @@ class PolicyController:
         return None
 
     # -- sampling with bounded retries ------------------------------------------
-    async def _sample(self, prompt, role, max_tokens, attempts, parse, state, generate, decision):
+    async def _sample(self, prompt, role, max_tokens, attempts, parse, state, generate, decision,
+                      stop: tuple[str, ...] = (STOP,)):
         """Generate until ``parse`` accepts the text, at most ``attempts`` times.
 
         The first attempt uses the episode's temperature (its own ``sampling``, else the
@@ -342,7 +360,7 @@ class PolicyController:
             if temperature > 0:
                 seed = zlib.crc32(f"{episode_key}/{state.step}/{role.value}/{attempt}".encode())
             request = PolicyRequest(prompt=prompt, role=role, adapter=adapter, max_tokens=max_tokens,
-                                    temperature=temperature, seed=seed, top_p=top_p)
+                                    temperature=temperature, seed=seed, top_p=top_p, stop=stop)
             (gen,) = await generate([request])
             if role is Role.planner:
                 state.planner_calls += 1

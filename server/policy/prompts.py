@@ -107,7 +107,16 @@ INSTRUCTIONS = ("You are an agent in a text-based environment. Read the task and
                 "answer with the single next command that gets closer to finishing the task, on one line "
                 "after \"Action:\". Commands are short, like \"look around\", \"open door to kitchen\", "
                 "\"go to kitchen\", \"pick up thermometer\", \"focus on substance in metal pot\".")
-PROMPT_STYLES = ("glider", "instruct")
+#: ``prompt_style="react"``: the paper's prompted ReAct baseline, a thought in words before each command
+REACT_INSTRUCTIONS = ("You are an agent in a text-based environment. Read the task and what you observe. At "
+                      "every step, first think in one sentence about what to do next, after \"Thought:\", then "
+                      "write the single next command on its own line, after \"Action:\". Commands are short, like "
+                      "\"look around\", \"open door to kitchen\", \"go to kitchen\", \"pick up thermometer\", "
+                      "\"focus on substance in metal pot\".")
+#: a ReAct generation runs from its thought through its action line: it stops where the next observation
+#: or thought would begin
+REACT_STOP = ("\nObservation", "\nThought")
+PROMPT_STYLES = ("glider", "instruct", "react")
 
 
 def flat_prompt(
@@ -117,18 +126,39 @@ def flat_prompt(
 
     ``style="instruct"`` is the format for a base model prompted without adapters (the prompted
     baseline of a pretrained backbone): an instruction in plain words instead of the role marker, and
-    the words ``Observation`` spelled out; the model still completes the ``Action:`` line."""
+    the words ``Observation`` spelled out; the model still completes the ``Action:`` line.
+    ``style="react"`` is ReAct (Yao et al., 2023) as the paper prompts it: each turn carries the thought
+    written before its action, and the model completes a ``Thought:`` line, then its ``Action:`` line
+    (``parse_react``)."""
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style is one of {PROMPT_STYLES}, not {style!r}")
-    instruct = style == "instruct"
-    obs = "Observation" if instruct else "Obs"
-    lines = [INSTRUCTIONS if instruct else ROLE_MARKERS[Role.flat], f"Task: {sanitize(task)}"]
+    plain = style != "glider"
+    obs = "Observation" if plain else "Obs"
+    head = {"glider": ROLE_MARKERS[Role.flat], "instruct": INSTRUCTIONS, "react": REACT_INSTRUCTIONS}[style]
+    lines = [head, f"Task: {sanitize(task)}"]
     for turn in turns:
         lines.append(f"{obs}: {sanitize(turn.observation, obs_limit)}")
+        if style == "react" and turn.thought:
+            lines.append(f"Thought: {sanitize(turn.thought)}")
         lines.append(f"Action: {sanitize(turn.action)}")
     lines.append(f"{obs}: {sanitize(observation, obs_limit)}")
-    lines.append("Action:")
+    lines.append("Thought:" if style == "react" else "Action:")
     return "\n".join(lines)
+
+
+_REACT_ACTION_RE = re.compile(r"^\s*Action\s*:", re.IGNORECASE | re.MULTILINE)
+
+
+def parse_react(text: str) -> tuple[str, str] | None:
+    """A ReAct completion (``" <thought>\\nAction: <command>"``) as (action, thought); None when it holds
+    no usable ``Action:`` line (the thought ran out of tokens, or the model skipped the format)."""
+    match = _REACT_ACTION_RE.search(text)
+    if match is None:
+        return None
+    action = parse_action(text[match.end():].lstrip(" "))
+    if action is None:
+        return None
+    return action, sanitize(text[: match.start()], _MAX_UTTERANCE)
 
 
 def format_executor_target(action: str, done: bool) -> str:

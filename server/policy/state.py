@@ -25,6 +25,7 @@ class Turn(BaseModel):
     observation: str
     action: str
     done: bool = False  # the executor's completion marker on this action
+    thought: str | None = None  # prompt_style "react": the thought written before the action
 
 
 class Segment(BaseModel):

@@ -279,3 +279,33 @@ async def test_an_action_that_changed_nothing_is_not_repeated():
     off = controller(mode="flat", guard_repeated_action=False)
     _, ds = await play(off, off.new_state("e", "t"), Script(flat=["wait1", "wait1"]), ["same", "same"])
     assert [d.action for d in ds] == ["wait1", "wait1"]
+
+
+async def test_react_style_writes_a_thought_then_the_action_and_keeps_both_in_the_history():
+    from glider.server.policy.prompts import REACT_INSTRUCTIONS, REACT_STOP
+
+    ctrl = controller(mode="flat", prompt_style="react", max_action_attempts=2, executor_max_tokens=24)
+    script = Script(flat=[" I should see the room first.\nAction: look around",
+                          " The format was skipped: no command here",  # unusable: retried
+                          " The stove heats things.\nAction:  turn on   stove\n"])
+    state, ds = await play(ctrl, ctrl.new_state("e", "boil water"), script, ["hallway", "kitchen"])
+    assert [d.action for d in ds] == ["look around", "turn on stove"] and not any(d.fallback for d in ds)
+    first, *_, last = script.requests
+    assert first.prompt == f"{REACT_INSTRUCTIONS}\nTask: boil water\nObservation: hallway\nThought:"
+    assert first.stop == REACT_STOP and first.max_tokens > 24  # the thought has a budget of its own
+    # the next prompt carries the earlier thought before its action
+    assert last.prompt.endswith("Observation: hallway\nThought: I should see the room first.\n"
+                                "Action: look around\nObservation: kitchen\nThought:")
+    assert [t.thought for t in state.history] == ["I should see the room first.", "The stove heats things."]
+
+
+async def test_react_style_grounds_after_the_models_thought():
+    from tests.server.test_grounding import Scorer
+
+    ctrl = controller(mode="flat", prompt_style="react")
+    script, scorer = Script(flat=[" Heat is needed.\nAction: teleport to stove"]), Scorer(look_around=-1.0)
+    d = await ctrl.step(ctrl.new_state("e", "boil water"), "hallway", 0.0, False, script,
+                        valid_actions=["look around", "go to hallway"], choose=scorer)
+    assert d.action == "look around" and d.grounded and d.generated_action == "teleport to stove"
+    (prompt, _, _), = scorer.calls
+    assert prompt == script.requests[0].prompt + " Heat is needed.\nAction:"

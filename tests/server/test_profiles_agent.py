@@ -105,8 +105,9 @@ async def test_a_prompted_base_model_profile_uses_no_adapter_and_plain_instructi
     assert backend.specs[0].prompt.startswith(INSTRUCTIONS + "\nTask: boil water\nObservation: hall\nAction:")
     await agent.act(observation="hall", task="boil water")  # the default profile keeps the trained format
     assert backend.specs[1].prompt.startswith("<|planner|>")
-    with pytest.raises(ValueError, match="flat-mode format"):
-        ProfileSpec(generation=GenerationSettings(prompt_style="instruct"))
+    for style in ("instruct", "react"):
+        with pytest.raises(ValueError, match="flat-mode format"):
+            ProfileSpec(generation=GenerationSettings(prompt_style=style))
 
 
 async def test_deleting_a_profile_takes_its_adapters_out_of_the_engine(agent, tmp_path):

@@ -155,6 +155,7 @@ class TurnView(BaseModel):
     observation: str
     action: str
     done: bool
+    thought: str | None = Field(None, description="A 'react' profile's thought, written before the action.")
 
 
 class SegmentView(BaseModel):
