@@ -69,6 +69,13 @@ async def test_grpc_refuses_past_the_limit_with_resource_exhausted(tmp_path):
         await agent.close()
 
 
+async def _settled(condition, timeout_s: float = 2.0) -> None:
+    """Wait until ``condition()`` holds (the server's bookkeeping after a call ended), at most ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+
+
 def _sample(agent, name: str, **labels) -> float:
     return agent.metrics.registry.get_sample_value(name, labels) or 0.0
 
@@ -130,6 +137,9 @@ async def test_grpc_rate_limit_counts_calls_and_stream_events_and_shares_the_res
                 raise AssertionError("a unary call past the limit was not refused")
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # a call is counted when its handler ends, which may be just after the client has its status
+        await _settled(lambda: _sample(agent, "glider_grpc_requests_total", method="Act", code="RESOURCE_EXHAUSTED")
+                       + _sample(agent, "glider_grpc_requests_total", method="Episode", code="RESOURCE_EXHAUSTED") == 2)
         assert _sample(agent, "glider_grpc_requests_total", method="Act", code="OK") == 1.0
         assert _sample(agent, "glider_grpc_requests_total", method="Act", code="RESOURCE_EXHAUSTED") == 1.0
         assert _sample(agent, "glider_grpc_requests_total", method="Episode", code="RESOURCE_EXHAUSTED") == 1.0
@@ -141,17 +151,19 @@ async def test_grpc_rate_limit_counts_calls_and_stream_events_and_shares_the_res
         await agent.close()
 
 
+def _fake_clock(monkeypatch, start: float) -> list[float]:
+    from glider.server.api import ratelimit
+
+    now = [start]
+    clock = type("Clock", (), {"monotonic": staticmethod(lambda: now[0]), "time": staticmethod(lambda: now[0])})
+    monkeypatch.setattr(ratelimit, "time", clock)
+    return now
+
+
 def test_a_spent_budget_stays_spent_across_a_window_boundary(monkeypatch):
     """At most N requests in any rolling period: a client that spends its budget just before a clock
     minute starts is refused just after it too (a fixed or two-window counter would let it in again)."""
-    import limits.storage.memory
-    import limits.strategies
-    from glider.server.api import ratelimit
-
-    now = [60 * 29_000_000 + 59.5]  # half a second before a minute boundary
-    clock = type("Clock", (), {"time": staticmethod(lambda: now[0])})
-    for module in (limits.storage.memory, limits.strategies, ratelimit):
-        monkeypatch.setattr(module, "time", clock)
+    now = _fake_clock(monkeypatch, 60 * 29_000_000 + 59.5)  # half a second before a minute boundary
     limiter = ClientRateLimiter("3/minute")
     assert [limiter.retry_after("alice") for _ in range(3)] == [None, None, None]
     now[0] += 1.0  # into the next minute
@@ -160,6 +172,34 @@ def test_a_spent_budget_stays_spent_across_a_window_boundary(monkeypatch):
     assert limiter.retry_after("bob") is None
     now[0] += 59.1  # a minute after the first three: room again
     assert limiter.retry_after("alice") is None
+
+
+def test_every_limit_counts_and_the_strictest_sets_the_wait(monkeypatch):
+    now = _fake_clock(monkeypatch, 1000.0)
+    limiter = ClientRateLimiter("2/second;3/minute")
+    assert [limiter.retry_after("a") for _ in range(3)] == [None, None, 1]  # the second's limit
+    now[0] += 1.0
+    assert limiter.retry_after("a") is None  # 3 in the minute now
+    now[0] += 1.0
+    assert limiter.retry_after("a") == 58  # the minute's: its first request leaves at 1060
+    now[0] += 58.0
+    assert limiter.retry_after("a") is None
+
+
+def test_the_limiter_forgets_clients_that_went_quiet(monkeypatch):
+    """Memory follows the clients of the last period, not every client ever seen."""
+    now = _fake_clock(monkeypatch, 1000.0)
+    limiter = ClientRateLimiter("5/second;100/minute")
+    for k in range(1000):
+        assert limiter.retry_after(f"10.0.{k // 256}.{k % 256}") is None
+    assert len(limiter._hits) == 1000
+    now[0] += 61.0
+    assert limiter.retry_after("10.9.9.9") is None
+    assert list(limiter._hits) == ["10.9.9.9"]
+    for _ in range(100):  # a busy client keeps its latest times only, as many as the largest limit counts
+        now[0] += 0.5
+        limiter.retry_after("busy")
+    assert len(limiter._hits["busy"]) <= 100
 
 
 def test_rate_limit_settings_and_peer_addresses():
