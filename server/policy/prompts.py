@@ -146,19 +146,23 @@ def flat_prompt(
     return "\n".join(lines)
 
 
-_REACT_ACTION_RE = re.compile(r"^\s*Action\s*:", re.IGNORECASE | re.MULTILINE)
+_REACT_ACTION_LINE_RE = re.compile(r"^[ \t]*Action[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_REACT_ACTION_ANYWHERE_RE = re.compile(r"\bAction[ \t]*:", re.IGNORECASE)
+_THOUGHT_LABEL_RE = re.compile(r"^\s*Thought\s*:\s*", re.IGNORECASE)
 
 
-def parse_react(text: str) -> tuple[str, str] | None:
-    """A ReAct completion (``" <thought>\\nAction: <command>"``) as (action, thought); None when it holds
-    no usable ``Action:`` line (the thought ran out of tokens, or the model skipped the format)."""
-    match = _REACT_ACTION_RE.search(text)
-    if match is None:
-        return None
-    action = parse_action(text[match.end():].lstrip(" "))
-    if action is None:
-        return None
-    return action, sanitize(text[: match.start()], _MAX_UTTERANCE)
+def parse_react(text: str) -> tuple[str, str | None] | None:
+    """A ReAct completion (``" <thought>\\nAction: <command>"``) as (action, thought or None); None when it
+    holds no usable action (the thought ran out of tokens, or the model skipped the format).  The action is
+    the first ``Action:`` line with a command on it; a model that writes ``<thought> Action: <command>`` on
+    one line gets its last ``Action:`` read instead."""
+    marks = list(_REACT_ACTION_LINE_RE.finditer(text)) or list(_REACT_ACTION_ANYWHERE_RE.finditer(text))[-1:]
+    for mark in marks:
+        action = parse_action(text[mark.end():].lstrip(" \t"))
+        if action is not None:
+            thought = sanitize(_THOUGHT_LABEL_RE.sub("", text[: mark.start()], count=1), _MAX_UTTERANCE)
+            return action, thought or None
+    return None
 
 
 def format_executor_target(action: str, done: bool) -> str:

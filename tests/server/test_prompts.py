@@ -1,3 +1,4 @@
+import pytest
 from glider.server.policy import parse_executor_output, parse_subgoal, sanitize
 
 
@@ -32,3 +33,20 @@ def test_control_characters_never_reach_an_action_or_a_prompt():
     assert action == "ic Ple open door" and done
     assert sanitize("a\x00b\x1bc\u0085d\ttab") == "a b c d tab"
     assert sanitize("\x11\ufffd") == ""
+
+
+@pytest.mark.parametrize("text, parsed", [
+    (" I should look.\nAction: look around", ("look around", "I should look.")),
+    (" think first. Action: look around", ("look around", "think first.")),  # one line: the last Action:
+    (" Action: look around", ("look around", None)),  # no thought is None, not ""
+    (" Thought: hmm\nAction: go north\nand more text", ("go north", "hmm")),  # an echoed label is dropped
+    (" a plan\nACTION : open door", ("open door", "a plan")),
+    (" the word Action: here\nAction: go", ("go", "the word Action: here")),  # the line wins
+    (" x\nAction:\nAction: go", ("go", "x Action:")),  # an empty action line is passed over
+    (" no format at all", None),
+    (" ran out of tokens\nAction: ", None),
+])
+def test_react_completions_parse_into_action_and_thought(text, parsed):
+    from glider.server.policy.prompts import parse_react
+
+    assert parse_react(text) == parsed
