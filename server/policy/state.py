@@ -25,7 +25,9 @@ class Turn(BaseModel):
     observation: str
     action: str
     done: bool = False  # the executor's completion marker on this action
-    thought: str | None = None  # prompt_style "react": the thought written before the action
+    # prompt_style "react": the thought written before the action (left out of the stored JSON when None:
+    # every other style's turns stay as they were)
+    thought: str | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class Segment(BaseModel):
