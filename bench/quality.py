@@ -192,7 +192,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("glider.trainer").setLevel(logging.INFO)
     recipe = Recipe.full(args.sft_minutes, args.warmup_minutes) if args.recipe == "full" else Recipe.named(args.recipe)
-    args.home = args.home or ROOT / ".glider" / f"quality-{recipe.name}"
+    args.home = (args.home or ROOT / ".glider" / f"quality-{recipe.name}").resolve()  # results name runs relative to the repository
     args.home.mkdir(parents=True, exist_ok=True)
     if not (args.home / "data").exists():  # collected gold paths are shared between recipes
         args.data.mkdir(parents=True, exist_ok=True)
