@@ -155,6 +155,7 @@ async def wake_probe(url: str, n: int = 100) -> dict[str, float]:
             await client.get("glider:bench:probe")
             times.append((time.perf_counter() - t) * 1e6)
         out[label] = median(times)
+    await client.delete("glider:bench:probe")  # a --redis-url server is someone's: leave it as found
     await client.aclose()
     return out
 
