@@ -54,14 +54,19 @@ from tqdm import tqdm
 
 LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)",
          "flat+orl": "flat SFT+ORL", "separate+orl": "hierarchical SFT+ORL (separate)",
-         "shared+orl": "hierarchical SFT+ORL (shared)", "separate+orl-scratch": "hierarchical ORL (from scratch)"}
+         "shared+orl": "hierarchical SFT+ORL (shared)", "separate+orl-scratch": "hierarchical ORL (from scratch)",
+         "separate+bc": "hierarchical SFT+BC on ORL's data (separate; λ → ∞)"}
 #: the comparisons the issues ask for, as (A, B): B − A is reported
 COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("separate", "separate+orl"), ("flat", "flat+orl"), ("flat", "separate+orl"),
            ("separate", "separate+orl (planner only)"), ("separate", "separate+orl (executor only)"),
            ("separate+orl-scratch", "separate+orl"),
+           # the control: the same data and actor schedule with flat weights; ORL − BC is the advantage's share
+           ("separate", "separate+bc"), ("separate+bc", "separate+orl"),
            # the issue's ratio target: hierarchical SFT+ORL ≥ 1.15 × flat SFT, as B − 1.15·A above 0
            ("flat", "separate+orl", 1.15)]
+#: λ of the behaviour-cloning control: |A| ≤ 1 on the 0..1 score scale, so exp(A/λ) differs from 1 by < 1e-6
+BC_LAMBDA = 1e6
 GUARDS_OFF = {"GLIDER_GUARD_REPEATED_SUBGOAL": "false", "GLIDER_GUARD_REPEATED_ACTION": "false"}
 
 
@@ -181,6 +186,10 @@ def main() -> None:
     p.add_argument("--orl-roles", action="store_true",
                    help="also the separate mode's ORL one role at a time: ORL's planner with SFT's executor "
                         "(separate+orl (planner only)) and the other way round, from the same two trainings")
+    p.add_argument("--orl-bc", action="store_true",
+                   help="also the separate mode's control (agent separate+bc): ORL's run from the same SFT on the "
+                        "same data with λ → ∞, i.e. flat weights, behaviour cloning on the ORL data mix; "
+                        "separate+orl − separate+bc is what the advantages themselves bought")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--entry", default=None,
                    help="record under this name instead of the recipe's: another training of a recipe (its own "
@@ -210,12 +219,13 @@ def main() -> None:
     registry = AdapterRegistry(settings(home=args.home).adapters_dir())
     agents = {mode: {name: registry.current_version(name) for name in ADAPTER_ROLES[mode]} for mode in modes}
     orl: dict[str, dict] = {}
-    orl_data = orl_trajectories(args, recipe) if args.orl or args.orl_scratch else None
+    orl_data = orl_trajectories(args, recipe) if args.orl or args.orl_scratch or args.orl_bc else None
     # each mode's ORL agents are trained just before they are evaluated, after the mode's SFT agent: a
     # run cut off (a session's end) already has its first mode's paired SFT → ORL reading
     per_mode = {mode: [(f"{mode}+orl" + ("-scratch" if init == "scratch" else ""), init)
                        for init in (["sft"] if args.orl else [])
                        + (["scratch"] if args.orl_scratch and mode == "separate" else [])]
+                + ([("separate+bc", "bc")] if args.orl_bc and mode == "separate" else [])
                 for mode in modes} if orl_data is not None else {mode: [] for mode in modes}
     wanted = [(label, mode, {}, init) for mode in modes for label, init in [(mode, None), *per_mode[mode]]]
     if "separate" in modes and args.orl and args.orl_roles:  # which role's ORL moved the score
@@ -286,9 +296,13 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
     s = settings(home=args.home, mode=mode)
     out = args.home / "runs" / f"orl-{mode}-{init}"
     metrics_file = out / "orl_metrics.json"
-    started = {name: v for name, v in sft_versions.items()} if init == "sft" else {}
-    critic = json.loads(json.dumps(dataclasses.asdict(CriticConfig(**json.loads(args.orl_critic))), default=str))
-    actor = TrainConfig(lr=5e-4 if init == "sft" else 2e-3, epochs=args.orl_epochs, batch_tokens=2048,
+    from_sft = init in ("sft", "bc")
+    started = {name: v for name, v in sft_versions.items()} if from_sft else {}
+    critic_fields = json.loads(args.orl_critic)
+    if init == "bc":  # the control: the same run from the same SFT, with weights exp(A/λ) ≈ 1 everywhere
+        critic_fields["lam"] = BC_LAMBDA
+    critic = json.loads(json.dumps(dataclasses.asdict(CriticConfig(**critic_fields)), default=str))
+    actor = TrainConfig(lr=5e-4 if from_sft else 2e-3, epochs=args.orl_epochs, batch_tokens=2048,
                         warmup_steps=5, max_minutes=args.orl_minutes or None)
     schedule = {"epochs": actor.epochs, "max_minutes": actor.max_minutes}
     if metrics_file.is_file():  # a finished run of the same start, critic and schedule is reused
@@ -301,10 +315,10 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
             return versions, orl_figures(metrics, 0.0)
         shutil.rmtree(out)  # another critic's or schedule's run: a new one (its ORL versions are published anew)
     t0 = time.monotonic()
-    cfg = ORLConfig(mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
-                    critic=CriticConfig(**json.loads(args.orl_critic)), actor=actor)
+    cfg = ORLConfig(mode=mode, init="sft" if from_sft else init, segmentation=SegmentationConfig(max_len=s.c_max),
+                    critic=CriticConfig(**critic_fields), actor=actor)
     report = run_orl(s.model_dir(), trajs, out, cfg, registry=s.adapters_dir(), make_current=False,
-                     start_versions=sft_versions if init == "sft" else None,
+                     start_versions=sft_versions if from_sft else None,
                      hierarchy=HierarchyConfig.from_settings(s))
     return ({name: a.published for name, a in report.adapters.items()},
             orl_figures(report.to_dict(), (time.monotonic() - t0) / 60))
@@ -362,10 +376,11 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
                    + (f" --grounded --grounding-protect {shlex.quote(args.grounding_protect)}" if args.grounded else "")
                    + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
+                   + (" --orl-bc" if args.orl_bc else "")
                    + (" --orl-roles" if args.orl_roles else "")
                    + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
                       f" --orl-critic {shlex.quote(args.orl_critic)}"
-                      f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch else ""),
+                      f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch or args.orl_bc else ""),
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},
         # a mode trained in an earlier run keeps its figures: its agent is kept, or this run only

@@ -120,8 +120,10 @@ def test_a_grounded_scienceworld_episode_sends_only_commands_from_the_runner_s_l
     world = Recording("find-plant", 0, env=scienceworld, grounded=True)
     with GliderClient(vllm_server.url) as client:
         report = play_episode(client, world, max_steps=4, grounded=True)
-    assert report.grounded and len(report.steps) == 4
-    assert all(len(commands) > 50 for commands in world.lists[:4])  # ScienceWorld's combinations: hundreds
+    # four steps, or fewer when the environment ended the episode (a trained executor may "focus on"
+    # the wrong object, which ends a ScienceWorld episode): each step played is checked either way
+    assert report.grounded and report.steps and (len(report.steps) == 4 or report.done)
+    assert all(len(commands) > 50 for commands in world.lists[:len(report.steps)])  # the combinations: hundreds
     for step, commands in zip(report.steps, world.lists, strict=False):
         assert step.action in commands  # byte for byte an entry of the list it was answered with
         assert step.generated_action is not None or step.grounded
