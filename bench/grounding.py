@@ -140,13 +140,18 @@ def main(args) -> None:
     if missing:
         raise SystemExit(f"{s.adapters_dir()} has no {missing} adapters: run `glider adapters init` (GLIDER_HOME)")
     rows, choices = [], {}
-    for method in args.methods.split(","):
+    # the constrained choice stopping at the deciding prefix, or decoding the whole command: side by side
+    stops = [x.strip() == "true" for x in args.early_stop.split(",")]
+    variants = [(m, early) for m in args.methods.split(",") for early in (stops if m == "constrained" else [True])]
+    for method_setting, early in variants:
+        method = method_setting if early else f"{method_setting} (whole command)"
         for k in [int(x) for x in args.candidates.split(",")]:
-            trace = Path(s.home) / "logs" / f"grounding-trace-{method}-{k}.jsonl"
+            trace = Path(s.home) / "logs" / f"grounding-trace-{method_setting}-{k}{'' if early else '-whole'}.jsonl"
             trace.unlink(missing_ok=True)
             server = ServerProcess(s, GLIDER_BACKEND=args.backend, GLIDER_MODE=args.mode,
                                    GLIDER_GROUNDING_CANDIDATES=str(k), GLIDER_TRACE_REQUESTS=str(trace),
-                                   GLIDER_GROUNDING_METHOD=method, GLIDER_RECORD="false")
+                                   GLIDER_GROUNDING_METHOD=method_setting, GLIDER_RECORD="false",
+                                   GLIDER_GROUNDING_EARLY_STOP=str(early).lower())
             try:
                 server.wait_ready()
                 for n in [int(x) for x in args.levels.split(",")]:
@@ -167,7 +172,7 @@ def main(args) -> None:
     if choices:
         decided_early(choices)
     for method, k, n, free, grounded in rows:
-        if k == 16:
+        if k == 16 and "(whole command)" not in method:  # the target is the server's default
             ratio = grounded["p50_ms"] / free["p50_ms"]
             result(f"grounded ({method}) ÷ free step latency p50 at {n} episode(s), 16 candidates, "
                    f"{grounded['grounded_share']:.0%} of steps grounded", ratio,
@@ -202,6 +207,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="constrained",
                    help="GLIDER_GROUNDING_METHOD values (score: with --backend hf only)")
+    p.add_argument("--early-stop", default="true",
+                   help="constrained: GLIDER_GROUNDING_EARLY_STOP values, comma-separated ('true,false': the "
+                        "choice stopped at its deciding prefix against the whole command decoded, side by side)")
     p.add_argument("--candidates", default="16", help="GLIDER_GROUNDING_CANDIDATES values, comma-separated")
     p.add_argument("--levels", default="1,32", help="concurrent episodes")
     p.add_argument("--steps", type=int, default=8, help="steps per episode")

@@ -344,9 +344,10 @@ class Agent:
         if self.settings.grounding_method is GroundingMethod.constrained:
             # the generation stops as soon as what it wrote decides the command (bench/grounding.py)
             deciding = deciding_prefixes(continuations)
+            stop = tuple(p for p in deciding if p) if self.settings.grounding_early_stop else ()
             (gen,) = await self.backend.generate([GenerationSpec(
                 prompt=prompt, adapter=adapter, max_tokens=self.settings.grounding_max_tokens, temperature=0.0,
-                stop=tuple(p for p in deciding if p), choices=tuple(continuations))])
+                stop=stop, choices=tuple(continuations))])
             best = chosen_option(continuations, deciding, gen.text, gen.stop_reason)
             version = gen.adapter_version
         else:

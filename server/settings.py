@@ -129,6 +129,9 @@ class Settings(BaseSettings):
                     "'[\"focus on\"]': a focus on the wrong object ends the episode at score 0.")
     grounding_max_tokens: int = Field(
         128, ge=1, description="constrained grounding: most tokens of a command's continuation.")
+    grounding_early_stop: bool = Field(
+        True, description="constrained grounding: stop once what the model wrote decides the command (its shortest "
+                          "prefix no other candidate contains) instead of decoding the forced rest of it.")
     grounding_method: GroundingMethod = Field(
         GroundingMethod.constrained,
         description="constrained: greedy decoding constrained to the candidates (the transformers backend takes "

@@ -301,6 +301,23 @@ async def test_an_episode_samples_with_its_own_settings_and_greedy_ones_keep_the
     assert by_episode == {sampled["episode_id"]: own, "again-42": own, greedy["episode_id"]: None}
 
 
+@pytest.mark.parametrize("early_stop", [True, False])
+async def test_the_constrained_choice_stops_at_deciding_prefixes_unless_told_to_write_the_whole_command(
+        tmp_path, early_stop):
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), grounding_early_stop=early_stop)
+    await agent.start()
+    try:
+        result = await agent.act(observation="hall", task="boil water",
+                                 valid_actions=["open the door", "open the drawer", "go north"])
+    finally:
+        await agent.close()
+    assert (result.action, result.grounded) == ("go north", True)
+    (constrained,) = [s for s in backend.specs if s.choices]
+    # " open the do" is inside neither other option, and " g" is the shortest prefix of " go north;"
+    expected = sorted([" g", " open the do", " open the dr"]) if early_stop else []
+    assert sorted(constrained.stop) == expected
+
+
 async def test_score_grounding_takes_the_most_likely_command_and_is_refused_on_vllm(tmp_path):
     agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), grounding_method="score")
     await agent.start()
