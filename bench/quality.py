@@ -65,7 +65,7 @@ COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("separate", "separate+bc"), ("separate+bc", "separate+orl"),
            # the ratio target: hierarchical SFT+ORL ≥ 1.15 × flat SFT, as B − 1.15·A above 0
            ("flat", "separate+orl", 1.15)]
-#: λ of the behaviour-cloning control: |A| ≤ 1 on the 0..1 score scale, so exp(A/λ) differs from 1 by < 1e-6
+#: λ of the behaviour-cloning control: |A| ≤ 1 on the 0..1 score scale, so exp(A/λ) is 1 to about 1e-6
 BC_LAMBDA = 1e6
 GUARDS_OFF = {"GLIDER_GUARD_REPEATED_SUBGOAL": "false", "GLIDER_GUARD_REPEATED_ACTION": "false"}
 

@@ -301,16 +301,22 @@ async def test_an_episode_samples_with_its_own_settings_and_greedy_ones_keep_the
     assert by_episode == {sampled["episode_id"]: own, "again-42": own, greedy["episode_id"]: None}
 
 
+async def grounded_first_step(tmp_path, valid_actions: list[str], **overrides):
+    """An episode's first step with admissible commands, on an Agent with these settings (memory store)."""
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), **overrides)
+    await agent.start()
+    try:
+        result = await agent.act(observation="hall", task="boil water", valid_actions=valid_actions)
+    finally:
+        await agent.close()
+    return agent, backend, result
+
+
 @pytest.mark.parametrize("early_stop", [True, False])
 async def test_the_constrained_choice_stops_at_deciding_prefixes_unless_told_to_write_the_whole_command(
         tmp_path, early_stop):
-    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), grounding_early_stop=early_stop)
-    await agent.start()
-    try:
-        result = await agent.act(observation="hall", task="boil water",
-                                 valid_actions=["open the door", "open the drawer", "go north"])
-    finally:
-        await agent.close()
+    agent, backend, result = await grounded_first_step(tmp_path, ["open the door", "open the drawer", "go north"],
+                                                       grounding_early_stop=early_stop)
     assert (result.action, result.grounded) == ("go north", True)
     (constrained,) = [s for s in backend.specs if s.choices]
     # " open the do" is inside neither other option, and " g" is the shortest prefix of " go north;"
@@ -319,13 +325,8 @@ async def test_the_constrained_choice_stops_at_deciding_prefixes_unless_told_to_
 
 
 async def test_score_grounding_takes_the_most_likely_command_and_is_refused_on_vllm(tmp_path):
-    agent, backend = make_agent(tmp_path, MemoryEpisodeStore(), grounding_method="score")
-    await agent.start()
-    try:
-        result = await agent.act(observation="hall", task="boil water",
-                                 valid_actions=["open the door", "go north", "go to the kitchen"])
-    finally:
-        await agent.close()
+    agent, backend, result = await grounded_first_step(tmp_path, ["open the door", "go north", "go to the kitchen"],
+                                                       grounding_method="score")
     assert (result.action, result.grounded, result.generated_action) == ("go north", True, "look around")
     (prompt, adapter, scored), = backend.scored
     assert adapter == "executor" and sorted(scored) == [" go north;", " go to the kitchen;", " open the door;"]
