@@ -7,6 +7,9 @@
                                                                # the same data in shorter boxes (full-w10-s20)
     .venv/bin/python bench/quality.py --recipe demo --repeat 2 --guards-off   # + an A/A run and the guards off
     .venv/bin/python bench/quality.py --recipe demo --modes separate --grounded  # + each agent grounded, paired
+    .venv/bin/python bench/quality.py --recipe demo --modes separate --splits unseen --entry demo-d \
+        --home .glider/quality-smollm2 --model .glider/backbones/SmolLM2-135M-Instruct.Q4_1 --sft-minutes 90
+                                    # the same recipe's SFT on a pretrained backbone, paired with demo-d's
 
 Every stage is cached or resumable, so a run cut off (a session's end, a kill) carries on where it stopped
 when started again with the same arguments: collection and training resume from their caches and
@@ -78,6 +81,11 @@ def commit() -> str:
         return "unknown"
 
 
+def repo_path(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (results files name no machine's paths)."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def run_provenance(out: Path, minutes: float) -> dict:
     """An evaluation's commit and minutes over every session that played part of it: a resumed run
     keeps the commit its first episodes were played at and adds this session's minutes."""
@@ -88,8 +96,20 @@ def run_provenance(out: Path, minutes: float) -> dict:
     return known
 
 
+def home_settings(args, **overrides):
+    """The settings of this run's home: its registry, data and runs, on its backbone (``--model``: a
+    pretrained one; else the home's embedded backbone)."""
+    return settings(home=args.home, **({"model": args.model} if args.model else {}), **overrides)
+
+
+def on_backbone(args, label: str) -> str:
+    """An agent's label with the pretrained backbone it was trained on as its variant, e.g.
+    ``separate (SmolLM2-135M-Instruct.Q4_1)``: compared, paired, with the entry's ``separate``."""
+    return f"{label} ({args.model.name})" if args.model else label
+
+
 def train(args, recipe: Recipe, mode: str) -> dict:
-    s = settings(home=args.home, mode=mode)
+    s = home_settings(args, mode=mode)
     t0 = time.monotonic()
     done = ensure_trained(s, dataclasses.replace(recipe, mode=mode, diagnose_segments=args.diagnose), say=lambda msg: print(f"[{recipe.name}/{mode}] {msg}", flush=True))
     # the adapters' figures from their metrics file: SFT may have run in an earlier session of a resumed run
@@ -118,7 +138,7 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
              grounded: bool = False) -> tuple[Path, Summary]:
     """One agent on the plan: the recipe registry's current adapters of ``mode``, or ``registry``'s (a
     pinned copy holding one agent's versions); ``grounded``: with the environment's admissible commands."""
-    s = settings(home=args.home, mode=mode)
+    s = home_settings(args, mode=mode)
     server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()),
                            GLIDER_ADAPTERS=str(registry or s.adapters_dir()), GLIDER_RECORD="false", **env)
     try:
@@ -190,6 +210,14 @@ def main() -> None:
                    help="also the separate mode's control (agent separate+bc): ORL's run from the same SFT on the "
                         "same data with λ → ∞, i.e. flat weights, behaviour cloning on the ORL data mix; "
                         "separate+orl − separate+bc is what the advantages themselves bought")
+    p.add_argument("--model", type=Path, default=None,
+                   help="train and evaluate on this pretrained backbone (an HF directory, e.g. from `glider backbone "
+                        "import`) instead of the embedded one: no warm-up, SFT boxed by --sft-minutes at --sft-lr, "
+                        "agents labelled '<mode> (<directory name>)' and compared, paired, with the --entry's "
+                        "agents of the same mode; needs its own --home")
+    p.add_argument("--sft-lr", type=float, default=5e-4,
+                   help="--model: the LoRA SFT learning rate (the embedded recipes' 2e-3 trains a 4 M model from "
+                        "a warm-up)")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--entry", default=None,
                    help="record under this name instead of the recipe's: another training of a recipe (its own "
@@ -201,6 +229,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("glider.trainer").setLevel(logging.INFO)
     recipe = Recipe.full(args.sft_minutes, args.warmup_minutes) if args.recipe == "full" else Recipe.named(args.recipe)
+    if args.model:
+        pretrained_checks(args)
+        args.model = args.model.resolve()  # the servers and the results name it from anywhere
+        # a forward of the held-out set costs minutes on a 135 M model: measure it less often, stop sooner
+        recipe = dataclasses.replace(recipe, sft=dataclasses.replace(
+            recipe.sft, lr=args.sft_lr, max_minutes=args.sft_minutes, eval_every=100, patience=2))
     args.home = (args.home or ROOT / ".glider" / f"quality-{recipe.name}").resolve()  # results name runs relative to the repository
     args.home.mkdir(parents=True, exist_ok=True)
     if not (args.home / "data").exists():  # collected gold paths are shared between recipes
@@ -214,9 +248,9 @@ def main() -> None:
     if args.splits:
         plan = plan.only([s for s in args.splits.split(",") if s])
     print(f"# quality: recipe {recipe.name} on {machine()}; {plan.describe()}", flush=True)
-    training = {mode: train(args, recipe, mode) for mode in modes}
+    training = {on_backbone(args, mode): train(args, recipe, mode) for mode in modes}
     # every agent's adapter versions: SFT is the registry's current after training; ORL publishes beside it
-    registry = AdapterRegistry(settings(home=args.home).adapters_dir())
+    registry = AdapterRegistry(home_settings(args).adapters_dir())
     agents = {mode: {name: registry.current_version(name) for name in ADAPTER_ROLES[mode]} for mode in modes}
     orl: dict[str, dict] = {}
     orl_data = orl_trajectories(args, recipe) if args.orl or args.orl_scratch or args.orl_bc else None
@@ -227,7 +261,8 @@ def main() -> None:
                        + (["scratch"] if args.orl_scratch and mode == "separate" else [])]
                 + ([("separate+bc", "bc")] if args.orl_bc and mode == "separate" else [])
                 for mode in modes} if orl_data is not None else {mode: [] for mode in modes}
-    wanted = [(label, mode, {}, init) for mode in modes for label, init in [(mode, None), *per_mode[mode]]]
+    wanted = [(on_backbone(args, label), mode, {}, init) for mode in modes
+              for label, init in [(mode, None), *per_mode[mode]]]
     if "separate" in modes and args.orl and args.orl_roles:  # which role's ORL moved the score
         wanted += [(f"separate+orl ({role} only)", "separate", {}, None) for role in ("planner", "executor")]
     if "separate" in modes:
@@ -260,13 +295,32 @@ def main() -> None:
         print(json.dumps({"sft": training, "orl": orl}, indent=2))
 
 
+def pretrained_checks(args) -> None:
+    """--model trains plain SFT agents in a home of their own: what it cannot be combined with, said before
+    any training starts."""
+    from glider.trainer.backbone import is_backbone, is_embedded
+
+    if not is_backbone(args.model):
+        raise SystemExit(f"--model {args.model}: not an HF model directory (config.json and tokenizer.json); "
+                         "import one with `glider backbone import`")
+    if is_embedded(args.model):
+        raise SystemExit(f"--model {args.model} is an embedded backbone: run without --model")
+    if args.home is None or (args.home.resolve() / "backbone").exists():
+        raise SystemExit("--model needs a --home of its own (its registry holds adapters for that backbone only)")
+    combined = [flag for flag, on in (("--orl", args.orl), ("--orl-scratch", args.orl_scratch), ("--orl-bc", args.orl_bc),
+                                      ("--grounded", args.grounded), ("--guards-off", args.guards_off),
+                                      ("--repeat", args.repeat > 1)) if on]
+    if combined:
+        raise SystemExit(f"--model trains and evaluates SFT agents only; not with {' '.join(combined)}")
+
+
 def orl_trajectories(args, recipe: Recipe) -> list:
     """ORL's data: the recipe's expert trajectories, perturbed replays of the same variations, and the
     medium policy's recorded episodes (each collected once, cached, resumable)."""
     from glider.trainer.data.collect import collect, load_collected
     from glider.trainer.medium import MediumConfig, collect_medium
 
-    s = settings(home=args.home)
+    s = home_settings(args)
     expert = args.home / "data" / "expert"
     trajs = load_collected(expert, "scienceworld", "train", recipe.tasks or None, recipe.per_task)
     if args.perturb:
@@ -293,7 +347,7 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
     from glider.trainer.rl import CriticConfig
     from glider.trainer.training import TrainConfig
 
-    s = settings(home=args.home, mode=mode)
+    s = home_settings(args, mode=mode)
     out = args.home / "runs" / f"orl-{mode}-{init}"
     metrics_file = out / "orl_metrics.json"
     from_sft = init in ("sft", "bc")
@@ -364,6 +418,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         if label not in earlier:
             shutil.copyfile(out / "episodes.jsonl", episodes_file(label))
     previous = results["recipes"].get(key) or {}
+    # the ORL figures of an agent kept from an earlier run stay with it
+    orl = {**{label: o for label, o in previous.get("orl", {}).items() if label in earlier}, **(orl or {})}
     plan_file = str(plan_path(args.protocol).relative_to(ROOT)) if args.protocol in ("glider", "eto") \
         else args.protocol  # --splits: the committed plan file, of which the entry's protocol names the splits
     results["recipes"][key] = {
@@ -371,6 +427,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
                    + (f" --splits {args.splits}" if args.splits else "")
                    + (f" --entry {shlex.quote(args.entry)}" if args.entry else "")
+                   + (f" --home {shlex.quote(repo_path(args.home))} --model {shlex.quote(repo_path(args.model))}"
+                      f" --sft-minutes {args.sft_minutes:g} --sft-lr {args.sft_lr:g}" if args.model else "")
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")

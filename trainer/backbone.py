@@ -238,3 +238,14 @@ def build_backbone(out: Path, cfg: BackboneConfig | None = None, *, cache_dir: P
 def is_backbone(path: Path) -> bool:
     path = Path(path)
     return (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+
+
+def is_embedded(path: Path) -> bool:
+    """Whether ``path`` is the embedded backbone (built here from its corpus), the only one the recipes
+    warm up: a pretrained model (imported, or any HF directory a user names) is a language model already,
+    and a full fine-tune of it would rewrite weights its users chose."""
+    info = Path(path) / BUILD_INFO
+    if not info.is_file():
+        return False
+    record = json.loads(info.read_text())
+    return "words_sha256" in record and "imported" not in record

@@ -2,6 +2,9 @@
 
     backbone build -> data collect -> backbone warm-up -> SFT (separate adapters) -> publish
 
+A pretrained backbone (``glider backbone import``, or any HF directory ``GLIDER_MODEL`` names) is
+neither built nor warmed up: its adapters train on it as it is.
+
 This is what ``glider demo`` (README command a) runs on a 2-core CPU within its
 ~20-minute budget.  ``Recipe.full()`` is the paper's data (GLIDER's 1,284 train
 trajectories) with longer time boxes (45-minute warm-up, 60 minutes of SFT per mode):
@@ -139,7 +142,7 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> Pipe
     """Run whatever steps of the recipe are not done yet; returns what each step did."""
     from glider.server.policy.controller import HierarchyConfig
     from glider.server.policy.modes import ADAPTER_ROLES
-    from glider.trainer.backbone import build_backbone, is_backbone
+    from glider.trainer.backbone import build_backbone, is_backbone, is_embedded
     from glider.trainer.data.collect import collect, load_collected
     from glider.trainer.data.hierarchy import SegmentationConfig, split_by_group
     from glider.trainer.sft import SFTConfig, run_sft
@@ -158,7 +161,9 @@ def ensure_trained(settings, recipe: Recipe | None = None, *, say=print) -> Pipe
     done = PipelineRun(collected=collected, backbone_built=built)
     trajs = load_collected(expert, "scienceworld", "train", recipe.tasks or None, recipe.per_task)
     warm = warmup_info(model_dir)
-    if warm is None or warm.get("data") != data_key(trajs):
+    if not is_embedded(model_dir):
+        say(f"pretrained backbone {model_dir.name}: no warm-up, its adapters train on it as it is")
+    elif warm is None or warm.get("data") != data_key(trajs):
         say(f"backbone warm-up on {len(trajs)} transcripts")
         train_trajs, held_out = split_by_group(trajs, recipe.val_fraction)
         done.warmup = warmup_backbone(model_dir, train_trajs, recipe.warmup, home / "runs" / "warmup",

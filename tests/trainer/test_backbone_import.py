@@ -8,7 +8,7 @@ import json
 
 import pytest
 from glider.server.adapters.registry import base_model_identity
-from glider.trainer.backbone import BUILD_INFO
+from glider.trainer.backbone import BUILD_INFO, is_embedded
 from glider.trainer.backbone_import import (
     BackboneImportError,
     import_backbone,
@@ -51,6 +51,16 @@ def test_the_import_is_deterministic_and_its_identity_is_its_own(smollm_dir, tmp
     assert base_model_identity(again)["config_sha256"] == base_model_identity(smollm_dir)["config_sha256"]
     # adapters are bound to their base: the embedded backbone is another one
     assert base_model_identity(smollm_dir)["config_sha256"] != base_model_identity(backbone_dir)["config_sha256"]
+
+
+def test_only_the_embedded_backbone_is_warmed_up(smollm_dir, backbone_dir, tmp_path):
+    # the recipe's warm-up trains every weight: never on a pretrained model, imported or named by a user
+    assert is_embedded(backbone_dir)
+    assert not is_embedded(smollm_dir)
+    plain = tmp_path / "some-hf-model"
+    plain.mkdir()
+    (plain / "config.json").write_text((smollm_dir / "config.json").read_text())
+    assert not is_embedded(plain)
 
 
 def test_bad_sources_get_a_clear_error(tmp_path):
