@@ -10,6 +10,8 @@
     .venv/bin/python bench/quality.py --recipe demo --modes separate --splits unseen --entry demo-d \
         --home .glider/quality-smollm2 --model .glider/backbones/SmolLM2-135M-Instruct.Q4_1 --sft-minutes 90
                                     # the same recipe's SFT on a pretrained backbone, paired with demo-d's
+    ... --model .glider/backbones/SmolLM2-135M-Instruct.Q4_1 --prompted instruct,react
+                                    # + that backbone prompted without adapters (profiles), paired with its SFT
 
 Every stage is cached or resumable, so a run cut off (a session's end, a kill) carries on where it stopped
 when started again with the same arguments: collection and training resume from their caches and
@@ -58,7 +60,8 @@ from tqdm import tqdm
 LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)",
          "flat+orl": "flat SFT+ORL", "separate+orl": "hierarchical SFT+ORL (separate)",
          "shared+orl": "hierarchical SFT+ORL (shared)", "separate+orl-scratch": "hierarchical ORL (from scratch)",
-         "separate+bc": "hierarchical SFT+BC on ORL's data (separate; λ → ∞)"}
+         "separate+bc": "hierarchical SFT+BC on ORL's data (separate; λ → ∞)",
+         "prompted-instruct": "prompted, no adapters (instruct)", "prompted-react": "prompted ReAct, no adapters"}
 #: the comparisons the issues ask for, as (A, B): B − A is reported
 COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("separate", "separate+orl"), ("flat", "flat+orl"), ("flat", "separate+orl"),
@@ -135,9 +138,10 @@ def label_slug(label: str) -> str:
 
 
 def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None = None,
-             grounded: bool = False) -> tuple[Path, Summary]:
+             grounded: bool = False, profile: str | None = None) -> tuple[Path, Summary]:
     """One agent on the plan: the recipe registry's current adapters of ``mode``, or ``registry``'s (a
-    pinned copy holding one agent's versions); ``grounded``: with the environment's admissible commands."""
+    pinned copy holding one agent's versions); ``grounded``: with the environment's admissible commands;
+    ``profile``: the server's profile of that name plays the episodes (the default profile is ``mode``'s)."""
     s = home_settings(args, mode=mode)
     server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()),
                            GLIDER_ADAPTERS=str(registry or s.adapters_dir()), GLIDER_RECORD="false", **env)
@@ -146,11 +150,14 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
         from glider.clients.sdk import GliderClient
 
         with GliderClient(server.url) as client:
-            adapters = dict(client.ready().adapters)
+            # ready() reports the default profile's adapters; a prompted profile plays with none
+            adapters = {} if profile else dict(client.ready().adapters)
         slug = label_slug(label)
-        out = args.home / "eval" / plan.protocol / (slug + "-" + "_".join(f"{k}-{v}" for k, v in sorted(adapters.items())))
+        versions = "_".join(f"{k}-{v}" for k, v in sorted(adapters.items()))
+        out = args.home / "eval" / plan.protocol / (f"{slug}-{versions}" if versions else slug)
         t0 = time.monotonic()
-        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel, grounded=grounded)
+        cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel, grounded=grounded,
+                         profile=profile)
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
         with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {label}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
@@ -218,6 +225,10 @@ def main() -> None:
     p.add_argument("--sft-lr", type=float, default=5e-4,
                    help="--model: the LoRA SFT learning rate (the embedded recipes' 2e-3 trains a 4 M model from "
                         "a warm-up)")
+    p.add_argument("--prompted", default="",
+                   help="--model: also evaluate the backbone prompted without adapters, one profile per prompt style "
+                        "(instruct, react: the paper's prompted ReAct), e.g. 'instruct,react'; agents "
+                        "prompted-<style> (<directory name>), compared, paired, with the SFT agents on that backbone")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--entry", default=None,
                    help="record under this name instead of the recipe's: another training of a recipe (its own "
@@ -229,6 +240,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("glider.trainer").setLevel(logging.INFO)
     recipe = Recipe.full(args.sft_minutes, args.warmup_minutes) if args.recipe == "full" else Recipe.named(args.recipe)
+    if args.prompted and not args.model:
+        raise SystemExit("--prompted evaluates a pretrained backbone without adapters: give it with --model")
+    unknown_styles = {x.strip() for x in args.prompted.split(",") if x.strip()} - {"instruct", "react"}
+    if unknown_styles:
+        raise SystemExit(f"--prompted: unknown prompt styles {sorted(unknown_styles)} (instruct | react)")
     if args.model:
         pretrained_checks(args)
         args.model = args.model.resolve()  # the servers and the results name it from anywhere
@@ -275,6 +291,8 @@ def main() -> None:
         grounded = (f"grounded, {' + '.join(protect)} protected", {"GLIDER_GROUNDING_PROTECTED": json.dumps(protect)}) \
             if protect else ("grounded", {})
         wanted += [(f"{mode} ({grounded[0]})", mode, grounded[1], None) for mode in modes]
+    prompted = [x.strip() for x in args.prompted.split(",") if x.strip()]
+    wanted += [(on_backbone(args, f"prompted-{style}"), modes[0], {}, None) for style in prompted]
     runs: dict[str, tuple[Path, Summary]] = {}
     pinned = orl_data is not None  # several agents of one mode share the registry: serve each from a copy
     for label, mode, env, init in wanted:  # the figures are written after each run: a cut-off run keeps them
@@ -283,13 +301,15 @@ def main() -> None:
         if args.skip_eval:
             continue
         base, _, variant = label.partition(" (")
-        versions, pin = agents[base], base
+        versions, pin = agents.get(base, agents[mode]), base  # a prompted profile: the mode's server
         if variant.endswith(" only)"):  # one role's ORL version, the other role's SFT version
             role = variant.split()[0]
             versions, pin = {**agents[mode], role: agents[base][role]}, label_slug(label)
         view = registry.pinned_copy(versions, args.home / "pinned" / pin.replace("+", "-")).root if pinned \
             else None
-        runs[label] = evaluate(args, plan, mode, label, env, registry=view, grounded="(grounded" in label)
+        profile = prompted_profile(args, base.removeprefix("prompted-")) if base.startswith("prompted-") else None
+        runs[label] = evaluate(args, plan, mode, label, env, registry=view, grounded="(grounded" in label,
+                               profile=profile)
         record(args, recipe, plan, training, runs, orl)
     if args.skip_eval:
         print(json.dumps({"sft": training, "orl": orl}, indent=2))
@@ -312,6 +332,18 @@ def pretrained_checks(args) -> None:
                                       ("--repeat", args.repeat > 1)) if on]
     if combined:
         raise SystemExit(f"--model trains and evaluates SFT agents only; not with {' '.join(combined)}")
+
+
+def prompted_profile(args, style: str) -> str:
+    """The profile ``prompted-<style>`` in the home's registry: the backbone with no adapters, prompted in
+    ``style`` (flat mode, the only one a prompted format has).  Written before its server starts, as the
+    admin API would (the same store), so the server loads it like any persisted profile."""
+    from glider.server.profiles import GenerationSettings, ProfileSpec, ProfileStore
+
+    name = f"prompted-{style}"
+    ProfileStore(home_settings(args).adapters_dir(), ProfileSpec()).put(
+        name, ProfileSpec(mode="flat", adapters=False, generation=GenerationSettings(prompt_style=style)))
+    return name
 
 
 def orl_trajectories(args, recipe: Recipe) -> list:
@@ -401,6 +433,9 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     runs = {**{label: run for label, (run, _) in earlier.items()}, **runs}
     pairs = [(a, b, scale) for a, b, *rest in COMPARE for scale in [rest[0] if rest else 1.0]
              if a in runs and b in runs]
+    # a backbone prompted without adapters against the agents trained on it (the same variant: its name)
+    pairs += [(p, m, 1.0) for p in runs if p.startswith("prompted-")
+              for m in runs if not m.startswith("prompted-") and " (" in m and m.partition(" (")[2] == p.partition(" (")[2]]
     # an agent's variants (repeat, guards off, grounded) against the agent itself
     pairs += [(k.split(" (")[0], k, 1.0) for k in runs if " (" in k and k.split(" (")[0] in runs]
     comparisons = []
@@ -429,6 +464,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --entry {shlex.quote(args.entry)}" if args.entry else "")
                    + (f" --home {shlex.quote(repo_path(args.home))} --model {shlex.quote(repo_path(args.model))}"
                       f" --sft-minutes {args.sft_minutes:g} --sft-lr {args.sft_lr:g}" if args.model else "")
+                   + (f" --prompted {args.prompted}" if args.prompted else "")
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
@@ -449,8 +485,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         **({"orl": orl} if orl else {}),
         "agents": {label: earlier[label][1] if label in earlier else
                    {"protocol": plan.protocol, "plan_file": plan_file, "recipe": recipe.name,
-                    "commit": summary.meta.get("commit"), "run": str(out.relative_to(ROOT)),
-                    "episodes_file": str(episodes_file(label).relative_to(ROOT)),
+                    "commit": summary.meta.get("commit"), "run": repo_path(out),
+                    "episodes_file": repo_path(episodes_file(label)),
                     "minutes": summary.meta.get("minutes"),
                     "splits": {s: {k: getattr(o, k) for k in ("episodes", "mean", "low", "high", "se")}
                                for s, o in summary.overall.items()}}
