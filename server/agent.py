@@ -128,8 +128,17 @@ class Agent:
         except StoreUnavailable as exc:
             log.warning("%s; steps will answer 503 until it is reachable", exc)
         self.backend.lora_slots = self.profiles.lora_slots()
-        await self.backend.start()
-        await self.profiles.start()
+        try:
+            await self.backend.start()
+            await self.profiles.start()
+        except BaseException:
+            # a start that fails (the default profile has no adapters) closes what it opened: an engine
+            # process left running keeps the interpreter waiting for it at exit, so the process never ends
+            try:
+                await self.close()
+            except Exception:  # noqa: BLE001 - the start's own error is the one to report
+                log.exception("closing after a failed start")
+            raise
         if self.swap_channel is not None:
             self.swap_channel.start()
 

@@ -10,7 +10,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from glider.server.adapters import AdapterRegistry
+from glider.server.adapters import AdapterNotFound, AdapterRegistry
 from glider.server.agent import Agent
 from glider.server.api.rest import BodyLimit, create_app
 from glider.server.backends.base import (
@@ -377,3 +377,13 @@ def test_a_request_trace_that_cannot_be_written_is_dropped_not_the_step(tmp_path
     backend._write_trace(0.0, GenerationSpec(prompt="p", adapter=None), None,
                          GenerationResult(text="go", adapter_version=None, prompt_tokens=1, completion_tokens=1))
     assert backend._trace is None and trace.closed  # tracing stopped; the step's result stands
+
+
+async def test_a_start_that_fails_closes_the_engine_it_started(tmp_path):
+    # with the engine left running, the process would wait for it at exit and never end
+    agent, backend = make_agent(tmp_path, MemoryEpisodeStore())
+    agent.recorder = TrajectoryRecorder(tmp_path / "episodes")
+    (tmp_path / "adapters" / "planner" / "current").unlink()  # the default profile cannot load
+    with pytest.raises(AdapterNotFound, match="planner"):
+        await agent.start()
+    assert not backend.ready and agent.recorder._thread is None
