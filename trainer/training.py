@@ -54,7 +54,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200  # optimizer steps
     log_every: int = 10
-    max_minutes: float | None = None  # stop early (checkpointed) after this long
+    max_minutes: float | None = None  # stop early (checkpointed) after this much training, resumed runs included
     progress: bool = True
     # early stopping on held-out sequences (``train(..., val_sequences=...)``): evaluate every
     # ``eval_every`` optimizer steps, stop after ``patience`` evaluations without a new best
@@ -407,6 +407,12 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     model.train()
     step = progress["step"]
     started = time.monotonic()
+    # training time of the runs this one resumes: the time box covers the whole run, however often it
+    # was stopped and restarted (a resumed run with a fresh box would train longer than the one asked for)
+    spent = progress.get("seconds", 0.0)
+
+    def trained_s() -> float:
+        return spent + time.monotonic() - started
     real_tokens = padded_tokens = target_tokens = 0
     window: list[float] = []
     first_loss = last_loss = float("nan")
@@ -452,8 +458,8 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                     stopped_early = True
                     break
             if step % cfg.checkpoint_every == 0:
-                checkpoints.save(accelerator, progress, stopping)
-            if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
+                checkpoints.save(accelerator, {**progress, "seconds": trained_s()}, stopping)
+            if cfg.max_minutes is not None and trained_s() > cfg.max_minutes * 60:
                 stopped_early = True
                 break
             if step >= total_steps:
@@ -469,7 +475,7 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     if early and (not curve or curve[-1][0] != step):
         measure(step, last_loss)  # where it stopped, so the best is chosen among every end point
         best = stopping.best
-    checkpoints.save(accelerator, progress, stopping)
+    checkpoints.save(accelerator, {**progress, "seconds": trained_s()}, stopping)
     bar.close()
     accelerator.end_training()
     elapsed = time.monotonic() - started
@@ -481,6 +487,6 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     return TrainResult(steps=step, epochs_done=step / max(1, per_epoch), train_loss=last_loss,
                        first_loss=first_loss, tokens_per_s=real_tokens / max(elapsed, 1e-9),
                        target_tokens_per_s=target_tokens / max(elapsed, 1e-9),
-                       padding_share=1 - real_tokens / max(1, padded_tokens), seconds=elapsed,
+                       padding_share=1 - real_tokens / max(1, padded_tokens), seconds=spent + elapsed,
                        stopped_early=stopped_early, best_step=best["step"] if early else None,
                        best_val_loss=best["loss"] if early else None, val_curve=curve if early else None)

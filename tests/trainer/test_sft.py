@@ -65,6 +65,23 @@ def test_training_resumes_from_its_checkpoint(tiny_model_dir, gold_trajectory, t
     assert progress["step"] == 9 and progress["fingerprint"]
 
 
+def test_a_resumed_run_keeps_the_time_box_of_the_whole_run(tiny_model_dir, gold_trajectory, tmp_path):
+    cfg = SFTConfig(mode="flat", val_fraction=0.0,
+                    train=TrainConfig(lr=3e-3, max_steps=6, batch_tokens=2048, checkpoint_every=3,
+                                      log_every=1, progress=False))
+    run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg)
+    latest = tmp_path / "flat" / "checkpoints" / "latest" / "progress.json"
+    progress = json.loads(latest.read_text())
+    assert 0 < progress["seconds"] < 600
+    # as if the first run had trained for 10 minutes before it was stopped: a 5-minute box is spent,
+    # so the resumed run ends after its first step instead of training 5 more minutes
+    latest.write_text(json.dumps({**progress, "seconds": 600.0}))
+    cfg.train.max_steps, cfg.train.max_minutes = 100, 5
+    again = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
+    assert again.steps == 7 and again.stopped_early
+    assert again.seconds >= 600  # the whole run's training time, both parts
+
+
 def test_unknown_mode_is_refused(tiny_model_dir, gold_trajectory, tmp_path):
     with pytest.raises(ValueError, match="unknown SFT mode"):
         run_sft(tiny_model_dir, [gold_trajectory], tmp_path, SFTConfig(mode="hierarchical"))
