@@ -204,6 +204,9 @@ def main() -> None:
                    help="ORL: the stage's time box per mode (critic rounds included); 0: none, the actor runs "
                         "--orl-epochs whole (a fixed schedule: a box gives an idle machine more epochs)")
     p.add_argument("--orl-epochs", type=float, default=4.0, help="ORL: actor epochs (a critic round before each)")
+    p.add_argument("--orl-critic-every", type=int, default=1,
+                   help="ORL: a critic round before every N-th actor epoch (N ≥ --orl-epochs: one critic, fitted "
+                        "on the SFT policy's features, for the whole run; its own run directory)")
     p.add_argument("--orl-critic", default="{}",
                    help='ORL: CriticConfig fields as JSON, e.g. \'{"advantage": "mc", "expectile": 0.5}\'')
     p.add_argument("--perturb", type=float, default=0.2,
@@ -380,7 +383,8 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
     from glider.trainer.training import TrainConfig
 
     s = home_settings(args, mode=mode)
-    out = args.home / "runs" / f"orl-{mode}-{init}"
+    every = args.orl_critic_every
+    out = args.home / "runs" / (f"orl-{mode}-{init}" + (f"-critic-every-{every}" if every != 1 else ""))
     metrics_file = out / "orl_metrics.json"
     from_sft = init in ("sft", "bc")
     started = {name: v for name, v in sft_versions.items()} if from_sft else {}
@@ -396,13 +400,14 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
         versions = {name: a.get("published") for name, a in metrics["adapters"].items()}
         same_critic = {**critic, **metrics.get("config", {}).get("critic", {})} == critic
         ran = metrics.get("config", {}).get("actor", {})
-        same_schedule = {k: ran.get(k) for k in schedule} == schedule
+        same_schedule = ({k: ran.get(k) for k in schedule} == schedule
+                         and metrics.get("config", {}).get("critic_every", 1) == every)
         if all(versions.values()) and metrics.get("started_from", {}) == started and same_critic and same_schedule:
             return versions, orl_figures(metrics, 0.0)
         shutil.rmtree(out)  # another critic's or schedule's run: a new one (its ORL versions are published anew)
     t0 = time.monotonic()
     cfg = ORLConfig(mode=mode, init="sft" if from_sft else init, segmentation=SegmentationConfig(max_len=s.c_max),
-                    critic=CriticConfig(**critic_fields), actor=actor)
+                    critic=CriticConfig(**critic_fields), actor=actor, critic_every=every)
     report = run_orl(s.model_dir(), trajs, out, cfg, registry=s.adapters_dir(), make_current=False,
                      start_versions=sft_versions if from_sft else None,
                      hierarchy=HierarchyConfig.from_settings(s))
@@ -474,7 +479,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (" --orl-roles" if args.orl_roles else "")
                    + (f" --orl-minutes {args.orl_minutes:g} --orl-epochs {args.orl_epochs:g} --perturb {args.perturb:g}"
                       f" --orl-critic {shlex.quote(args.orl_critic)}"
-                      f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch or args.orl_bc else ""),
+                      + (f" --orl-critic-every {args.orl_critic_every}" if args.orl_critic_every != 1 else "")
+                      + f" --medium-minutes {args.medium_minutes:g}" if args.orl or args.orl_scratch or args.orl_bc else ""),
         "recipe": {"name": recipe.name, "per_task": recipe.per_task, "warmup": vars(recipe.warmup),
                    "sft": vars(recipe.sft)},
         # a mode trained in an earlier run keeps its figures: its agent is kept, or this run only

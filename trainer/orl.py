@@ -69,8 +69,9 @@ class ORLConfig:
     # TD critic does not (docs/results.md; whether its ORL agent beats SFT varied between two trainings);
     # the paper's TD critic is CriticConfig(advantage="td", expectile=0.95)
     critic: CriticConfig = field(default_factory=lambda: CriticConfig(advantage="mc", expectile=0.5))
-    # a critic round before every ``critic_every``-th actor epoch: with 4 epochs, the authors' 4 rounds
     actor: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, epochs=4.0, warmup_steps=5))
+    # a critic round before every ``critic_every``-th actor epoch: with 4 epochs, the authors' 4 rounds;
+    # ``critic_every`` ≥ the epochs: one critic, on the starting policy's features, for the whole run
     critic_every: int = 1
     lora: LoraSettings = field(default_factory=sft_lora)  # for init=scratch
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
@@ -247,6 +248,7 @@ class ORLReport:
                "heldout_trajectories": self.heldout_trajectories,
                "config": {"critic": asdict(self.config.critic), "actor": asdict(self.config.actor),
                           "executor_reward": asdict(self.config.executor_reward),
+                          "critic_every": self.config.critic_every,
                           "heldout_fraction": self.config.heldout_fraction},
                "adapters": {name: a.to_dict() for name, a in self.adapters.items()}}
         started = {name: a.started_from for name, a in self.adapters.items() if a.started_from}

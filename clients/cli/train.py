@@ -197,6 +197,9 @@ def train_orl(
     heldout_fraction: Annotated[float | None, _opt("Variations kept out to check the critic's ranking on.",
                                                    ORL.heldout_fraction)] = None,
     epochs: Annotated[float | None, _opt("Actor epochs; a critic round before each.", ORL.actor.epochs)] = None,
+    critic_every: Annotated[int | None, _opt("A critic round before every N-th actor epoch (N ≥ --epochs: one "
+                                             "critic, on the starting policy's features).", ORL.critic_every)]
+    = None,
     lr: Annotated[float | None, _opt("Actor learning rate.", ORL.actor.lr)] = None,
     batch_tokens: Annotated[int | None, _opt("Padded tokens per micro-batch.", ORL.actor.batch_tokens)] = None,
     grad_accum: Annotated[int | None, _opt("", ORL.actor.grad_accum)] = None,
@@ -221,6 +224,8 @@ def train_orl(
         raise typer.BadParameter("sft | scratch", param_hint="--init")
     if advantage is not None and advantage not in ("td", "mc"):
         raise typer.BadParameter("td | mc", param_hint="--advantage")
+    if critic_every is not None and critic_every < 1:
+        raise typer.BadParameter("at least 1 epoch", param_hint="--critic-every")
     mode = _mode(shared, flat)
     s = settings(model=model, adapters=adapters)
     registry, target = profile_target(s, profile, mode)  # before the training: a bad --profile fails at once
@@ -231,7 +236,7 @@ def train_orl(
     trajs = trajectories(data, tasks, per_task, logs, perturbed=perturbed, medium=medium, profile=target.name)
     defaults = ORLConfig()
     cfg = given(defaults, mode=mode, init=init, segmentation=SegmentationConfig(max_len=s.c_max),
-                heldout_fraction=heldout_fraction,
+                heldout_fraction=heldout_fraction, critic_every=critic_every,
                 executor_reward=given(defaults.executor_reward, step_cost=step_cost),
                 critic=given(defaults.critic, expectile=expectile, lam=lam, max_weight=max_weight, gamma=gamma,
                              advantage=advantage,

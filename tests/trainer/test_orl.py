@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -346,6 +347,8 @@ def test_alternating_rounds_recompute_the_weights_and_the_margin_grows(tiny_mode
     epochs = [r.epoch for r in rounds]
     assert len(rounds) >= 3 and epochs == sorted(set(epochs)) and all(e % 10 == 0 for e in epochs), epochs
     assert len({(r.weights.advantage_mean, r.weights.weight_max) for r in rounds}) == len(rounds)  # recomputed
+    saved = json.loads((tmp_path / "orl" / "orl_metrics.json").read_text())
+    assert saved["config"]["critic_every"] == 10  # a resumed run and the benches compare schedules by it
     assert 0 < rounds[-1].weights.effective_sample_size < 1
     assert set(rounds[-1].by_source) == {"synthetic"} and rounds[-1].by_source["synthetic"].decisions == \
         rounds[-1].weights.decisions
@@ -373,6 +376,8 @@ def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
     assert bad_iterations.exit_code == 2 and "until stopped" in bad_iterations.output
     bad_advantage = runner.invoke(app, ["train", "orl", "--advantage", "bootstrap"])
     assert bad_advantage.exit_code == 2 and "td | mc" in bad_advantage.output
+    no_critic = runner.invoke(app, ["train", "orl", "--critic-every", "0"])
+    assert no_critic.exit_code == 2 and "--critic-every" in no_critic.output
     bad_eval = runner.invoke(app, ["train", "o2o", "--eval-episodes", "-1"])
     assert bad_eval.exit_code == 2 and "no evaluation" in bad_eval.output
     bad_eps = runner.invoke(app, ["data", "collect", "--perturb", "1.5", "--out", str(tmp_path)])
