@@ -416,11 +416,12 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     real_tokens = padded_tokens = target_tokens = 0
     window: list[float] = []
     first_loss = last_loss = float("nan")
-    stopped_early = False
+    # a run resumed with its time box spent takes no further step
+    stopped_early = cfg.max_minutes is not None and spent > cfg.max_minutes * 60
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step",
                disable=not cfg.progress or not accelerator.is_local_main_process)
     epoch = progress["epoch"]
-    while step < total_steps:
+    while step < total_steps and not stopped_early:
         if on_epoch is not None:
             on_epoch(epoch)
         batches = bucket_batches(lengths, cfg.batch_tokens, cfg.seed, epoch)

@@ -74,11 +74,16 @@ def test_a_resumed_run_keeps_the_time_box_of_the_whole_run(tiny_model_dir, gold_
     progress = json.loads(latest.read_text())
     assert 0 < progress["seconds"] < 600
     # as if the first run had trained for 10 minutes before it was stopped: a 5-minute box is spent,
-    # so the resumed run ends after its first step instead of training 5 more minutes
+    # so the resumed run takes no further step instead of training 5 more minutes
     latest.write_text(json.dumps({**progress, "seconds": 600.0}))
     cfg.train.max_steps, cfg.train.max_minutes = 100, 5
     again = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
-    assert again.steps == 7 and again.stopped_early
+    assert again.steps == 6 and again.stopped_early
+    # with box left (10 minutes, 5 of them spent) it goes on from step 6
+    latest.write_text(json.dumps({**json.loads(latest.read_text()), "seconds": 300.0}))
+    cfg.train.max_steps, cfg.train.max_minutes = 8, 10
+    more = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
+    assert more.steps == 8 and not more.stopped_early
     assert again.seconds >= 600  # the whole run's training time, both parts
 
 
