@@ -43,7 +43,8 @@ def step_times(model_dir: Path, registry: Path, trajs, s, steps: int, out: Path)
     eps = episodes_for(trajs, seg=SegmentationConfig(max_len=s.c_max))
     seqs, decisions = role_decisions(eps, "executor", SequenceBuilder(tok, 2048), hierarchy)
     start = AdapterRegistry(registry).get("executor").path
-    cfg = TrainConfig(lr=5e-4, max_steps=steps, warmup_steps=1, progress=False, checkpoint_every=10**6)
+    cfg = TrainConfig(lr=5e-4, max_steps=steps, warmup_steps=1, progress=False, checkpoint_every=10**6,
+                      checkpoint_minutes=None)
     plain = load_policy(model_dir, adapter=start, lora=None)
     t0 = time.monotonic()
     train(plain, seqs, cfg, out / "sft", pad_id=tok.pad_token_id, name="sft-step")

@@ -53,6 +53,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint_every: int = 200  # optimizer steps
+    # ... or this many minutes since the last checkpoint, whichever comes first: 200 steps of a pretrained
+    # backbone on a CPU are 45 minutes, all lost to a stop between two step-count checkpoints
+    checkpoint_minutes: float | None = 10.0
     log_every: int = 10
     max_minutes: float | None = None  # stop early (checkpointed) after this much training, resumed runs included
     progress: bool = True
@@ -413,6 +416,8 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
 
     def trained_s() -> float:
         return spent + time.monotonic() - started
+
+    saved_at = started
     real_tokens = padded_tokens = target_tokens = 0
     window: list[float] = []
     first_loss = last_loss = float("nan")
@@ -458,8 +463,10 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                 if measure(step, sum(window) / len(window) if window else last_loss):
                     stopped_early = True
                     break
-            if step % cfg.checkpoint_every == 0:
+            if step % cfg.checkpoint_every == 0 or (
+                    cfg.checkpoint_minutes is not None and time.monotonic() - saved_at > cfg.checkpoint_minutes * 60):
                 checkpoints.save(accelerator, {**progress, "seconds": trained_s()}, stopping)
+                saved_at = time.monotonic()
             if cfg.max_minutes is not None and trained_s() > cfg.max_minutes * 60:
                 stopped_early = True
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -63,6 +64,25 @@ def test_training_resumes_from_its_checkpoint(tiny_model_dir, gold_trajectory, t
     assert other.steps == 9 and other.first_loss > again.train_loss
     progress = json.loads((tmp_path / "flat" / "checkpoints" / "latest" / "progress.json").read_text())
     assert progress["step"] == 9 and progress["fingerprint"]
+
+
+def test_checkpoints_come_by_time_too(tiny_model_dir, gold_trajectory, tmp_path, monkeypatch):
+    from glider.trainer.training import Checkpoints
+
+    saves = []
+    original = Checkpoints.save
+    monkeypatch.setattr(Checkpoints, "save", lambda self, acc, progress, stopping: (
+        saves.append(progress["step"]), original(self, acc, progress, stopping)))
+    by_steps = TrainConfig(lr=3e-3, max_steps=4, batch_tokens=2048, checkpoint_every=1000, checkpoint_minutes=None,
+                           log_every=1, progress=False)
+    run_sft(tiny_model_dir, [gold_trajectory], tmp_path / "steps", SFTConfig(mode="flat", val_fraction=0.0,
+                                                                              train=by_steps))
+    assert saves == [4]  # only the final one: 1000 steps never come
+    saves.clear()
+    by_time = dataclasses.replace(by_steps, checkpoint_minutes=1e-9)  # every step is "minutes" after the last
+    run_sft(tiny_model_dir, [gold_trajectory], tmp_path / "time", SFTConfig(mode="flat", val_fraction=0.0,
+                                                                             train=by_time))
+    assert saves == [1, 2, 3, 4, 4]
 
 
 def test_a_resumed_run_keeps_the_time_box_of_the_whole_run(tiny_model_dir, gold_trajectory, tmp_path):
