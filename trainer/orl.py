@@ -408,7 +408,7 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
                 len(s) for s in all_seqs) / max(1, total_tokens)})
         fingerprint = run_fingerprint(actor_cfg, all_seqs, base_model_identity(model_dir), cfg.init,
                                       str(start_adapter), name, "orl", asdict(cfg.critic),
-                                      asdict(cfg.executor_reward))
+                                      asdict(cfg.executor_reward), cfg.critic_every)
         result = train(model, all_seqs, actor_cfg, out_dir / name, pad_id=tokenizer.pad_token_id,
                        name=f"orl-{name}", fingerprint=fingerprint, on_epoch=new_round)
         critic_seconds += sum(r.seconds for rep in roles.values() for r in rep.rounds[1:])

@@ -99,12 +99,12 @@ def test_a_resumed_run_keeps_the_time_box_of_the_whole_run(tiny_model_dir, gold_
     cfg.train.max_steps, cfg.train.max_minutes = 100, 5
     again = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
     assert again.steps == 6 and again.stopped_early
+    assert again.seconds >= 600  # the whole run's training time, both parts
     # with box left (10 minutes, 5 of them spent) it goes on from step 6
     latest.write_text(json.dumps({**json.loads(latest.read_text()), "seconds": 300.0}))
     cfg.train.max_steps, cfg.train.max_minutes = 8, 10
     more = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
     assert more.steps == 8 and not more.stopped_early
-    assert again.seconds >= 600  # the whole run's training time, both parts
 
 
 def test_unknown_mode_is_refused(tiny_model_dir, gold_trajectory, tmp_path):
