@@ -61,6 +61,7 @@ LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared"
          "flat+orl": "flat SFT+ORL", "separate+orl": "hierarchical SFT+ORL (separate)",
          "shared+orl": "hierarchical SFT+ORL (shared)", "separate+orl-scratch": "hierarchical ORL (from scratch)",
          "separate+bc": "hierarchical SFT+BC on ORL's data (separate; λ → ∞)",
+         "separate+bc-scratch": "hierarchical BC on ORL's data, from scratch (separate; λ → ∞)",
          "prompted-instruct": "prompted, no adapters (instruct)", "prompted-react": "prompted ReAct, no adapters"}
 #: the comparisons the issues ask for, as (A, B): B − A is reported
 COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
@@ -69,6 +70,8 @@ COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("separate+orl-scratch", "separate+orl"),
            # the control: the same data and actor schedule with flat weights; ORL − BC is the advantage's share
            ("separate", "separate+bc"), ("separate+bc", "separate+orl"),
+           # from a fresh LoRA the data's own mix is the whole prior: where the weights should matter most
+           ("separate+bc-scratch", "separate+orl-scratch"),
            # the issue's ratio target: hierarchical SFT+ORL ≥ 1.15 × flat SFT, as B − 1.15·A above 0
            ("flat", "separate+orl", 1.15)]
 #: λ of the behaviour-cloning control: |A| ≤ 1 on the 0..1 score scale, so exp(A/λ) is 1 to about 1e-6
@@ -219,7 +222,8 @@ def main() -> None:
     p.add_argument("--orl-bc", action="store_true",
                    help="also the separate mode's control (agent separate+bc): ORL's run from the same SFT on the "
                         "same data with λ → ∞, i.e. flat weights, behaviour cloning on the ORL data mix; "
-                        "separate+orl − separate+bc is what the advantages themselves bought")
+                        "separate+orl − separate+bc is what the advantages themselves bought. With --orl-scratch, "
+                        "the same control from scratch (separate+bc-scratch), and the one from SFT only with --orl")
     p.add_argument("--model", type=Path, default=None,
                    help="train and evaluate on this pretrained backbone (an HF directory, e.g. from `glider backbone "
                         "import`) instead of the embedded one: no warm-up, SFT boxed by --sft-minutes at --sft-lr, "
@@ -278,7 +282,10 @@ def main() -> None:
     per_mode = {mode: [(f"{mode}+orl" + ("-scratch" if init == "scratch" else ""), init)
                        for init in (["sft"] if args.orl else [])
                        + (["scratch"] if args.orl_scratch and mode == "separate" else [])]
-                + ([("separate+bc", "bc")] if args.orl_bc and mode == "separate" else [])
+                + ([("separate+bc", "bc")] if args.orl_bc and mode == "separate" and (args.orl or not args.orl_scratch)
+                   else [])
+                + ([("separate+bc-scratch", "bc-scratch")] if args.orl_bc and args.orl_scratch and mode == "separate"
+                   else [])
                 for mode in modes} if orl_data is not None else {mode: [] for mode in modes}
     wanted = [(on_backbone(args, label), mode, {}, init) for mode in modes
               for label, init in [(mode, None), *per_mode[mode]]]
@@ -389,7 +396,7 @@ def train_orl(args, trajs: list, mode: str, init: str, sft_versions: dict[str, s
     from_sft = init in ("sft", "bc")
     started = {name: v for name, v in sft_versions.items()} if from_sft else {}
     critic_fields = json.loads(args.orl_critic)
-    if init == "bc":  # the control: the same run from the same SFT, with weights exp(A/λ) ≈ 1 everywhere
+    if init.startswith("bc"):  # the control: the same run from the same start, with weights exp(A/λ) ≈ 1 everywhere
         critic_fields["lam"] = BC_LAMBDA
     critic = json.loads(json.dumps(dataclasses.asdict(CriticConfig(**critic_fields)), default=str))
     actor = TrainConfig(lr=5e-4 if from_sft else 2e-3, epochs=args.orl_epochs, batch_tokens=2048,
