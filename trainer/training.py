@@ -187,7 +187,7 @@ class TrainResult:
     epochs_done: float
     train_loss: float  # mean over the last log window
     first_loss: float  # mean over the first log window
-    tokens_per_s: float  # real (non-padding) tokens through forward+backward per second
+    tokens_per_s: float  # real (non-padding) tokens through forward+backward per second, resumes included
     target_tokens_per_s: float
     padding_share: float
     seconds: float
@@ -418,9 +418,16 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
         return spent + time.monotonic() - started
 
     saved_at = started
-    real_tokens = padded_tokens = target_tokens = 0
+    # the loss and token counts carry over a resume too: a run resumed with nothing left to train
+    # reports the run's figures, not NaN and 0 tokens/s
+    real_tokens, padded_tokens, target_tokens = progress.get("tokens", (0, 0, 0))
     window: list[float] = []
-    first_loss = last_loss = float("nan")
+    first_loss, last_loss = (float("nan") if progress.get(k) is None else progress[k]
+                             for k in ("first_loss", "last_loss"))
+
+    def snapshot() -> dict:
+        return {**progress, "seconds": trained_s(), "tokens": [real_tokens, padded_tokens, target_tokens],
+                **{k: None if math.isnan(v) else v for k, v in (("first_loss", first_loss), ("last_loss", last_loss))}}
     # a run resumed with its time box spent takes no further step
     stopped_early = cfg.max_minutes is not None and spent > cfg.max_minutes * 60
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step",
@@ -455,9 +462,8 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                 if math.isnan(first_loss):
                     first_loss = last_loss
                 window = []
-                elapsed = time.monotonic() - started
                 accelerator.log({"loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                                 "tokens_per_s": real_tokens / max(elapsed, 1e-9)}, step=step)
+                                 "tokens_per_s": real_tokens / max(trained_s(), 1e-9)}, step=step)
                 bar.set_postfix(loss=f"{last_loss:.3f}")
             if early and (step % cfg.eval_every == 0 or step == total_steps):
                 if measure(step, sum(window) / len(window) if window else last_loss):
@@ -465,7 +471,7 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
                     break
             if step % cfg.checkpoint_every == 0 or (
                     cfg.checkpoint_minutes is not None and time.monotonic() - saved_at > cfg.checkpoint_minutes * 60):
-                checkpoints.save(accelerator, {**progress, "seconds": trained_s()}, stopping)
+                checkpoints.save(accelerator, snapshot(), stopping)
                 saved_at = time.monotonic()
             if cfg.max_minutes is not None and trained_s() > cfg.max_minutes * 60:
                 stopped_early = True
@@ -483,18 +489,18 @@ def train(model, sequences: Sequence[TokenSequence], cfg: TrainConfig, out_dir: 
     if early and (not curve or curve[-1][0] != step):
         measure(step, last_loss)  # where it stopped, so the best is chosen among every end point
         best = stopping.best
-    checkpoints.save(accelerator, {**progress, "seconds": trained_s()}, stopping)
+    checkpoints.save(accelerator, snapshot(), stopping)
     bar.close()
     accelerator.end_training()
-    elapsed = time.monotonic() - started
+    seconds = trained_s()
     if early and stopping.best_weights is not None:
         _load_trainable(model, stopping.best_weights)
         if accelerator.is_main_process:
             (out_dir / "val_curve.json").write_text(json.dumps({"curve": curve, "best": best}))
             plot_val_curve(curve, out_dir / "val_curve.png", title=name)
     return TrainResult(steps=step, epochs_done=step / max(1, per_epoch), train_loss=last_loss,
-                       first_loss=first_loss, tokens_per_s=real_tokens / max(elapsed, 1e-9),
-                       target_tokens_per_s=target_tokens / max(elapsed, 1e-9),
-                       padding_share=1 - real_tokens / max(1, padded_tokens), seconds=spent + elapsed,
+                       first_loss=first_loss, tokens_per_s=real_tokens / max(seconds, 1e-9),
+                       target_tokens_per_s=target_tokens / max(seconds, 1e-9),
+                       padding_share=1 - real_tokens / max(1, padded_tokens), seconds=seconds,
                        stopped_early=stopped_early, best_step=best["step"] if early else None,
                        best_val_loss=best["loss"] if early else None, val_curve=curve if early else None)

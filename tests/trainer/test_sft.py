@@ -89,7 +89,7 @@ def test_a_resumed_run_keeps_the_time_box_of_the_whole_run(tiny_model_dir, gold_
     cfg = SFTConfig(mode="flat", val_fraction=0.0,
                     train=TrainConfig(lr=3e-3, max_steps=6, batch_tokens=2048, checkpoint_every=3,
                                       log_every=1, progress=False))
-    run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg)
+    first = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
     latest = tmp_path / "flat" / "checkpoints" / "latest" / "progress.json"
     progress = json.loads(latest.read_text())
     assert 0 < progress["seconds"] < 600
@@ -100,6 +100,9 @@ def test_a_resumed_run_keeps_the_time_box_of_the_whole_run(tiny_model_dir, gold_
     again = run_sft(tiny_model_dir, [gold_trajectory], tmp_path, cfg).adapters["flat"].training
     assert again.steps == 6 and again.stopped_early
     assert again.seconds >= 600  # the whole run's training time, both parts
+    # and it reports the run's figures, not NaN loss and 0 tokens/s for the part that took no step
+    assert again.train_loss == first.train_loss and again.first_loss == first.first_loss
+    assert 0 < again.tokens_per_s < first.tokens_per_s  # the same tokens over the faked 600 s
     # with box left (10 minutes, 5 of them spent) it goes on from step 6
     latest.write_text(json.dumps({**json.loads(latest.read_text()), "seconds": 300.0}))
     cfg.train.max_steps, cfg.train.max_minutes = 8, 10
