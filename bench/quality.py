@@ -160,7 +160,7 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
         out = args.home / "eval" / plan.protocol / (f"{slug}-{versions}" if versions else slug)
         t0 = time.monotonic()
         cfg = EvalConfig(plan=plan, server=server.url, transport="rest", parallel=args.parallel, grounded=grounded,
-                         profile=profile)
+                         profile=profile, timeout=args.step_timeout)
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
         with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {label}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
@@ -236,6 +236,9 @@ def main() -> None:
                    help="--model: also evaluate the backbone prompted without adapters, one profile per prompt style "
                         "(instruct, react: the paper's prompted ReAct), e.g. 'instruct,react'; agents "
                         "prompted-<style> (<directory name>), compared, paired, with the SFT agents on that backbone")
+    p.add_argument("--step-timeout", type=float, default=None,
+                   help="seconds one step's request may take (default 60; 600 with --model: SmolLM2 on 2 cores "
+                        "with 24 episodes in flight took over 60 s a step, and each cut-off step replays its episode)")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--entry", default=None,
                    help="record under this name instead of the recipe's: another training of a recipe (its own "
@@ -252,6 +255,8 @@ def main() -> None:
     unknown_styles = {x.strip() for x in args.prompted.split(",") if x.strip()} - {"instruct", "react"}
     if unknown_styles:
         raise SystemExit(f"--prompted: unknown prompt styles {sorted(unknown_styles)} (instruct | react)")
+    if args.step_timeout is None:
+        args.step_timeout = 600.0 if args.model else 60.0
     if args.model:
         pretrained_checks(args)
         args.model = args.model.resolve()  # the servers and the results name it from anywhere

@@ -90,6 +90,9 @@ class EvalConfig:
     # its own, never mixed with the paper's free-generation protocol
     grounded: bool = False
     profile: str | None = None  # the server's agent profile that plays every episode (None: the default)
+    # seconds one step's request may take: a 135 M backbone on 2 cores with 24 episodes in flight answers
+    # a step in tens of seconds, and a step cut off by the client replays its whole episode
+    timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if self.parallel is None:
@@ -214,7 +217,7 @@ def _play(cfg: EvalConfig, envs: _Environments, clients: threading.local,
         else:
             client = getattr(clients, "client", None)
             if client is None:
-                client = clients.client = make_client(cfg.transport, cfg.server)
+                client = clients.client = make_client(cfg.transport, cfg.server, cfg.timeout)
             report = play_episode(client, world, max_steps=cap, grounded=cfg.grounded, profile=cfg.profile,
                                   sampling=episode_sampling(cfg.temperature, cfg.seed, episode.key, cfg.top_p))
     except GliderAPIError:

@@ -108,13 +108,13 @@ def parse_variations(spec: str) -> tuple[str, list[int]]:
     return split, positions
 
 
-def make_client(transport: str, server: str):
+def make_client(transport: str, server: str, timeout: float = 60.0):
     from glider.clients.sdk import GliderClient, GliderGrpcClient
 
     if transport == "grpc":
-        return GliderGrpcClient(server)
+        return GliderGrpcClient(server, timeout=timeout)
     if transport == "rest":
-        return GliderClient(server)
+        return GliderClient(server, timeout=timeout)
     raise ValueError(f"unknown transport {transport!r} (rest | grpc)")
 
 

@@ -51,6 +51,9 @@ def run_command(
     transport: Annotated[str, typer.Option(help="grpc | rest")] = "grpc",
     parallel: Annotated[int | None, typer.Option(
         help="Episodes in flight, one environment each (default: as many as free memory holds, up to 24).")] = None,
+    timeout: Annotated[float, typer.Option(
+        min=1.0, help="Seconds one step's request may take (a slow backbone with many episodes in flight needs "
+                      "more; a step cut off replays its episode).")] = 60.0,
     policy: Annotated[str, typer.Option(help="server: the agent | gold: replay gold paths with no model "
                                              "(the environment's throughput floor)")] = "server",
     label: str = "",
@@ -113,7 +116,7 @@ def run_command(
         raise typer.BadParameter("a gold replay has no model to ground", param_hint="--grounded")
     cfg = EvalConfig(plan=plan, server=server, transport=transport, policy=policy,
                      parallel=parallel, temperature=temperature, seed=sampling_seed, grounded=grounded,
-                     profile=profile)
+                     profile=profile, timeout=timeout)
     console.print(plan.describe())
 
     def one_run(run_label: str, run_out: Path, meta: dict) -> Summary:

@@ -29,3 +29,23 @@ def test_a_config_without_parallel_takes_the_default_and_a_given_one_is_kept(mon
     plan = load_plan("quick")
     assert EvalConfig(plan=plan).parallel == int((8.0 - 2.0) / ENV_RESIDENT_GIB)
     assert EvalConfig(plan=plan, parallel=3).parallel == 3
+
+
+def test_an_evaluations_step_timeout_reaches_its_client():
+    """A slow backbone needs longer than the SDK's 60 s a step; the evaluation's timeout is the client's."""
+    import socket
+    import time
+
+    from glider.clients.evaluate import EvalConfig
+    from glider.clients.play import make_client
+    from glider.clients.protocols import load_plan
+
+    assert EvalConfig(plan=load_plan("quick"), parallel=1, timeout=600.0).timeout == 600.0
+    assert make_client("grpc", "127.0.0.1:1", timeout=600.0).timeout == 600.0
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = make_client("rest", f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.5)
+        started = time.monotonic()
+        assert client.ready() is None  # the read timed out (ready() reports a transport error as not ready)
+        assert 0.4 < time.monotonic() - started < 5  # after the half second asked for, not the SDK's 60
