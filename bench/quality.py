@@ -256,7 +256,7 @@ def main() -> None:
     if unknown_styles:
         raise SystemExit(f"--prompted: unknown prompt styles {sorted(unknown_styles)} (instruct | react)")
     if args.step_timeout is None:
-        args.step_timeout = 600.0 if args.model else 60.0
+        args.step_timeout = 600.0 if args.model else None  # None: the SDK's default
     if args.model:
         pretrained_checks(args)
         args.model = args.model.resolve()  # the servers and the results name it from anywhere

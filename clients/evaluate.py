@@ -92,7 +92,7 @@ class EvalConfig:
     profile: str | None = None  # the server's agent profile that plays every episode (None: the default)
     # seconds one step's request may take: a 135 M backbone on 2 cores with 24 episodes in flight answers
     # a step in tens of seconds, and a step cut off by the client replays its whole episode
-    timeout: float = 60.0
+    timeout: float | None = None  # None: the SDK's DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.parallel is None:

@@ -108,8 +108,10 @@ def parse_variations(spec: str) -> tuple[str, list[int]]:
     return split, positions
 
 
-def make_client(transport: str, server: str, timeout: float = 60.0):
-    from glider.clients.sdk import GliderClient, GliderGrpcClient
+def make_client(transport: str, server: str, timeout: float | None = None):
+    from glider.clients.sdk import DEFAULT_TIMEOUT_S, GliderClient, GliderGrpcClient
+
+    timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
 
     if transport == "grpc":
         return GliderGrpcClient(server, timeout=timeout)

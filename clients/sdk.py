@@ -35,6 +35,8 @@ class GliderAPIError(RuntimeError):
 
 
 # errors the server answers before changing anything: safe to send again
+#: seconds one request may take, unless the caller says otherwise
+DEFAULT_TIMEOUT_S = 60.0
 RETRYABLE = frozenset({"overloaded", "rate_limited", "backend_unavailable", "store_unavailable", "episode_busy"})
 BACKOFF_S, MAX_BACKOFF_S = 0.25, 10.0
 
@@ -67,7 +69,7 @@ def _act_body(**kwargs) -> dict:
 
 
 class GliderClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0, *, retries: int = 0,
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = DEFAULT_TIMEOUT_S, *, retries: int = 0,
                  transport: httpx.BaseTransport | None = None):
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
         self.retries = retries
@@ -150,7 +152,7 @@ class GliderClient:
 
 
 class AsyncGliderClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0,
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = DEFAULT_TIMEOUT_S,
                  max_connections: int = 100, *, retries: int = 0, transport: httpx.AsyncBaseTransport | None = None):
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
                                        limits=httpx.Limits(max_connections=max_connections))
@@ -354,7 +356,7 @@ def _open_channel(channels, target: str, tls: TLS | None, retries: int):
 class GliderGrpcClient:
     """Blocking gRPC client with the REST client's method names (``act``, ``get_episode``, ...)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None,
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = DEFAULT_TIMEOUT_S, *, tls: TLS | None = None,
                  retries: int = 0):
         import grpc
         from glider.v1 import agent_pb2_grpc
@@ -408,7 +410,7 @@ class AsyncGliderGrpcClient:
     """asyncio gRPC client: the same method names, plus ``episode()`` for a whole-episode stream
     (``retries`` applies to the unary calls: a stream that fails is resumed with ``act``)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = 60.0, *, tls: TLS | None = None,
+    def __init__(self, target: str = "127.0.0.1:50051", timeout: float = DEFAULT_TIMEOUT_S, *, tls: TLS | None = None,
                  retries: int = 0):
         import grpc
         from glider.v1 import agent_pb2_grpc

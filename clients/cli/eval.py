@@ -51,9 +51,9 @@ def run_command(
     transport: Annotated[str, typer.Option(help="grpc | rest")] = "grpc",
     parallel: Annotated[int | None, typer.Option(
         help="Episodes in flight, one environment each (default: as many as free memory holds, up to 24).")] = None,
-    timeout: Annotated[float, typer.Option(
-        min=1.0, help="Seconds one step's request may take (a slow backbone with many episodes in flight needs "
-                      "more; a step cut off replays its episode).")] = 60.0,
+    timeout: Annotated[float | None, typer.Option(
+        min=1.0, help="Seconds one step's request may take (default: the SDK's 60; a slow backbone with many "
+                      "episodes in flight needs more, and a step cut off replays its episode).")] = None,
     policy: Annotated[str, typer.Option(help="server: the agent | gold: replay gold paths with no model "
                                              "(the environment's throughput floor)")] = "server",
     label: str = "",

@@ -39,9 +39,11 @@ def test_an_evaluations_step_timeout_reaches_its_client():
     from glider.clients.evaluate import EvalConfig
     from glider.clients.play import make_client
     from glider.clients.protocols import load_plan
+    from glider.clients.sdk import DEFAULT_TIMEOUT_S
 
     assert EvalConfig(plan=load_plan("quick"), parallel=1, timeout=600.0).timeout == 600.0
     assert make_client("grpc", "127.0.0.1:1", timeout=600.0).timeout == 600.0
+    assert make_client("grpc", "127.0.0.1:1", timeout=None).timeout == DEFAULT_TIMEOUT_S  # an EvalConfig's default
     with socket.socket() as silent:  # accepts the connection, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
