@@ -23,12 +23,12 @@ SMOLLM = ROOT / ".glider" / "backbones" / "SmolLM2-135M-Instruct.Q4_1"
 EMBEDDED = ROOT / ".glider" / "backbone"
 
 
-def serve(name: str, model, home, levels: list[int], steps: int) -> dict:
+def serve(name: str, model, home, levels: list[int], steps: int, **env: str) -> dict:
     shutil.rmtree(home / "adapters", ignore_errors=True)
     publish_fresh_pair(home / "adapters", model, home / "src")
     t0 = time.monotonic()
     server = ServerProcess(settings(home=home, model=model), GLIDER_MODEL=str(model),
-                           GLIDER_ADAPTERS=str(home / "adapters"), GLIDER_RECORD="false")
+                           GLIDER_ADAPTERS=str(home / "adapters"), GLIDER_RECORD="false", **env)
     try:
         server.wait_ready()
         load_s = time.monotonic() - t0

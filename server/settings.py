@@ -68,6 +68,12 @@ class Settings(BaseSettings):
                                     "before they sleep (vLLM's own: 1 s, two spinning cores under load). Default: "
                                     "0.002 on CPU machines, vLLM's own on GPUs; 1 or more keeps vLLM's. At least "
                                     "1 ms: with 0 the engine never answered its first request (2026-12-06).")
+    engine_cpus: str = Field(
+        "auto", pattern=r"^(auto|all|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$",
+        description="vLLM-CPU: the cores the engine's worker computes on (VLLM_CPU_OMP_THREADS_BIND). 'auto' "
+                    "keeps vLLM's binding, which reserves a core for the engine's scheduler and the server "
+                    "(on 2 cores the model runs on one); 'all' computes on every core this process may use; "
+                    "or a list such as '0-3,6'. An engine-bound backbone wants 'all' (docs/benchmarks.md).")
     trace_requests: Path | None = Field(
         None, description="vLLM: append one JSON line per engine request (prompt, adapter and its path, "
                           "sampling, token counts, start and end) to this file: a served workload to replay "

@@ -56,6 +56,16 @@ def _preload_tcmalloc() -> None:
     os.environ["LD_PRELOAD"] = ":".join(filter(None, [lib, os.environ.get("LD_PRELOAD")]))
 
 
+def omp_threads_bind(engine_cpus: str) -> str | None:
+    """GLIDER_ENGINE_CPUS as vLLM-CPU's VLLM_CPU_OMP_THREADS_BIND, or None to leave vLLM's (or the
+    operator's own variable) in place: 'all' is every core this process may run on."""
+    if engine_cpus == "auto":
+        return None
+    if engine_cpus == "all":
+        return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    return engine_cpus
+
+
 def _is_cuda() -> bool:
     try:
         import torch
@@ -96,6 +106,9 @@ class VLLMBackend(Backend):
         busy_wait = s.engine_busy_wait_s if s.engine_busy_wait_s is not None else (None if cuda else 0.002)
         if busy_wait is not None:  # read by the vllm_busy_wait plugin in the engine's spawned processes
             os.environ[BUSY_WAIT_ENV] = str(busy_wait)
+        bind = None if cuda else omp_threads_bind(s.engine_cpus)
+        if bind is not None:  # read when the engine spawns its worker
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
         # the prefix cache reuses whole blocks only; vLLM-CPU's own 128 wastes most of a 200-400-token prompt
         # (bench/hier_vs_flat.py, bench/concurrency.py: 32 serves 1.35-1.45x the env-steps/s)
         block_size = s.block_size if s.block_size is not None else (None if cuda else CPU_BLOCK_SIZE)

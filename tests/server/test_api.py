@@ -359,6 +359,20 @@ def test_an_engine_busy_wait_the_engine_cannot_wake_from_is_refused():
     assert Settings(engine_busy_wait_s=0.002).engine_busy_wait_s == 0.002
 
 
+def test_the_engine_cores_map_onto_vllms_binding_and_a_malformed_list_is_refused():
+    import os
+
+    from glider.server.backends.vllm import omp_threads_bind
+    from pydantic import ValidationError
+
+    assert omp_threads_bind("auto") is None  # vLLM's own binding (or the operator's variable) stays
+    assert omp_threads_bind("all") == ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    assert omp_threads_bind(Settings(engine_cpus="0-3,6").engine_cpus) == "0-3,6"
+    for bad in ("every", "0-", "1;rm", ""):
+        with pytest.raises(ValidationError, match="engine_cpus"):
+            Settings(engine_cpus=bad)
+
+
 def test_a_request_trace_that_cannot_be_written_is_dropped_not_the_step(tmp_path):
     from glider.server.backends.base import GenerationResult, GenerationSpec
     from glider.server.backends.vllm import VLLMBackend
