@@ -122,11 +122,21 @@ def train(args, recipe: Recipe, mode: str) -> dict:
     metrics_file = args.home / "runs" / f"sft-{mode}" / "sft_metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     return {"minutes_this_run": (time.monotonic() - t0) / 60, "stages_run": done.stages(),
-            "adapters": {name: {k: m.get(k) for k in ("steps", "epochs_done", "best_step", "best_val_loss",
-                                                      "val_loss_before", "tokens_per_s", "seconds",
-                                                      "stopped_early", "published", "completion_marker",
-                                                      "segment_completion")}
+            "adapters": {name: {**{k: m.get(k) for k in ("steps", "epochs_done", "best_step", "best_val_loss",
+                                                         "val_loss_before", "seconds", "stopped_early",
+                                                         "published", "completion_marker", "segment_completion")},
+                                "tokens_per_s": tokens_per_s(m)}
                          for name, m in metrics.get("adapters", {}).items()}}
+
+
+def tokens_per_s(m: dict) -> float | None:
+    """An adapter's training tokens/s. A run resumed from a checkpoint that predates the token counts
+    (before 2026-12-06) reports 0: then the epochs it did times the epoch's tokens over its seconds."""
+    if m.get("tokens_per_s"):
+        return m["tokens_per_s"]
+    if m.get("seconds") and m.get("tokens") and m.get("epochs_done"):
+        return m["epochs_done"] * m["tokens"] / m["seconds"]
+    return None
 
 
 def display(label: str) -> str:
@@ -581,7 +591,7 @@ def render(results: dict) -> str:
                 out.append(
                     f"| {mode} | {adapter} | {m['steps']} | {m['epochs_done']:.1f} | {m.get('best_step')} | "
                     f"{m['val_loss_before']:.3f} → {m.get('best_val_loss') or float('nan'):.3f} | "
-                    f"{m['tokens_per_s']:.0f} | {m['seconds'] / 60:.1f} | "
+                    + (f"{m['tokens_per_s']:.0f}" if m.get("tokens_per_s") else "–") + f" | {m['seconds'] / 60:.1f} | "
                     + (f"{marker['precision']:.2f} / {marker['recall']:.2f}" if marker else "–") + " | "
                     + (f"{seg['reached']:.2f} / {seg['completed']:.2f} (n={seg['segments']})" if seg else "–")
                     + " |")
