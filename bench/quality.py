@@ -156,8 +156,13 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
     pinned copy holding one agent's versions); ``grounded``: with the environment's admissible commands;
     ``profile``: the server's profile of that name plays the episodes (the default profile is ``mode``'s)."""
     s = home_settings(args, mode=mode)
+    # an engine-bound backbone: vLLM's own binding leaves it one of 2 cores (bench/engine_cores.py: 1.37x the
+    # env-steps/s at 32 episodes with all of them); the embedded backbone's runs keep the binding they were
+    # evaluated with, so their comparisons stay like for like
+    cores = {"GLIDER_ENGINE_CPUS": os.environ.get("GLIDER_ENGINE_CPUS", "all")} if args.model else {}
     server = ServerProcess(s, GLIDER_MODE=mode, GLIDER_MODEL=str(s.model_dir()),
-                           GLIDER_ADAPTERS=str(registry or s.adapters_dir()), GLIDER_RECORD="false", **env)
+                           GLIDER_ADAPTERS=str(registry or s.adapters_dir()), GLIDER_RECORD="false",
+                           **cores, **env)
     try:
         server.wait_ready()
         from glider.clients.sdk import GliderClient

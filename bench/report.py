@@ -34,6 +34,7 @@ SUITE: dict[str, tuple[list[str], list[str]]] = {
     "act_overhead": (["--steps", "100"], []),
     "concurrency": (["--levels", "1,8,32,64", "--steps", "6"], []),
     "profiles": (["--episodes", "32", "--steps", "6"], []),
+    "engine_cores": (["--backbones", "embedded", "--rounds", "1"], []),
     "hier_vs_flat": (["--variations", "1"], []),
     "hotswap": (["--swaps", "5", "--rounds", "2", "--phase-s", "15"], []),
     "pushed_swaps": (["--swaps", "20"], []),
