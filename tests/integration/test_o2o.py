@@ -82,6 +82,26 @@ def test_the_publish_gate_rolls_back_a_rejected_update(swap_server, swap_registr
     assert 0.0 <= kept.eval_score <= 1.0
 
 
+def _serve_first_versions(server, registry: AdapterRegistry) -> None:
+    """Every adapter back to its first version, served: the swap server is shared by the session's tests,
+    and each publishes into it, so without this a test's starting policy depends on which ran before it
+    (the AC case below once started from a planner other tests had moved, and its update collapsed it)."""
+    import time
+
+    import httpx
+
+    first = {name: registry.versions(name)[0] for name in ("planner", "executor")}
+    for name, version in first.items():
+        registry.set_current(name, version)
+    deadline = time.monotonic() + 30
+    while True:
+        served = httpx.get(f"{server.url}/readyz").json()["adapters"]
+        if all(served.get(name) == version for name, version in first.items()):
+            return
+        assert time.monotonic() < deadline, f"the server did not swap back to {first}: it serves {served}"
+        time.sleep(0.05)
+
+
 def _greedy_subgoal(server: str, observation: str, task: str) -> str:
     """The planner's greedy first subgoal at one state, as the server serves it (a new episode)."""
     with GliderClient(server) as client:
@@ -101,6 +121,7 @@ def test_one_o2o_iteration_changes_the_greedy_choice_the_data_disfavour(method, 
     from glider.trainer.o2o import O2OConfig, OnlineLearner
     from glider.trainer.online import run_o2o
 
+    _serve_first_versions(swap_server, AdapterRegistry(swap_registry))  # every method from the same policy
     state, task = gold_trajectory.steps[0].observation, gold_trajectory.task
     before = _greedy_subgoal(swap_server.url, state, task)
     rewarded = next(g for g in ("go to the greenhouse", "find a plant") if sanitize(g) != before)
