@@ -86,20 +86,12 @@ def _serve_first_versions(server, registry: AdapterRegistry) -> None:
     """Every adapter back to its first version, served: the swap server is shared by the session's tests,
     and each publishes into it, so without this a test's starting policy depends on which ran before it
     (the AC case below once started from a planner other tests had moved, and its update collapsed it)."""
-    import time
+    from tests.integration.test_hotswap import wait_serving
 
-    import httpx
-
-    first = {name: registry.versions(name)[0] for name in ("planner", "executor")}
-    for name, version in first.items():
-        registry.set_current(name, version)
-    deadline = time.monotonic() + 30
-    while True:
-        served = httpx.get(f"{server.url}/readyz").json()["adapters"]
-        if all(served.get(name) == version for name, version in first.items()):
-            return
-        assert time.monotonic() < deadline, f"the server did not swap back to {first}: it serves {served}"
-        time.sleep(0.05)
+    for name in ("planner", "executor"):
+        first = registry.versions(name)[0]
+        registry.set_current(name, first)
+        wait_serving(server, name, first, timeout=30.0)
 
 
 def _greedy_subgoal(server: str, observation: str, task: str) -> str:
