@@ -323,9 +323,9 @@ class Agent:
         if decision.action is not None:
             m.steps.labels(served.name, new.mode).inc()
         if decision.new_subgoal:
-            m.subgoals.inc()
+            m.subgoals.labels(served.name).inc()
         if decision.fallback:
-            m.fallbacks.inc()
+            m.fallbacks.labels(served.name).inc()
         if valid_actions:
             m.grounded_steps.labels(served.name, "grounded" if decision.grounded else "admissible").inc()
         if self.recorder is not None:

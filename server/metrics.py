@@ -39,8 +39,8 @@ class Metrics:
             "glider_prompt_cached_tokens_total", "Prompt tokens found in the engine's prefix cache, by policy role.",
             ["profile", "role"], registry=r)
         self.fallbacks = Counter(
-            "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", registry=r)
-        self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", registry=r)
+            "glider_fallbacks_total", "Steps that used a fallback subgoal or action.", ["profile"], registry=r)
+        self.subgoals = Counter("glider_subgoals_total", "Subgoals started.", ["profile"], registry=r)
         # steps sent admissible commands: the generation was one ("admissible") or the model's scores
         # chose one instead ("grounded")
         self.grounded_steps = Counter(

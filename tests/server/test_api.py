@@ -195,6 +195,7 @@ async def test_episode_lifecycle_and_metrics(api):
     metrics = (await client.get("/metrics")).text
     assert 'glider_generations_total{profile="default",role="planner"} 1.0' in metrics
     assert 'glider_generated_tokens_total{profile="default",role="executor"} 4.0' in metrics
+    assert 'glider_subgoals_total{profile="default"} 1.0' in metrics
     assert 'glider_request_latency_seconds_count{route="/act"}' in metrics
     assert (await client.delete("/episodes/run-1:ep.0")).status_code == 204
     error_of(await client.get("/episodes/run-1:ep.0"), 404)
