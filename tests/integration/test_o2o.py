@@ -8,6 +8,8 @@ from glider.clients.play import play_episode
 from glider.clients.sdk import GliderClient
 from glider.server.adapters.registry import AdapterRegistry
 
+from tests.integration.test_hotswap import wait_serving
+
 pytestmark = pytest.mark.integration
 
 
@@ -86,8 +88,6 @@ def _serve_first_versions(server, registry: AdapterRegistry) -> None:
     """Every adapter back to its first version, served: the swap server is shared by the session's tests,
     and each publishes into it, so without this a test's starting policy depends on which ran before it
     (the AC case below once started from a planner other tests had moved, and its update collapsed it)."""
-    from tests.integration.test_hotswap import wait_serving
-
     for name in ("planner", "executor"):
         first = registry.versions(name)[0]
         registry.set_current(name, first)

@@ -49,7 +49,7 @@ async def test_two_profiles_serve_their_own_adapters_and_settings(agent, tmp_pat
     metrics = agent.metrics.registry
     assert metrics.get_sample_value("glider_env_steps_total", {"profile": "textworld", "mode": "separate"}) == 2
     assert metrics.get_sample_value("glider_env_steps_total", {"profile": "default", "mode": "separate"}) == 1
-    assert metrics.get_sample_value("glider_subgoals_total", {"profile": "textworld"}) >= 1
+    assert metrics.get_sample_value("glider_subgoals_total", {"profile": "textworld"}) == 1  # its second step kept the subgoal
     assert metrics.get_sample_value("glider_subgoals_total", {"profile": "default"}) == 1
     agent.recorder.close()
     records = [r for f in (tmp_path / "episodes").glob("*.jsonl") for r in map(__import__("json").loads,
