@@ -121,6 +121,8 @@ class EpisodeResult:
     sampling: dict | None = None  # the episode's own temperature and seed, when it was sampled
     episode_id: str = ""  # the server's id of the episode: its records in the server's episode logs
     grounded_steps: int = 0  # steps whose action grounding chose among the admissible commands
+    # steps the server answered with its fallback (no usable generation); None in runs recorded before it was kept
+    fallback_steps: int | None = None
 
     @property
     def key(self) -> str:
@@ -135,7 +137,8 @@ class EpisodeResult:
         return cls(split=episode.split, task=episode.task, variation=episode.variation,
                    score=max(0.0, report.score), best=max(0.0, report.max_score), steps=len(report.steps),
                    subgoals=report.subgoals, done=report.done, seconds=round(seconds, 3), sampling=report.sampling,
-                   episode_id=report.episode_id, grounded_steps=sum(1 for s in report.steps if s.grounded))
+                   episode_id=report.episode_id, grounded_steps=sum(1 for s in report.steps if s.grounded),
+                   fallback_steps=sum(1 for s in report.steps if s.fallback))
 
 
 # --- playing ---------------------------------------------------------------------------
@@ -382,6 +385,8 @@ class SplitSummary:
     best_micro: float  # of the best score reached
     steps: float  # per episode
     subgoals: float  # per episode
+    # share of steps that fell back (no usable generation), over the episodes that recorded it; None if none did
+    fallback_share: float | None = None
 
 
 @dataclass
@@ -411,6 +416,12 @@ class Summary:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def _fallback_share(results: Sequence[EpisodeResult]) -> float | None:
+    recorded = [r for r in results if r.fallback_steps is not None]
+    steps = sum(r.steps for r in recorded)
+    return sum(r.fallback_steps for r in recorded) / steps if steps else None
+
+
 def summarize(results: Sequence[EpisodeResult], plan: Plan) -> Summary:
     """Per family and split the protocol's score ×100; per split the protocol's aggregate with its 95 % CI,
     and the other figures beside it (macro and micro of the final score, micro of the best)."""
@@ -430,7 +441,8 @@ def summarize(results: Sequence[EpisodeResult], plan: Plan) -> Summary:
                                   macro=aggregate(final, "macro"), micro=aggregate(final, "micro"),
                                   best_micro=aggregate(best, "micro"),
                                   steps=sum(r.steps for r in in_split) / len(in_split),
-                                  subgoals=sum(r.subgoals for r in in_split) / len(in_split))
+                                  subgoals=sum(r.subgoals for r in in_split) / len(in_split),
+                                  fallback_share=_fallback_share(in_split))
     return Summary(protocol=plan.protocol, plan=plan.describe(), scoring=plan.scoring, aggregate=plan.aggregate,
                    tasks=tasks, splits=splits, per_task=per_task, overall=overall)
 
@@ -450,7 +462,8 @@ def table_markdown(summary: Summary, label: str = "") -> str:
               row("final score, micro", lambda o: f"{o.micro:.2f}"),
               row("best score reached, micro", lambda o: f"{o.best_micro:.2f}"),
               row("episodes (played / planned)", lambda o: f"{o.episodes} / {o.planned}"),
-              row("steps per episode", lambda o: f"{o.steps:.1f}")]
+              row("steps per episode", lambda o: f"{o.steps:.1f}"),
+              row("steps that fell back", lambda o: "–" if o.fallback_share is None else f"{100 * o.fallback_share:.1f} %")]
     head = f"**{label}** — " if label else ""
     rule = "final score clipped at 0" if summary.scoring == "final" else "best score reached"
     return (f"{head}{summary.plan}\n\nscore ×100 ({rule}; {summary.aggregate} mean; "

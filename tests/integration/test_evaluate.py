@@ -15,6 +15,7 @@ from glider.clients.evaluate import (
     load_run,
     run_episodes,
     summarize,
+    table_markdown,
     write_report,
 )
 from glider.clients.protocols import PlannedEpisode, load_plan
@@ -90,6 +91,18 @@ def test_summary_is_per_family_first_with_a_ci():
     eto = summarize(rs, load_plan("eto"))  # ETO scores the best score reached, micro
     assert eto.overall["seen"].mean == pytest.approx(200 / 4)
     assert PlannedEpisode("seen", "a", 2).key == rs[2].key
+
+
+def test_summary_reports_the_share_of_steps_that_fell_back_over_the_episodes_that_recorded_it():
+    plan = load_plan("quick")
+    recorded = [EpisodeResult("seen", "a", 0, 0.0, 0.0, 10, 1, False, fallback_steps=3),
+                EpisodeResult("seen", "b", 0, 0.0, 0.0, 30, 1, False, fallback_steps=1)]
+    older = EpisodeResult("seen", "a", 1, 0.0, 0.0, 50, 1, False)  # a row from before the count was kept
+    assert summarize(recorded + [older], plan).overall["seen"].fallback_share == pytest.approx(4 / 40)
+    only_older = summarize([older], plan)
+    assert only_older.overall["seen"].fallback_share is None
+    assert "| steps that fell back | – |" in table_markdown(only_older)
+    assert "| steps that fell back | 10.0 % |" in table_markdown(summarize(recorded, plan))
 
 
 def test_eval_command_learning_curve_over_versions(swap_server, tmp_path, monkeypatch):
