@@ -45,7 +45,7 @@ def main(args) -> None:
         for s in SETTINGS:
             print(f"| {name} | {s} | " + " | ".join(f"{mean[s][n][0]:.2f} | {mean[s][n][1]:.0f}" for n in levels) + " |")
         for n in levels:
-            result(f"env-steps/s at {n} episodes, all cores ÷ vLLM's auto binding, {name}",
+            result(f"env-steps/s at {n} episode{'s' if n != 1 else ''}, all cores ÷ vLLM's auto binding, {name}",
                    mean["all"][n][0] / mean["auto"][n][0])
 
 
