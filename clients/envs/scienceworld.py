@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import subprocess
 from contextlib import contextmanager
 
 from glider.clients.envs.base import EnvStep
@@ -18,6 +19,8 @@ from glider.clients.envs.base import EnvStep
 # py4j logs every gateway shutdown with a traceback at INFO; keep it to real problems
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
+#: how long a closed environment's JVM may take to exit before it is killed
+JVM_EXIT_SECONDS = 10.0
 #: heap bound per JVM; enough for the heaviest task families' gold paths
 DEFAULT_JVM_OPTIONS = "-Xmx384m -XX:+UseSerialGC"
 #: most admissible commands a grounded step sends: the server's default ``GLIDER_MAX_VALID_ACTIONS``
@@ -80,6 +83,27 @@ def _lean_env_class():
                     "variationIdx": self.variationIdx, "taskName": self.taskName,
                     "simplificationStr": self.simplificationStr}
             return observation, reward, done, info
+
+        def close(self) -> None:
+            """The package's close, then wait for the JVM to exit (killed after ``JVM_EXIT_SECONDS``).
+
+            The package's ``__del__`` closes again at garbage collection; a JVM still exiting then has
+            closed its stdin, and the second close's newline fails with a ``BrokenPipeError`` printed as
+            an ignored exception (seen in ``make demo``'s output under load).  Once the JVM is gone,
+            that second close skips the write."""
+            gateway = getattr(self, "_gateway", None)
+            if gateway is None:  # the constructor failed before the JVM started
+                return
+            java = gateway.java_process
+            try:
+                super().close()
+            except (BrokenPipeError, ValueError):  # the JVM exited between the package's check and its write
+                pass
+            try:
+                java.wait(timeout=JVM_EXIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                java.kill()
+                java.wait()
 
     return LeanScienceWorldEnv
 

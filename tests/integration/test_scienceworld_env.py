@@ -61,3 +61,22 @@ def test_the_grounded_runner_sends_the_package_s_commands_bounded_by_their_objec
     bounded = world.valid_actions()
     assert len(bounded) == len(few) + 10 and set(few) <= set(bounded)
     assert sum(objects[c] == 2 for c in bounded) == 10 and set(bounded) <= set(everything)
+
+
+def test_a_closed_environment_s_jvm_has_exited_so_garbage_collection_closes_nothing_twice(monkeypatch):
+    import gc
+    import sys
+
+    from glider.clients.envs.scienceworld import open_env
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_value))
+    env = open_env()
+    env.load("boil", 0, "")
+    java = env._gateway.java_process
+    env.close()
+    assert java.poll() is not None  # the package's close returns while the JVM is still exiting
+    env.close()  # twice, as the package's __del__ does
+    del env
+    gc.collect()
+    assert unraisable == []
