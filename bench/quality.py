@@ -494,7 +494,10 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
                    + (f" --splits {args.splits}" if args.splits else "")
                    + (f" --entry {shlex.quote(args.entry)}" if args.entry else "")
-                   + (f" --home {shlex.quote(repo_path(args.home))} --model {shlex.quote(repo_path(args.model))}"
+                   # the home holds the trained agents the entry's rows read: a rerun must name it
+                   + (f" --home {shlex.quote(repo_path(args.home))}"
+                      if args.home != (ROOT / ".glider" / f"quality-{recipe.name}").resolve() else "")
+                   + (f" --model {shlex.quote(repo_path(args.model))}"
                       f" --sft-minutes {args.sft_minutes:g} --sft-lr {args.sft_lr:g}" if args.model else "")
                    + (f" --prompted {args.prompted}" if args.prompted else "")
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
