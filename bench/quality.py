@@ -87,6 +87,11 @@ def commit() -> str:
         return "unknown"
 
 
+def default_home(recipe: Recipe) -> Path:
+    """Where a recipe's runs live when ``--home`` is not given."""
+    return ROOT / ".glider" / f"quality-{recipe.name}"
+
+
 def repo_path(path: Path) -> str:
     """``path`` relative to the repository where it lies inside it (results files name no machine's paths)."""
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -278,7 +283,7 @@ def main() -> None:
         # a forward of the held-out set costs minutes on a 135 M model: measure it less often, stop sooner
         recipe = dataclasses.replace(recipe, sft=dataclasses.replace(
             recipe.sft, lr=args.sft_lr, max_minutes=args.sft_minutes, eval_every=100, patience=2))
-    args.home = (args.home or ROOT / ".glider" / f"quality-{recipe.name}").resolve()  # results name runs relative to the repository
+    args.home = (args.home or default_home(recipe)).resolve()  # results name runs relative to the repository
     args.home.mkdir(parents=True, exist_ok=True)
     if not (args.home / "data").exists():  # collected gold paths are shared between recipes
         args.data.mkdir(parents=True, exist_ok=True)
@@ -496,7 +501,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --entry {shlex.quote(args.entry)}" if args.entry else "")
                    # the home holds the trained agents the entry's rows read: a rerun must name it
                    + (f" --home {shlex.quote(repo_path(args.home))}"
-                      if args.home != (ROOT / ".glider" / f"quality-{recipe.name}").resolve() else "")
+                      if args.home != default_home(recipe).resolve() else "")
                    + (f" --model {shlex.quote(repo_path(args.model))}"
                       f" --sft-minutes {args.sft_minutes:g} --sft-lr {args.sft_lr:g}" if args.model else "")
                    + (f" --prompted {args.prompted}" if args.prompted else "")
