@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import subprocess
+import sys
+import time
 from contextlib import contextmanager
 
 from glider.clients.envs.base import EnvStep
@@ -85,25 +86,31 @@ def _lean_env_class():
             return observation, reward, done, info
 
         def close(self) -> None:
-            """The package's close, then wait for the JVM to exit (killed after ``JVM_EXIT_SECONDS``).
+            """The package's close, once, then a bounded wait for the JVM to exit (killed after
+            ``JVM_EXIT_SECONDS``).
 
-            The package's ``__del__`` closes again at garbage collection; a JVM still exiting then has
-            closed its stdin, and the second close's newline fails with a ``BrokenPipeError`` printed as
-            an ignored exception (seen in ``make demo``'s output under load).  Once the JVM is gone,
-            that second close skips the write."""
+            The package's ``__del__`` closes again at garbage collection; its newline to a JVM that is
+            still exiting fails with a ``BrokenPipeError`` printed as an ignored exception (seen in
+            ``make demo``'s output under load), so a second close does nothing.  The wait polls and
+            never blocks: py4j's daemon ``ProcessConsumer`` thread holds the ``Popen``'s wait lock while
+            it waits for the JVM, and at interpreter exit that thread is frozen holding it, so a
+            blocking ``wait()`` from ``__del__`` deadlocked a process-pool worker's exit (CI hung)."""
             gateway = getattr(self, "_gateway", None)
-            if gateway is None:  # the constructor failed before the JVM started
+            if gateway is None or getattr(self, "_glider_closed", False):  # never started, or closed
                 return
+            self._glider_closed = True
             java = gateway.java_process
             try:
                 super().close()
             except (BrokenPipeError, ValueError):  # the JVM exited between the package's check and its write
                 pass
-            try:
-                java.wait(timeout=JVM_EXIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                java.kill()
-                java.wait()
+            if sys.is_finalizing():  # threads are frozen: nothing will reap the JVM now; it exits on its own
+                return
+            deadline = time.monotonic() + JVM_EXIT_SECONDS
+            while java.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if java.poll() is None:
+                java.kill()  # reaped by py4j's thread; poll() reports it once that thread has
 
     return LeanScienceWorldEnv
 

@@ -80,3 +80,18 @@ def test_a_closed_environment_s_jvm_has_exited_so_garbage_collection_closes_noth
     del env
     gc.collect()
     assert unraisable == []
+
+
+def test_a_process_that_exits_holding_an_open_environment_exits_promptly(tmp_path):
+    """The collector's pool workers keep their environment in a module global and leave it to
+    interpreter exit; py4j's reaper thread is frozen by then, and a blocking wait for the JVM hung
+    the worker (and with it the pool's shutdown) for good."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exits.py"
+    script.write_text("from glider.clients.envs.scienceworld import open_env\n"
+                      "ENV = open_env()\nENV.load('boil', 0, '')\nprint('loaded', flush=True)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
