@@ -95,9 +95,16 @@ def test_the_linter_resolves_our_folders(module):
 
 def test_every_package_folder_is_in_the_wheel():
     """setuptools installs only the packages pyproject.toml lists: an editable install finds a missing
-    one anyway (through package-dir), the images' regular install does not."""
+    one anyway (through package-dir), the images' regular install does not.  Folders that carry only
+    data (the plan files) are listed as data packages, without an ``__init__.py``."""
     import tomllib
 
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
     folders = {module_name(init) for folder in PARTS for init in (ROOT / folder).rglob("__init__.py")}
-    assert folders == listed, (sorted(folders - listed), sorted(listed - folders))
+    data = set(setuptools["package-data"])
+    for package in data:  # a data package is a real folder holding files, and no code package
+        folder, base = next((f, p) for f, p in PARTS.items() if package.startswith(p + "."))
+        path = ROOT / folder / package.removeprefix(base + ".").replace(".", "/")
+        assert any(f.is_file() for f in path.iterdir()) and not (path / "__init__.py").exists(), package
+    assert folders | data == listed, (sorted(folders | data - listed), sorted(listed - folders - data))

@@ -61,6 +61,10 @@ def jvm_options(options: str = DEFAULT_JVM_OPTIONS):
 def _lean_env_class():
     from scienceworld import ScienceWorldEnv
 
+    # bound here, not looked up in this module's globals: at interpreter exit ``__del__`` may run after
+    # the module's names (``sys`` among them) have been set to None
+    finalizing, monotonic, sleep, exit_seconds = sys.is_finalizing, time.monotonic, time.sleep, JVM_EXIT_SECONDS
+
     class LeanScienceWorldEnv(ScienceWorldEnv):
         """``ScienceWorldEnv`` whose ``step`` (and so ``reset``) leaves out the step's list of valid actions.
 
@@ -104,11 +108,11 @@ def _lean_env_class():
                 super().close()
             except (BrokenPipeError, ValueError):  # the JVM exited between the package's check and its write
                 pass
-            if sys.is_finalizing():  # threads are frozen: nothing will reap the JVM now; it exits on its own
+            if finalizing():  # threads are frozen: nothing will reap the JVM now; it exits on its own
                 return
-            deadline = time.monotonic() + JVM_EXIT_SECONDS
-            while java.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
+            deadline = monotonic() + exit_seconds
+            while java.poll() is None and monotonic() < deadline:
+                sleep(0.02)
             if java.poll() is None:
                 java.kill()  # reaped by py4j's thread; poll() reports it once that thread has
 
