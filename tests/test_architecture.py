@@ -107,4 +107,4 @@ def test_every_package_folder_is_in_the_wheel():
         folder, base = next((f, p) for f, p in PARTS.items() if package.startswith(p + "."))
         path = ROOT / folder / package.removeprefix(base + ".").replace(".", "/")
         assert any(f.is_file() for f in path.iterdir()) and not (path / "__init__.py").exists(), package
-    assert folders | data == listed, (sorted(folders | data - listed), sorted(listed - folders - data))
+    assert folders | data == listed, (sorted((folders | data) - listed), sorted(listed - folders - data))

@@ -90,7 +90,7 @@ def test_a_process_that_exits_holding_an_open_environment_exits_promptly(tmp_pat
     import sys
 
     script = tmp_path / "exits.py"
-    # held by a name of the module itself, cleared at exit after its ``sys`` has been set to None
+    # held by a module-level name until exit, as the collector's workers hold theirs
     script.write_text("import glider.clients.envs.scienceworld as sw\n"
                       "sw.held_env = sw.open_env()\nsw.held_env.load('boil', 0, '')\nprint('loaded', flush=True)\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
