@@ -60,7 +60,9 @@ from tqdm import tqdm
 LABEL = {"flat": "flat SFT", "separate": "hierarchical SFT (separate)", "shared": "hierarchical SFT (shared)",
          "flat+orl": "flat SFT+ORL", "separate+orl": "hierarchical SFT+ORL (separate)",
          "shared+orl": "hierarchical SFT+ORL (shared)", "separate+orl-scratch": "hierarchical ORL (from scratch)",
+         "flat+bc": "flat SFT+BC on ORL's data (λ → ∞)",
          "separate+bc": "hierarchical SFT+BC on ORL's data (separate; λ → ∞)",
+         "shared+bc": "hierarchical SFT+BC on ORL's data (shared; λ → ∞)",
          "separate+bc-scratch": "hierarchical BC on ORL's data, from scratch (separate; λ → ∞)",
          "prompted-instruct": "prompted, no adapters (instruct)", "prompted-react": "prompted ReAct, no adapters"}
 #: the comparisons the issues ask for, as (A, B): B − A is reported
@@ -70,6 +72,7 @@ COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("separate+orl-scratch", "separate+orl"),
            # the control: the same data and actor schedule with flat weights; ORL − BC is the advantage's share
            ("separate", "separate+bc"), ("separate+bc", "separate+orl"),
+           ("flat", "flat+bc"), ("flat+bc", "flat+orl"), ("shared", "shared+bc"), ("shared+bc", "shared+orl"),
            # from a fresh LoRA the data's own mix is the whole prior: where the weights should matter most
            ("separate+bc-scratch", "separate+orl-scratch"),
            # the issue's ratio target: hierarchical SFT+ORL ≥ 1.15 × flat SFT, as B − 1.15·A above 0
@@ -240,10 +243,11 @@ def main() -> None:
                    help="also the separate mode's ORL one role at a time: ORL's planner with SFT's executor "
                         "(separate+orl (planner only)) and the other way round, from the same two trainings")
     p.add_argument("--orl-bc", action="store_true",
-                   help="also the separate mode's control (agent separate+bc): ORL's run from the same SFT on the "
+                   help="also each mode's control (agent <mode>+bc): ORL's run from the same SFT on the "
                         "same data with λ → ∞, i.e. flat weights, behaviour cloning on the ORL data mix; "
-                        "separate+orl − separate+bc is what the advantages themselves bought. With --orl-scratch, "
-                        "the same control from scratch (separate+bc-scratch), and the one from SFT only with --orl")
+                        "<mode>+orl − <mode>+bc is what the advantages themselves bought. With --orl-scratch, "
+                        "the separate mode's control from scratch (separate+bc-scratch), and the one from SFT only "
+                        "with --orl")
     p.add_argument("--model", type=Path, default=None,
                    help="train and evaluate on this pretrained backbone (an HF directory, e.g. from `glider backbone "
                         "import`) instead of the embedded one: no warm-up, SFT boxed by --sft-minutes at --sft-lr, "
@@ -307,8 +311,7 @@ def main() -> None:
     per_mode = {mode: [(f"{mode}+orl" + ("-scratch" if init == "scratch" else ""), init)
                        for init in (["sft"] if args.orl else [])
                        + (["scratch"] if args.orl_scratch and mode == "separate" else [])]
-                + ([("separate+bc", "bc")] if args.orl_bc and mode == "separate" and (args.orl or not args.orl_scratch)
-                   else [])
+                + ([(f"{mode}+bc", "bc")] if args.orl_bc and (args.orl or not args.orl_scratch) else [])
                 + ([("separate+bc-scratch", "bc-scratch")] if args.orl_bc and args.orl_scratch and mode == "separate"
                    else [])
                 for mode in modes} if orl_data is not None else {mode: [] for mode in modes}
