@@ -8,7 +8,7 @@
    grounding method (score | constrained) and candidate bound: step latency p50 / p95 grounded ÷ free,
    and how many steps were grounded (the executor's generation was not admissible, so its model chose).
 
-    .venv/bin/python bench/grounding.py [--candidates 4,16,64] [--levels 1,32] [--backend hf --methods score]
+    .venv/bin/python bench/grounding.py [--candidates 4,16,64] [--levels 1,32] [--methods constrained,score]
     .venv/bin/python bench/grounding.py --home .glider/quality-full-w10-s20 --mode flat   # a trained agent
 
 The server serves ``--home``'s backbone and the adapters of ``--mode`` (``glider adapters init``
@@ -206,7 +206,7 @@ def decided_early(choices: dict[tuple[str, int], list[dict]]) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="constrained",
-                   help="GLIDER_GROUNDING_METHOD values (score: with --backend hf only)")
+                   help="GLIDER_GROUNDING_METHOD values, comma-separated ('constrained,score': side by side)")
     p.add_argument("--early-stop", default="true",
                    help="constrained: GLIDER_GROUNDING_EARLY_STOP values, comma-separated ('true,false': the "
                         "choice stopped at its deciding prefix against the whole command decoded, side by side)")

@@ -222,6 +222,9 @@ def main() -> None:
                    help="grounded runs: command prefixes grounding never chooses, comma-separated "
                         "(GLIDER_GROUNDING_PROTECTED; ScienceWorld's 'focus on' ends an episode on a wrong object); "
                         "'' for none")
+    p.add_argument("--grounding-method", default="constrained", choices=["constrained", "score"],
+                   help="grounded runs: GLIDER_GROUNDING_METHOD (score: the candidate with the highest "
+                        "log-likelihood; its runs are labelled apart)")
     p.add_argument("--orl", action="store_true",
                    help="also ORL from each mode's SFT adapters (agent <mode>+orl), evaluated beside them")
     p.add_argument("--orl-scratch", action="store_true",
@@ -325,9 +328,12 @@ def main() -> None:
             wanted.append(("separate (guards off)", "separate", GUARDS_OFF, None))
     if args.grounded:  # their own rows, compared paired with the free agent: never mixed into its score
         protect = [x.strip() for x in args.grounding_protect.split(",") if x.strip()]
-        # the prefixes are in the label, so the run directory of one set is never resumed for another
-        grounded = (f"grounded, {' + '.join(protect)} protected", {"GLIDER_GROUNDING_PROTECTED": json.dumps(protect)}) \
-            if protect else ("grounded", {})
+        # the prefixes and the method are in the label, so the run directory of one set is never resumed
+        # for another (the default method keeps its earlier runs' labels)
+        how = "grounded" if args.grounding_method == "constrained" else f"grounded by {args.grounding_method}"
+        env = {"GLIDER_GROUNDING_METHOD": args.grounding_method}
+        grounded = (f"{how}, {' + '.join(protect)} protected", {**env, "GLIDER_GROUNDING_PROTECTED": json.dumps(protect)}) \
+            if protect else (how, env)
         wanted += [(f"{mode} ({grounded[0]})", mode, grounded[1], None) for mode in modes]
     prompted = [x.strip() for x in args.prompted.split(",") if x.strip()]
     wanted += [(on_backbone(args, f"prompted-{style}"), modes[0], {}, None) for style in prompted]
@@ -511,7 +517,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    + (f" --warmup-minutes {args.warmup_minutes:g} --sft-minutes {args.sft_minutes:g}"
                       if recipe.name not in ("demo", "full") else "")
                    + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (" --guards-off" if args.guards_off else "")
-                   + (f" --grounded --grounding-protect {shlex.quote(args.grounding_protect)}" if args.grounded else "")
+                   + (f" --grounded --grounding-protect {shlex.quote(args.grounding_protect)}"
+                      f" --grounding-method {args.grounding_method}" if args.grounded else "")
                    + (" --orl" if args.orl else "") + (" --orl-scratch" if args.orl_scratch else "")
                    + (" --orl-bc" if args.orl_bc else "")
                    + (" --orl-roles" if args.orl_roles else "")

@@ -89,9 +89,6 @@ class Agent:
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.recorder = recorder
-        if settings.grounding_method is GroundingMethod.score and backend.kind == "vllm":
-            raise ValueError("GLIDER_GROUNDING_METHOD=score needs the transformers backend: vLLM cannot compute "
-                             "prompt logprobs under LoRA; use constrained")
         # the registry's root is the default profile (the server's mode and settings); other agent
         # profiles live beside its adapters (glider.server.profiles)
         server_policy = HierarchyConfig.from_settings(settings)

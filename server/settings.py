@@ -141,7 +141,8 @@ class Settings(BaseSettings):
     grounding_method: GroundingMethod = Field(
         GroundingMethod.constrained,
         description="constrained: greedy decoding constrained to the candidates (the transformers backend takes "
-                    "the most likely) | score: their log-likelihoods (transformers backend only).")
+                    "the most likely) | score: the candidate with the highest log-likelihood (vLLM: one-token "
+                    "requests over the candidates' token trie, batched).")
     planner_max_tokens: int = Field(32, ge=1)
     executor_max_tokens: int = Field(24, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy; retries always sample. An episode may "

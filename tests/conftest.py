@@ -131,7 +131,8 @@ def servers(backbone_dir, adapters_dir, swap_registry, redis_server, tmp_path_fa
     """The real servers, started together so their model loads overlap.
 
     ``vllm`` and ``hf`` are two replicas of one deployment: same adapters, episodes in one Redis,
-    so an episode may move between them; ``vllm_swap`` keeps its episodes in memory.
+    so an episode may move between them; ``vllm_swap`` keeps its episodes in memory and grounds by
+    ``score``.
     """
     logs = tmp_path_factory.mktemp("logs")
     shared = {"GLIDER_STORE": "redis", "GLIDER_REDIS_URL": redis_server.url_of(1)}
@@ -139,8 +140,10 @@ def servers(backbone_dir, adapters_dir, swap_registry, redis_server, tmp_path_fa
         "vllm": ServerProcess("vllm", backbone_dir, adapters_dir, logs / "vllm.log", **shared,
                               GLIDER_TRACE_REQUESTS=str(logs / "vllm.trace.jsonl")),
         "hf": ServerProcess("hf", backbone_dir, adapters_dir, logs / "hf.log", **shared),
+        # grounds by score (the other vLLM server by constrained decoding): both methods on the real engine
         "vllm_swap": ServerProcess("vllm", backbone_dir, swap_registry, logs / "vllm_swap.log",
-                                   GLIDER_ADMIN_TOKEN=ADMIN_TOKEN, GLIDER_ADAPTER_POLL_S="0.2"),
+                                   GLIDER_ADMIN_TOKEN=ADMIN_TOKEN, GLIDER_ADAPTER_POLL_S="0.2",
+                                   GLIDER_GROUNDING_METHOD="score"),
     }
     try:
         for p in procs.values():

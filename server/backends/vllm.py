@@ -281,11 +281,47 @@ class VLLMBackend(Backend):
                 trace.close()
 
     async def score(self, prompt: str, continuations: Sequence[str], adapter: str | None) -> ScoreResult:
-        """Not on this engine: scoring a continuation needs its prompt logprobs, and vLLM 0.32's LoRA logits
-        processor fails on them (the engine dies: vllm-project/vllm#29955; where it runs, an lm_head LoRA's
-        delta is left out: #51594).  Grounding uses constrained decoding here instead."""
-        raise BackendError("the vLLM backend cannot score continuations under LoRA (prompt logprobs); "
-                           "use GLIDER_GROUNDING_METHOD=constrained")
+        """Each continuation's log-likelihood after ``prompt``, from next-token logprobs alone.
+
+        Prompt logprobs would score a continuation in one request, but vLLM 0.32's LoRA logits processor
+        fails on them (the engine dies: vllm-project/vllm#29955; where it runs, an lm_head LoRA's delta is
+        left out: #51594).  So the continuations' tokens form a trie, and every trie node (the prompt and
+        a prefix of some continuation) is one one-token request that asks for the logprobs of exactly the
+        tokens that follow it there (``logprob_token_ids``: raw logprobs, before any sampling processor).
+        All nodes go to the engine at once and meet in one batch; each reuses the prompt's blocks from
+        the prefix cache (the generation that preceded this call put them there), so the cost is the
+        candidates' few tokens, not the prompt once per candidate.  Tokenised as the transformers
+        backend scores them: the prompt as the engine tokenises it, each continuation on its own."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS, RequestOutputKind
+
+        engine = self._require_engine()
+        handle = self._handle(adapter)
+        lora = self._requests[adapter] if handle is not None else None
+        tokenizer = engine.get_tokenizer()
+        head = tokenizer(prompt)["input_ids"]
+        tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        following: dict[tuple[int, ...], set[int]] = {}  # trie node -> the tokens after it
+        for tail in tails:
+            for t, token in enumerate(tail):
+                following.setdefault(tuple(tail[:t]), set()).add(token)
+        requests = [(node, ids[i:i + MAX_LOGPROB_TOKEN_IDS]) for node, tokens in following.items()
+                    for ids in [sorted(tokens)] for i in range(0, len(ids), MAX_LOGPROB_TOKEN_IDS)]
+        outputs = await asyncio.gather(*(
+            self._run(engine, TokensPrompt(prompt_token_ids=head + list(node)),
+                      SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=list(chunk),
+                                     output_kind=RequestOutputKind.FINAL_ONLY), lora)
+            for node, chunk in requests))
+        logprob: dict[tuple[tuple[int, ...], int], float] = {}
+        for (node, chunk), out in zip(requests, outputs, strict=True):
+            read = out.outputs[0].logprobs
+            if not read:
+                raise BackendError("vLLM returned no logprobs for a scored continuation")
+            logprob.update(((node, token), read[0][token].logprob) for token in chunk)
+        scores = [sum(logprob[tuple(tail[:t]), token] for t, token in enumerate(tail)) for tail in tails]
+        return ScoreResult(logprobs=scores, tokens=[len(t) for t in tails],
+                           adapter_version=handle.version if handle else None)
 
     async def close(self) -> None:
         self.ready = False

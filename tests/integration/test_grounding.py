@@ -24,22 +24,28 @@ TASK, OBSERVATION = "Your task is to boil water.", "This room is called the hall
 
 
 @pytest.fixture(scope="module")
-def executor(backbone_dir, adapters_dir):
-    """The executor the servers serve, computed here with transformers + peft: the next-token
-    log-probabilities after a text."""
+def executor_at(backbone_dir):
+    """The executor a server serves, computed here with transformers + peft from the adapter's files:
+    the next-token log-probabilities after a text (one model per adapter directory)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(backbone_dir)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(backbone_dir, dtype=torch.float32),
-                                      AdapterRegistry(adapters_dir).get("executor").path).eval()
+    tok, models = AutoTokenizer.from_pretrained(backbone_dir), {}
 
-    def logprobs(ids: list[int]):
-        with torch.inference_mode():
-            return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    def load(adapter_dir: Path):
+        if adapter_dir not in models:
+            base = AutoModelForCausalLM.from_pretrained(backbone_dir, dtype=torch.float32)
+            models[adapter_dir] = PeftModel.from_pretrained(base, adapter_dir).eval()
+        model = models[adapter_dir]
 
-    return tok, logprobs
+        def logprobs(ids: list[int]):
+            with torch.inference_mode():
+                return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+
+        return tok, logprobs
+
+    return load
 
 
 def most_likely(executor, prompt: str, continuations: list[str]) -> tuple[str, float]:
@@ -75,15 +81,21 @@ def constrained_greedy(executor, prompt: str, continuations: list[str]) -> tuple
     return text, margin
 
 
-@pytest.mark.parametrize("server_name", ["vllm_server", "hf_server"])
-def test_an_inadmissible_generation_becomes_the_command_the_executor_chooses(server_name, request, executor):
-    """vLLM decodes greedily constrained to the candidates; transformers takes the most likely one: each
-    server's choice is checked against the same computation done here on the adapter it serves."""
+@pytest.mark.parametrize(("server_name", "registry_name"), [
+    ("vllm_server", "adapters_dir"), ("hf_server", "adapters_dir"), ("swap_server", "swap_registry")])
+def test_an_inadmissible_generation_becomes_the_command_the_executor_chooses(server_name, registry_name, request,
+                                                                            executor_at):
+    """vLLM decodes greedily constrained to the candidates; transformers takes the most likely one, and so
+    does vLLM told to score (the swap server: GLIDER_GROUNDING_METHOD=score, from next-token logprobs
+    over the candidates' trie): each server's choice is checked against the same computation done here
+    on the adapter version that chose."""
     server = request.getfixturevalue(server_name)
     with GliderClient(server.url) as client:
         reply = client.act(observation=OBSERVATION, task=TASK, valid_actions=COMMANDS)
         client.delete_episode(reply.episode_id)
     assert reply.grounded and reply.action in COMMANDS and reply.generated_action not in COMMANDS
+    registry = AdapterRegistry(request.getfixturevalue(registry_name))
+    executor = executor_at(registry.get("executor", reply.adapter_versions["executor"]).path)
     prompt = executor_prompt(sanitize(TASK), reply.subgoal, [], OBSERVATION, obs_limit=600)
     continuations = [continuation(c, role_is_flat=False) for c in COMMANDS]
     choose = constrained_greedy if server_name == "vllm_server" else most_likely
