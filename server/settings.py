@@ -26,8 +26,8 @@ class GroundingMethod(str, Enum):
 
     # greedy decoding constrained to the candidates (vLLM: structured outputs; transformers: the most likely)
     constrained = "constrained"
-    # each candidate's log-likelihood after the prompt, the highest wins: transformers only (vLLM 0.32
-    # cannot compute prompt logprobs on a LoRA engine: vllm-project/vllm#29955)
+    # each candidate's log-likelihood after the prompt, the highest wins (vLLM 0.32 cannot compute prompt
+    # logprobs on a LoRA engine, vllm-project/vllm#29955: it sums next-token logprobs over a token trie)
     score = "score"
 
 
