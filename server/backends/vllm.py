@@ -207,6 +207,11 @@ class VLLMBackend(Backend):
             raise BackendError(self.failure)
         return self._engine
 
+    def _serving(self, adapter: str | None):
+        """The adapter's handle and the LoRARequest new requests run on (None, None: the base model)."""
+        handle = self._handle(adapter)
+        return handle, (self._requests[adapter] if handle is not None else None)
+
     async def generate(self, specs: Sequence[GenerationSpec]) -> list[GenerationResult]:
         engine = self._require_engine()
         return list(await asyncio.gather(*(self._one(engine, spec) for spec in specs)))
@@ -237,8 +242,7 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        handle = self._handle(spec.adapter)
-        lora = self._requests[spec.adapter] if handle is not None else None
+        handle, lora = self._serving(spec.adapter)
         params = SamplingParams(
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
@@ -297,8 +301,7 @@ class VLLMBackend(Backend):
         from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS, RequestOutputKind
 
         engine = self._require_engine()
-        handle = self._handle(adapter)
-        lora = self._requests[adapter] if handle is not None else None
+        handle, lora = self._serving(adapter)
         tokenizer = engine.get_tokenizer()
         head = tokenizer(prompt)["input_ids"]
         tails = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
