@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 from common import ROOT, ServerProcess, machine, median, pct, result, settings
+from glider.server.settings import GroundingMethod
 
 TASKS = ["boil", "find-plant", "use-thermometer", "chemistry-mix", "grow-plant", "test-conductivity"]
 STATES = ROOT / ".glider" / "bench" / "grounding-states.json"
@@ -172,11 +173,13 @@ def main(args) -> None:
     if choices:
         decided_early(choices)
     for method, k, n, free, grounded in rows:
-        if k == 16 and "(whole command)" not in method:  # the target is the server's default
+        if k == 16 and "(whole command)" not in method:
             ratio = grounded["p50_ms"] / free["p50_ms"]
+            # the target is the server's default method's; another method's figure is its price beside it
+            default = method == GroundingMethod.constrained.value
             result(f"grounded ({method}) ÷ free step latency p50 at {n} episode(s), 16 candidates, "
                    f"{grounded['grounded_share']:.0%} of steps grounded", ratio,
-                   "≤ 1.5×", met=ratio <= 1.5)
+                   "≤ 1.5×" if default else "", met=ratio <= 1.5 if default else None)
 
 
 def decided_early(choices: dict[tuple[str, int], list[dict]]) -> None:
