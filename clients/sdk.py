@@ -259,6 +259,7 @@ class EpisodeStream:
         self.profile = profile
         self._queue: asyncio.Queue = asyncio.Queue()
         self._call = None
+        self._finished = False
 
     async def _events(self):
         while (event := await self._queue.get()) is not None:
@@ -267,6 +268,13 @@ class EpisodeStream:
     async def _round_trip(self, event) -> ActResponse:
         import grpc
 
+        if self._finished:
+            # Writing to a call the server has ended races grpc-aio's write path, which can report INTERNAL
+            # in place of the server's status (grpc/grpc#36066): say what happened without touching the call.
+            raise GliderAPIError(0, "stream_closed", "the server closed the episode stream (the episode is done)")
+        if self._call is not None and self._call.done():
+            raise GliderAPIError(0, "stream_closed", "the episode stream has ended after an error; carry on with "
+                                 "act(episode_id=..., step=...)")
         if self._call is None:
             self._call = self._stub.Episode(self._events())  # no deadline: an episode may run for hours
         await self._queue.put(event)
@@ -277,7 +285,7 @@ class EpisodeStream:
         if reply is grpc.aio.EOF:
             raise GliderAPIError(0, "stream_closed", "the server closed the episode stream (the episode is done)")
         result = _from_pb(reply)
-        self.episode_id = result.episode_id
+        self.episode_id, self._finished = result.episode_id, result.done  # the server ends the stream after `done`
         return result
 
     async def start(self, observation: str, *, valid_actions: Sequence[str] | None = None) -> ActResponse:

@@ -145,6 +145,9 @@ async def test_episode_stream_plays_to_the_end_and_resumes_with_act_after_a_fail
             with pytest.raises(GliderGrpcError) as exc:
                 await episode.step("stove")
             assert exc.value.code == "UNAVAILABLE"
+            with pytest.raises(GliderAPIError) as exc:  # the failed call is not written to again
+                await episode.step("stove")
+            assert exc.value.code == "stream_closed" and "act(" in exc.value.message
         eid = episode.episode_id
         assert [r.step for r in replies] == [0, 1] and {r.episode_id for r in replies} == {eid}
         resumed = await client.act("stove", episode_id=eid, step=2)  # where the stream left it
