@@ -425,7 +425,7 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
 
             entry.published = publish_adapter(registry, name, adapter_dir, model_dir, make_current=make_current,
                                               stage="orl" if cfg.init == "sft" else "orl-scratch",
-                                              metrics=entry.scalars()).version
+                                              metrics=entry.scalars(), reuse_identical=True).version
         report.adapters[name] = entry
         del model
     if state.is_main_process:

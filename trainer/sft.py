@@ -182,7 +182,7 @@ def run_sft(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
             from glider.trainer.publish import publish_adapter
 
             entry.published = publish_adapter(registry, name, adapter_dir, model_dir, stage="sft",
-                                              metrics=entry.scalars()).version
+                                              metrics=entry.scalars(), reuse_identical=True).version
         report.adapters[name] = entry
         del model, base
     if state.is_main_process:

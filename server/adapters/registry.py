@@ -131,6 +131,22 @@ class AdapterRegistry:
         manifest = json.loads(manifest_path.read_text())
         return AdapterVersion(name=name, version=version, path=path, manifest=manifest)
 
+    def holds_same(self, adapter: AdapterVersion, source: Path) -> bool:
+        """Whether the peft directory ``source`` is ``adapter`` again: the same weights, byte for byte, and
+        the same configuration (peft writes ``target_modules``, a set, in a per-process order)."""
+        source = Path(source)
+        if not all((source / f).is_file() for f in PEFT_FILES):
+            return False
+        if _sha256(source / "adapter_model.safetensors") != adapter.manifest.get("files", {}).get(
+                "adapter_model.safetensors"):
+            return False
+
+        def config(directory: Path) -> dict:
+            c = json.loads((directory / "adapter_config.json").read_text())
+            return {**c, "target_modules": sorted(c.get("target_modules") or [])}
+
+        return config(source) == config(adapter.path)
+
     def verify(self, adapter: AdapterVersion) -> None:
         """Every peft file is listed in the manifest and on disk with its checksum."""
         files = adapter.manifest.get("files") or {}

@@ -98,3 +98,21 @@ def test_a_pinned_copy_serves_one_agent_of_several(tmp_path):
     assert again.versions("planner") == ["v0002"]
     with pytest.raises(AdapterNotFound):
         reg.pinned_copy({"planner": "v0009"}, tmp_path / "nope")
+
+
+def test_a_resumed_stage_that_publishes_the_same_adapter_again_adds_no_version(tmp_path):
+    from glider.trainer.publish import publish_adapter
+
+    reg, model = tmp_path / "reg", tmp_path / "model"
+    model.mkdir()
+    first = publish_adapter(reg, "planner", fake_peft(tmp_path, "a"), model, stage="orl", reuse_identical=True)
+    again = fake_peft(tmp_path, "again")  # the same weights; peft wrote the module set in another order
+    (again / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16,
+                                                           "target_modules": ["q_proj", "v_proj"]}))
+    assert publish_adapter(reg, "planner", again, model, stage="orl", reuse_identical=True).version == first.version
+    # another stage, other weights, or a caller that did not ask: a new version
+    assert publish_adapter(reg, "planner", again, model, stage="sft", reuse_identical=True).version == "v0002"
+    assert publish_adapter(reg, "planner", fake_peft(tmp_path, "b", b"other"), model, stage="sft",
+                           reuse_identical=True).version == "v0003"
+    assert publish_adapter(reg, "planner", fake_peft(tmp_path, "c", b"other"), model, stage="sft").version == "v0004"
+    assert AdapterRegistry(reg).versions("planner") == ["v0001", "v0002", "v0003", "v0004"]
