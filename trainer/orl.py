@@ -195,6 +195,13 @@ class CriticRound:
     heldout: HeldOutRanking | None = None
     seconds: float = 0.0
 
+    @classmethod
+    def from_dict(cls, d: dict) -> CriticRound:
+        return cls(epoch=d["epoch"], critic_loss=d["critic_loss"], weights=WeightStats(**d["weights"]),
+                   by_source={k: AdvantageGroup(**g) for k, g in d["by_source"].items()},
+                   heldout=HeldOutRanking(**d["heldout"]) if d.get("heldout") else None,
+                   seconds=d.get("seconds", 0.0))
+
 
 @dataclass
 class ORLRoleReport:
@@ -317,13 +324,42 @@ def critic_round(model, data: _RoleData, epoch: int, pad_id: int, cfg: CriticCon
 
 class _CriticRounds:
     """The actor loop's epoch hook: before each epoch, one critic round per role (once per epoch, so a
-    resumed run's first epoch gets its round from the restored policy)."""
+    resumed run's first epoch gets its round from the restored policy).
+
+    Once the run's fingerprint is known (``keep``), every round is also kept in ``record``, so a resumed
+    run reports the rounds of the runs before it that it did not redo, not only its own."""
 
     def __init__(self, name: str, model, per_role: dict[str, _RoleData], reports: dict[str, ORLRoleReport],
-                 pad_id: int, cfg: CriticConfig, every: int, progress: bool):
+                 pad_id: int, cfg: CriticConfig, every: int, progress: bool, record: Path):
         self.name, self.model, self.per_role, self.reports = name, model, per_role, reports
         self.pad_id, self.cfg, self.every, self.progress = pad_id, cfg, every, progress
         self.done: set[int] = set()
+        self.record, self.fingerprint = record, None
+        self.earlier: dict[str, dict[int, CriticRound]] = {}
+
+    def keep(self, fingerprint: str) -> None:
+        """Start keeping rounds under ``fingerprint``; an earlier record of the same run is merged in."""
+        self.fingerprint = fingerprint
+        try:
+            saved = json.loads(self.record.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            saved = {}
+        if saved.get("fingerprint") == fingerprint:
+            self.earlier = {role: {r["epoch"]: CriticRound.from_dict(r) for r in rounds}
+                            for role, rounds in saved.get("rounds", {}).items() if role in self.reports}
+        self._save()
+
+    def _save(self) -> None:
+        if self.fingerprint is None:
+            return
+        for role, report in self.reports.items():  # this run's rounds replace the ones it redid
+            merged = {**self.earlier.get(role, {}), **{r.epoch: r for r in report.rounds}}
+            report.rounds[:] = [merged[e] for e in sorted(merged)]
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "rounds": {
+            role: [asdict(r) for r in report.rounds] for role, report in self.reports.items()}}, default=str))
+        tmp.replace(self.record)
 
     def __call__(self, epoch: int) -> None:
         epoch -= epoch % self.every  # a run resumed between rounds redoes the round its epoch belongs to
@@ -341,6 +377,7 @@ class _CriticRounds:
                      "by source: %s", self.name, role, epoch, r.critic_loss, r.weights.advantage_mean,
                      r.weights.advantage_std, r.weights.effective_sample_size, "-" if rho is None else f"{rho:.2f}",
                      "-" if rho_v is None else f"{rho_v:.2f}", sources)
+        self._save()
 
 
 def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, cfg: ORLConfig, *,
@@ -397,7 +434,7 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         roles = {role: ORLRoleReport(sequences=len(d.sequences), reward_sum=sum(x.reward for x in d.decisions))
                  for role, d in per_role.items()}
         new_round = _CriticRounds(name, model, per_role, roles, tokenizer.pad_token_id, cfg.critic,
-                                  cfg.critic_every, progress)
+                                  cfg.critic_every, progress, out_dir / name / "critic_rounds.json")
         t0 = time.monotonic()
         new_round(0)  # the weights exist before the loop starts (it trains weighted when they do)
         critic_seconds = time.monotonic() - t0
@@ -409,6 +446,8 @@ def run_orl(model_dir: Path, trajectories: Sequence[Trajectory], out_dir: Path, 
         fingerprint = run_fingerprint(actor_cfg, all_seqs, base_model_identity(model_dir), cfg.init,
                                       str(start_adapter), name, "orl", asdict(cfg.critic),
                                       asdict(cfg.executor_reward), cfg.critic_every)
+        if state.is_main_process:
+            new_round.keep(fingerprint)
         result = train(model, all_seqs, actor_cfg, out_dir / name, pad_id=tokenizer.pad_token_id,
                        name=f"orl-{name}", fingerprint=fingerprint, on_epoch=new_round)
         critic_seconds += sum(r.seconds for rep in roles.values() for r in rep.rounds[1:])

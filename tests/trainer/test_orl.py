@@ -345,6 +345,7 @@ def test_alternating_rounds_recompute_the_weights_and_the_margin_grows(tiny_mode
 
     rounds = more.adapters["flat"].roles["flat"].rounds
     epochs = [r.epoch for r in rounds]
+    assert {r.epoch for r in first.adapters["flat"].roles["flat"].rounds} <= set(epochs)  # the resumed run's too
     assert len(rounds) >= 3 and epochs == sorted(set(epochs)) and all(e % 10 == 0 for e in epochs), epochs
     assert len({(r.weights.advantage_mean, r.weights.weight_max) for r in rounds}) == len(rounds)  # recomputed
     saved = json.loads((tmp_path / "orl" / "orl_metrics.json").read_text())
@@ -357,6 +358,10 @@ def test_alternating_rounds_recompute_the_weights_and_the_margin_grows(tiny_mode
     assert ranking.decisions == 2 * more.heldout_trajectories and ranking.rank_correlation > 0.3, ranking
     assert first.adapters["flat"].training.steps == 20 and more.adapters["flat"].training.steps == 60
     assert 0 < margin_first < margin_more, (margin_first, margin_more)
+    # run again once it is done: it redoes round 0 only and still reports every round of the run
+    again = run_orl(model_dir, data, tmp_path / "orl", orl, progress=False).adapters["flat"].roles["flat"].rounds
+    assert [r.epoch for r in again] == epochs
+    assert [dataclasses.asdict(r) for r in again[1:]] == json.loads(json.dumps([dataclasses.asdict(r) for r in rounds[1:]]))
 
 
 def test_orl_and_o2o_commands_reject_bad_options_clearly(tmp_path):
