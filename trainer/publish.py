@@ -20,9 +20,9 @@ def publish_adapter(registry_root: Path, name: str, adapter_dir: Path, model_dir
     """
     registry = AdapterRegistry(registry_root)
     base_model = base_model_identity(model_dir)
-    versions = registry.versions(name)
+    versions = registry.versions(name) if reuse_identical else []  # only a resumable stage reads the newest
     newest = registry.get(name, versions[-1]) if versions else None
-    if (reuse_identical and newest is not None and newest.manifest.get("stage") == stage
+    if (newest is not None and newest.manifest.get("stage") == stage
             and newest.manifest.get("base_model") == base_model and registry.holds_same(newest, adapter_dir)):
         published = newest
         if make_current:
