@@ -79,6 +79,8 @@ COMPARE = [("flat", "separate"), ("flat", "shared"), ("shared", "separate"),
            ("flat", "separate+orl", 1.15)]
 #: λ of the behaviour-cloning control: |A| ≤ 1 on the 0..1 score scale, so exp(A/λ) is 1 to about 1e-6
 BC_LAMBDA = 1e6
+#: what an entry says about when and where it was last written, rather than what it holds
+STAMP = ("machine", "commit", "date")
 GUARDS_OFF = {"GLIDER_GUARD_REPEATED_SUBGOAL": "false", "GLIDER_GUARD_REPEATED_ACTION": "false"}
 
 
@@ -187,7 +189,8 @@ def evaluate(args, plan, mode: str, label: str, env: dict, registry: Path | None
         resumed = sum(1 for r in load_results(out) if r.key in {e.key for e in plan.episodes})
         with tqdm(total=len(plan.episodes), initial=resumed, desc=f"eval {label}", unit="episode") as bar:
             results = run_episodes(cfg, out=out, on_done=lambda r: bar.update(1))
-        provenance = run_provenance(out, minutes=(time.monotonic() - t0) / 60)
+        # a run every episode of which was already played adds no minutes: it only re-read them
+        provenance = run_provenance(out, minutes=(time.monotonic() - t0) / 60 if len(results) > resumed else 0.0)
     finally:
         server.close()
     summary = write_report(results, out, plan, label=display(label),
@@ -503,7 +506,7 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     orl = {**{label: o for label, o in previous.get("orl", {}).items() if label in earlier}, **(orl or {})}
     plan_file = str(plan_path(args.protocol).relative_to(ROOT)) if args.protocol in ("glider", "eto") \
         else args.protocol  # --splits: the committed plan file, of which the entry's protocol names the splits
-    results["recipes"][key] = {
+    entry = {
         "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
         "command": f"bench/quality.py --recipe {args.recipe} --modes {args.modes} --protocol {args.protocol}"
                    + (f" --splits {args.splits}" if args.splits else "")
@@ -544,6 +547,10 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    for label, (out, summary) in runs.items()},
         "comparisons": comparisons,
     }
+    if previous and json.loads(json.dumps(entry, default=str)) == {**previous, **{k: entry[k] for k in STAMP}}:
+        # a resume that played no new episode leaves the entry as its last evaluation stamped it
+        entry.update({k: previous[k] for k in STAMP if k in previous})
+    results["recipes"][key] = entry
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
     update_page(args.page, render(results))
