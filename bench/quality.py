@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -502,8 +503,12 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
         if label not in earlier:
             shutil.copyfile(out / "episodes.jsonl", episodes_file(label))
     previous = results["recipes"].get(key) or {}
-    # the ORL figures of an agent kept from an earlier run stay with it
-    orl = {**{label: o for label, o in previous.get("orl", {}).items() if label in earlier}, **(orl or {})}
+    # the ORL figures of an agent kept from an earlier run stay with it, and so do those of a finished ORL
+    # run this one reused (it trained nothing: its own figures would say "0 minutes")
+    before = previous.get("orl", {})
+    orl = {**{label: o for label, o in before.items() if label in earlier},
+           **{label: before[label] if label in before and not o["minutes_this_run"] else o
+              for label, o in (orl or {}).items()}}
     plan_file = str(plan_path(args.protocol).relative_to(ROOT)) if args.protocol in ("glider", "eto") \
         else args.protocol  # --splits: the committed plan file, of which the entry's protocol names the splits
     entry = {
@@ -547,7 +552,8 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    for label, (out, summary) in runs.items()},
         "comparisons": comparisons,
     }
-    if previous and json.loads(json.dumps(entry, default=str)) == {**previous, **{k: entry[k] for k in STAMP}}:
+    if previous and same_figures(json.loads(json.dumps(entry, default=str)),
+                                 {**previous, **{k: entry[k] for k in STAMP}}):
         # a resume that played no new episode leaves the entry as its last evaluation stamped it
         entry.update({k: previous[k] for k in STAMP if k in previous})
     results["recipes"][key] = entry
@@ -555,6 +561,19 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
     update_page(args.page, render(results))
     print(f"results merged into {args.results} and {args.page}", flush=True)
+
+
+def same_figures(a, b) -> bool:
+    """Whether two results (parsed JSON) hold the same figures: floats equal to rounding, since a mean
+    recomputed over the same episodes in another order may differ in its last digit."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9,
+                                                                                              abs_tol=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_figures(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(same_figures, a, b))
+    return a == b
 
 
 def kept_agents(args, plan, entry: dict | None, runs: dict) -> dict[str, tuple[tuple[Path, None], dict]]:
