@@ -552,10 +552,14 @@ def record(args, recipe: Recipe, plan, training: dict, runs: dict[str, tuple[Pat
                    for label, (out, summary) in runs.items()},
         "comparisons": comparisons,
     }
-    if previous and same_figures(json.loads(json.dumps(entry, default=str)),
-                                 {**previous, **{k: entry[k] for k in STAMP}}):
-        # a resume that played no new episode leaves the entry as its last evaluation stamped it
-        entry.update({k: previous[k] for k in STAMP if k in previous})
+    # a resume that played no new episode leaves the entry as its last evaluation stamped it: compared with
+    # the entry as this run found it (a resume's first records hold only part of its agents) and as it is now
+    started = vars(args).setdefault("entry_at_start", previous)
+    for before in (started, previous):
+        if before and same_figures(canonical(json.loads(json.dumps(entry, default=str))),
+                                   canonical({**before, **{k: entry[k] for k in STAMP}})):
+            entry.update({k: before[k] for k in STAMP if k in before})
+            break
     results["recipes"][key] = entry
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -574,6 +578,11 @@ def same_figures(a, b) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(map(same_figures, a, b))
     return a == b
+
+
+def canonical(entry: dict) -> dict:
+    """An entry with its comparisons in one order: which agents a run re-read first decides their order."""
+    return {**entry, "comparisons": sorted(entry.get("comparisons", []), key=lambda c: (str(c.get("a")), str(c.get("b"))))}
 
 
 def kept_agents(args, plan, entry: dict | None, runs: dict) -> dict[str, tuple[tuple[Path, None], dict]]:
